@@ -1,0 +1,298 @@
+"""Typed run configuration (pydantic): data, model, bridge, phases 1-4, eval, launch.
+
+Paper numbers live in ``graftkit/configs/*.yaml`` and in the field defaults below, never in code
+paths. Any field can be overridden with dotted keys (``--set phases.p3.lr=1e-5``); an invalid
+value is reported with the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMETER_GROUPS = ("compressor", "predictor", "calibrator", "projectors", "xattn", "lora", "heads")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message names the field, the value and what is allowed."""
+
+
+class DataConfig(Strict):
+    """Where samples come from. ``data_dir=None`` lets the dataset synthesise its default."""
+
+    data_dir: Path | None = None
+    cache_dir: Path | None = Field(None, description="cache for synthesised data and the prior")
+    synth: dict[str, Any] = Field(default_factory=dict, description="dataset-specific synth options")
+    max_slices: int | None = Field(None, gt=0, description="uniformly subsample longer volumes")
+    include_impressions: bool = False
+    limit_train: int | None = Field(None, gt=0)
+    limit_valid: int | None = Field(None, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class PriorConfig(Strict):
+    """The small Llama-architecture language prior trained when no ``--llm`` is given."""
+
+    vocab_size: int = Field(1024, ge=300)
+    hidden_size: int = Field(128, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+    num_hidden_layers: int = Field(4, gt=0)
+    num_attention_heads: int = Field(4, gt=0)
+    num_key_value_heads: int = Field(2, gt=0)
+    max_position_embeddings: int = Field(512, gt=0)
+    max_length: int = Field(256, gt=8, description="training sequence length in tokens")
+    steps: int = Field(300, ge=0)
+    batch_size: int = Field(16, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    seed: int = 0
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class ModelConfig(Strict):
+    llm: Path | None = Field(None, description="local causal-LM directory; None = language prior")
+    prior: PriorConfig = Field(default_factory=PriorConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    text_embedding_layer: float = Field(
+        0.5, gt=0, le=1, description="depth fraction of the hidden state mean-pooled as text embedding"
+    )
+
+
+class BridgeConfig(Strict):
+    """The bridge: zone compressor, predictor, calibrator, adapters, heads (DESIGN.md)."""
+
+    compressor: str = Field("zone", description="registered compressor name")
+    num_zones: int = Field(32, gt=0)
+    num_heads: int = Field(16, gt=0)
+    num_global_layers: int = Field(1, ge=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    predictor_dropout: float = Field(0.1, ge=0, lt=1)
+    xattn_layers: list[int] | None = Field(None, description="None = paper layers mapped by depth")
+    paper_layers: list[int] = Field(default_factory=lambda: [7, 14, 21])
+    paper_depth: int = 28
+    xattn_heads: int = Field(8, gt=0)
+    jepa_dim: int = Field(256, gt=0)
+    whitening_components: int = Field(256, gt=0)
+
+
+class LossWeights(Strict):
+    """Loss name -> weight for one phase. Names are keys of ``graftkit.curriculum.losses.LOSSES``."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class EarlyStopping(Strict):
+    metric: str = "loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int | None = Field(None, ge=1)
+
+
+class PhaseConfig(Strict):
+    """One curriculum phase as declared data (DESIGN.md, "Four-phase curriculum")."""
+
+    name: str
+    trainable: list[str]
+    losses: dict[str, float]
+    text: Literal["conditions", "positive_findings", "narrative"]
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["cosine", "constant", "plateau"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    plateau_patience: int = Field(3, ge=1)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    grad_clip: float | None = Field(1.0, gt=0)
+    lora_freeze_epoch: int | None = Field(None, ge=1, description="freeze LoRA after this epoch")
+    recalibrate_every: int | None = Field(None, ge=1, description="NormCalibrator.recalibrate() every N epochs")
+    projector_lr_scale: tuple[float, float] | None = Field(None, description="LARS-style bounds")
+    ewc_lambda: float = Field(0.0, ge=0)
+    ewc_fisher: bool = False
+    monitor_collapse: bool = False
+
+    @field_validator("trainable")
+    @classmethod
+    def _known_groups(cls, groups: list[str]) -> list[str]:
+        unknown = [g for g in groups if g not in PARAMETER_GROUPS]
+        if unknown:
+            raise ValueError(f"unknown parameter group(s) {unknown}; allowed: {list(PARAMETER_GROUPS)}")
+        return groups
+
+    @field_validator("losses")
+    @classmethod
+    def _positive_weights(cls, losses: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in losses.items() if v < 0}
+        if bad:
+            raise ValueError(f"loss weights must be >= 0, got {bad}")
+        return losses
+
+
+class PhasesConfig(Strict):
+    p1: PhaseConfig
+    p2: PhaseConfig
+    p3: PhaseConfig
+    p4: PhaseConfig
+
+    def get(self, number: int) -> PhaseConfig:
+        return getattr(self, f"p{number}")
+
+
+class GenerationConfig(Strict):
+    do_sample: bool = True
+    temperature: float = Field(0.6, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    repetition_penalty: float = Field(1.15, gt=0)
+    no_repeat_ngram_size: int = Field(5, ge=0)
+    max_new_tokens: int = Field(384, gt=0)
+    num_beams: int = Field(1, ge=1)
+
+
+class EvalConfig(Strict):
+    split: str = "valid"
+    extractor: str | None = Field(None, description="None = the dataset's default extractor")
+    extractor_options: dict[str, Any] = Field(default_factory=dict)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    batch_size: int = Field(16, gt=0)
+    limit: int | None = Field(None, gt=0)
+    ablations: bool = True
+    probe_folds: int = Field(5, ge=2)
+    monitor_subset: int = Field(32, gt=0, description="validation items the collapse monitor generates")
+    reliance_floor: float = Field(0.2, ge=0, le=1)
+
+
+class LaunchConfig(Strict):
+    """How processes are launched; rendered to an accelerate config file."""
+
+    distributed_type: Literal["NO", "MULTI_CPU", "MULTI_GPU", "FSDP"] = "NO"
+    num_processes: int = Field(1, gt=0)
+    num_machines: int = Field(1, gt=0)
+    machine_rank: int = Field(0, ge=0)
+    main_process_ip: str | None = None
+    main_process_port: int = 29500
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    use_cpu: bool = False
+    fsdp_config: dict[str, Any] = Field(default_factory=dict)
+
+
+class Profile(Strict):
+    """A run preset and/or launch profile, registered through ``register_profiles``."""
+
+    name: str
+    description: str = ""
+    dataset: str | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted key -> value")
+    launch: LaunchConfig | None = None
+
+
+class RunConfig(Strict):
+    dataset: str
+    profile: str | None = None
+    seed: int = 0
+    output_dir: Path = Path("runs/latest")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    bridge: BridgeConfig = Field(default_factory=BridgeConfig)
+    phases: PhasesConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> RunConfig:
+        return self
+
+    def save(self, path: Path) -> None:
+        """Write the resolved config; ``graftkit run --config PATH`` repeats the run from it alone."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False))
+
+
+def default_config_path(name: str = "paper") -> Path:
+    return Path(__file__).parent / "configs" / f"{name}.yaml"
+
+
+def _parse_value(raw: str) -> Any:
+    """A ``--set`` value: YAML scalar/list syntax (``1e-5``, ``[7,14]``, ``true``, ``null``)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-5" as a string
+        except ValueError:
+            return value
+    return value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node.get(part), dict):
+            if part in node and node[part] is not None:
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["phases.p3.lr=1e-5", ...]`` -> ``{"phases.p3.lr": 1e-5}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        out[key.strip()] = _parse_value(raw.strip())
+    return out
+
+
+def _format_validation_error(err: ValidationError, tree: dict[str, Any]) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"])
+        lines.append(f"invalid config field {field} = {e.get('input')!r}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def build_config(
+    dataset: str,
+    base: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Merge ``base`` (a YAML tree), then dotted ``overrides``; validate with clear errors."""
+    tree = copy.deepcopy(base or yaml.safe_load(default_config_path().read_text()))
+    tree.setdefault("dataset", dataset)
+    tree["dataset"] = dataset
+    for key, value in (overrides or {}).items():
+        set_dotted(tree, key, value)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, tree)) from None
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        tree = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config {path} must hold a mapping at the top level")
+    return tree

@@ -1,0 +1,162 @@
+"""The dataset interface the curriculum consumes, and the generic volume batch collator.
+
+A dataset plugin subclasses :class:`GraftDataset` and registers it with ``register_datasets``.
+Nothing here knows about CT: a "volume" is any input that an encoder turned into a sequence of
+slice embeddings ``[N, d]`` with physical positions ``z_mm[N]``.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Volume:
+    """One usable sample: its name, split, labels ``[C]`` and report text."""
+
+    name: str
+    split: str
+    labels: np.ndarray
+    findings: str
+    impressions: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SkipLog:
+    """Every sample a run could not use, with the reason. Nothing is dropped silently."""
+
+    entries: list[tuple[str, str, str]] = field(default_factory=list)  # (split, name, reason)
+
+    def skip(self, split: str, name: str, reason: str) -> None:
+        self.entries.append((split, name, reason))
+
+    def summary(self) -> dict[str, Any]:
+        kinds = Counter(reason.split(":")[0] for _, _, reason in self.entries)
+        return {
+            "skipped": len(self.entries),
+            "by_reason": dict(kinds),
+            "items": [{"split": s, "name": n, "reason": r} for s, n, r in self.entries],
+        }
+
+
+class GraftDataset(ABC):
+    """A dataset plugin: records, slice embeddings, and the texts each phase trains on.
+
+    Args:
+        config: the run's ``data`` section (:class:`graftkit.config.DataConfig`).
+        workdir: a cache folder the dataset may write to (e.g. a synthesised cohort).
+    """
+
+    name: ClassVar[str] = ""
+    class_names: ClassVar[list[str]] = []
+    #: Text for a sample with no positive condition (DESIGN.md, phase 3).
+    normal_text: ClassVar[str] = "No significant abnormalities identified."
+    #: The user turn of the chat prompt; the visual placeholders are put before it.
+    prompt: ClassVar[str] = "Write the findings of this study."
+    default_extractor: ClassVar[str] = ""
+    splits: ClassVar[tuple[str, str]] = ("train", "valid")
+
+    def __init__(self, config: Any, workdir: Path):
+        self.config = config
+        self.workdir = Path(workdir)
+        self.skips = SkipLog()
+
+    def prepare(self, progress: Any = None) -> None:  # noqa: B027 - optional hook
+        """Materialise the data if needed (e.g. synthesise a cohort); called once per run."""
+
+    @property
+    @abstractmethod
+    def embedding_dim(self) -> int:
+        """The slice-embedding width ``d_v``."""
+
+    @abstractmethod
+    def records(self, split: str) -> list[Volume]:
+        """Usable samples of ``split``; unusable ones go to ``self.skips`` with a reason."""
+
+    @abstractmethod
+    def load(self, volume: Volume) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slice embeddings ``[N, d]`` float32 and positions ``z_mm[N]`` float32 of one volume."""
+
+    @abstractmethod
+    def condition_texts(self, volume: Volume) -> list[tuple[int, str]]:
+        """``(class index, text)`` for each positive condition (MMD / contrastive targets)."""
+
+    @abstractmethod
+    def class_text(self, class_index: int) -> str:
+        """A canonical description of one class (text-embedding anchor for MMD and InfoNCE)."""
+
+    def positive_findings_text(self, volume: Volume, rng: random.Random) -> str:
+        """Phase 2-3 text: one segment per positive condition, in random order."""
+        segments = [text for _, text in self.condition_texts(volume)]
+        if not segments:
+            return self.normal_text
+        rng.shuffle(segments)
+        return " ".join(segments)
+
+    def narrative_text(self, volume: Volume) -> str:
+        """Phase 4 text: the raw report."""
+        if getattr(self.config, "include_impressions", False) and volume.impressions:
+            return f"{volume.findings} {volume.impressions}"
+        return volume.findings
+
+    def corpus(self) -> list[str]:
+        """Texts the language prior is pretrained on (the training split's raw reports)."""
+        return [self.narrative_text(v) for v in self.records(self.splits[0])]
+
+    def oracle(self) -> dict[str, Any] | None:
+        """The best achievable scores, for cohorts that know their own signal."""
+        return None
+
+
+class VolumeDataset(torch.utils.data.Dataset):
+    """Torch view over a list of :class:`Volume`: loads embeddings lazily, one volume per item."""
+
+    def __init__(self, dataset: GraftDataset, volumes: list[Volume], max_slices: int | None = None):
+        self.dataset, self.volumes, self.max_slices = dataset, volumes, max_slices
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        volume = self.volumes[index]
+        slices, z_mm = self.dataset.load(volume)
+        if self.max_slices and slices.shape[0] > self.max_slices:
+            keep = torch.linspace(0, slices.shape[0] - 1, self.max_slices).round().long()
+            slices, z_mm = slices[keep], z_mm[keep]
+        return {
+            "index": index,
+            "slices": slices,
+            "z_mm": z_mm,
+            "labels": torch.as_tensor(volume.labels, dtype=torch.float32),
+        }
+
+
+def collate_volumes(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Pad slice sequences to the longest in the batch; ``mask`` marks real slices."""
+    n_max = max(item["slices"].shape[0] for item in items)
+    dim = items[0]["slices"].shape[1]
+    batch = len(items)
+    slices = torch.zeros(batch, n_max, dim, dtype=items[0]["slices"].dtype)
+    z_mm = torch.zeros(batch, n_max)
+    mask = torch.zeros(batch, n_max, dtype=torch.bool)
+    for b, item in enumerate(items):
+        n = item["slices"].shape[0]
+        slices[b, :n] = item["slices"]
+        z_mm[b, :n] = item["z_mm"]
+        mask[b, :n] = True
+    return {
+        "index": torch.tensor([item["index"] for item in items]),
+        "slices": slices,
+        "z_mm": z_mm,
+        "mask": mask,
+        "labels": torch.stack([item["labels"] for item in items]),
+    }
