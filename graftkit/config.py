@@ -70,6 +70,9 @@ class ModelConfig(Strict):
     prior: PriorConfig = Field(default_factory=PriorConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    architecture: str | None = Field(
+        None, description="shipped config for `graftkit plan` without weights, e.g. llama-3.2-3b-instruct"
+    )
     text_embedding_layer: float = Field(
         0.5, gt=0, le=1, description="depth fraction of the hidden state mean-pooled as text embedding"
     )
@@ -79,6 +82,7 @@ class BridgeConfig(Strict):
     """The bridge: zone compressor, predictor, calibrator, adapters, heads (DESIGN.md)."""
 
     compressor: str = Field("zone", description="registered compressor name")
+    visual_dim: int | None = Field(None, gt=0, description="d_v for `plan`; runs read it from the data")
     num_zones: int = Field(32, gt=0)
     num_heads: int = Field(16, gt=0)
     num_global_layers: int = Field(1, ge=0)

@@ -64,6 +64,13 @@ class GraftDataset(ABC):
     prompt: ClassVar[str] = "Write the findings of this study."
     default_extractor: ClassVar[str] = ""
     splits: ClassVar[tuple[str, str]] = ("train", "valid")
+    #: The profile ``graftkit run NAME`` uses when none is given (the embedded default).
+    default_profile: ClassVar[str | None] = None
+
+    @classmethod
+    def synthesize(cls, output: Path, **options: Any) -> dict[str, Any]:
+        """Write a synthetic cohort in this dataset's own layout (``graftkit synth``)."""
+        raise NotImplementedError(f"dataset {cls.name!r} has no synthetic cohort")
 
     def __init__(self, config: Any, workdir: Path):
         self.config = config

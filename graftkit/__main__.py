@@ -1,0 +1,3 @@
+from graftkit.cli import main
+
+raise SystemExit(main())

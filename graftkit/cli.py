@@ -1,0 +1,174 @@
+"""The ``graftkit`` command line: run, eval, generate, embed, label, plan, synth, study, plugins.
+
+Unknown registered names (dataset, encoder, extractor, profile) print one line listing the
+registered names and exit with code 2; so do invalid configs and bad inputs the verbs detect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from graftkit import __version__
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _add_common_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", help="registered run preset / launch profile (see `graftkit plugins`)")
+    p.add_argument("--config", type=Path, help="YAML config (e.g. a run's resolved config.yaml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set phases.p3.lr=1e-5 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graftkit",
+        description="Graft a frozen self-supervised encoder into a decoder LLM (four-phase curriculum).",
+    )
+    parser.add_argument("--version", action="version", version=f"graftkit {__version__}")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    p = sub.add_parser("run", help="run curriculum phases on a dataset, then evaluate")
+    p.add_argument("dataset", help="registered dataset name, e.g. ct_rate")
+    p.add_argument("--phases", default="1-4", help="phase range: 1-4, 3, 2-3 (default 1-4)")
+    p.add_argument("--output-dir", type=Path, help="run directory (default runs/DATASET-PROFILE)")
+    p.add_argument("--data-dir", type=Path, help="real data in the dataset's layout (default: synthesise)")
+    p.add_argument("--llm", type=Path, help="local causal-LM directory (default: train the language prior)")
+    p.add_argument("--init-from", type=Path, help="checkpoint to start the first selected phase from")
+    p.add_argument("--warm-bridge", type=Path, help="phase-3 run or checkpoint whose bridge parts warm-start phase 3")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last complete checkpoint")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    _add_common_run_options(p)
+
+    p = sub.add_parser("eval", help="evaluate a run: generation F1, ablations, report")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--split", default=None, help="split to evaluate (default from config: valid)")
+    p.add_argument("--extractor", help="registered label extractor (default: the dataset's)")
+    p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=None, help="real/zero/shuffle/random tokens, NLL split, linear probes")
+    p.add_argument("--limit", type=int, help="evaluate the first N volumes only")
+    p.add_argument("--checkpoint", help="phase checkpoint to evaluate (default: the last phase run)")
+
+    p = sub.add_parser("generate", help="write one report for one case")
+    p.add_argument("run_dir", type=Path)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--embeddings", type=Path, help="slice embeddings (.npy or .npz)")
+    src.add_argument("--volume", type=Path, help="a volume to embed first (needs --encoder)")
+    p.add_argument("--encoder", help="registered encoder name, with --volume")
+    p.add_argument("--weights", type=Path, help="encoder weights, with --volume")
+    p.add_argument("--explain", action="store_true", help="per sentence, the zones it relied on most")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the eval protocol")
+
+    p = sub.add_parser("embed", help="turn volumes into per-slice embeddings with an encoder")
+    p.add_argument("encoder", help="registered encoder name, e.g. lejepa-ct")
+    p.add_argument("--input", required=True, nargs="+", type=Path, help="folder(s) or files")
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--weights", type=Path)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="encoder option")
+
+    p = sub.add_parser("label", help="extract the label columns from report texts")
+    p.add_argument("--extractor", required=True, help="registered label extractor, e.g. ct_rate-rules")
+    p.add_argument("--input", required=True, type=Path, help="CSV with an id column and a text column")
+    p.add_argument("--text-column", required=True)
+    p.add_argument("--id-column", help="default: the first column")
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extractor option, e.g. weights=PATH")
+
+    p = sub.add_parser("plan", help="inventory per phase on the meta device (no weights)")
+    p.add_argument("dataset")
+    p.add_argument("--json", action="store_true")
+    _add_common_run_options(p)
+
+    p = sub.add_parser("synth", help="write a synthetic cohort in the dataset's own layout")
+    p.add_argument("dataset")
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--n-train", type=int)
+    p.add_argument("--n-valid", type=int)
+    p.add_argument("--dim", type=int)
+    p.add_argument("--seed", type=int)
+
+    p = sub.add_parser("study", help="the paper's key comparisons on the synthetic cohort")
+    p.add_argument("dataset")
+    p.add_argument("--output", type=Path, default=Path("docs/reproduction.md"))
+    _add_common_run_options(p)
+
+    p = sub.add_parser("plugins", help="list installed plugins, their hooks and versions")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from graftkit.plugins import describe
+
+    info = describe()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="graftkit plugins")
+    for col in ("plugin", "version", "hooks", "provides"):
+        table.add_column(col)
+    for row in info:
+        provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in row["provides"].items())
+        table.add_row(row["name"], row["version"], ", ".join(row["hooks"]), provides)
+    Console().print(table)
+    return 0
+
+
+def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    def call(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+
+    return call
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "plugins": cmd_plugins,
+    "run": _lazy("graftkit.commands", "cmd_run"),
+    "eval": _lazy("graftkit.commands", "cmd_eval"),
+    "generate": _lazy("graftkit.commands", "cmd_generate"),
+    "embed": _lazy("graftkit.commands", "cmd_embed"),
+    "label": _lazy("graftkit.commands", "cmd_label"),
+    "plan": _lazy("graftkit.commands", "cmd_plan"),
+    "synth": _lazy("graftkit.commands", "cmd_synth"),
+    "study": _lazy("graftkit.commands", "cmd_study"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from graftkit.config import ConfigError
+    from graftkit.plugins import PluginError, UnknownNameError
+    from graftkit.progress import set_quiet
+
+    args = build_parser().parse_args(argv)
+    set_quiet(args.quiet)
+    try:
+        return COMMANDS[args.verb](args)
+    except (CLIError, ConfigError, UnknownNameError, PluginError) as err:
+        print(f"graftkit {args.verb}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

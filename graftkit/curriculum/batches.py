@@ -1,0 +1,134 @@
+"""Per-phase batches: slice tensors, label vectors, aligned text targets and chat tokens.
+
+The declared ``text`` kind of a phase picks what each sample is paired with:
+``conditions`` (whitened condition-text embeddings, phase 1), ``positive_findings`` (phases 2-3:
+one segment per positive condition in a per-sample random order) or ``narrative`` (phase 4).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from graftkit.data import GraftDataset, Volume, VolumeDataset, collate_volumes
+from graftkit.lm import encode_chat, pad_batch
+
+
+class TextTargets:
+    """Whitened text targets per volume: its positive-condition embeddings and one summary target."""
+
+    def __init__(self, dataset: GraftDataset, volumes: list[Volume], textspace):
+        self.conditions: list[torch.Tensor] = []
+        self.summary: list[torch.Tensor] = []
+        normal = textspace[dataset.normal_text]
+        for volume in volumes:
+            texts = [text for _, text in dataset.condition_texts(volume)]
+            if texts:
+                emb = torch.stack([textspace[t] for t in texts])
+                self.conditions.append(emb)
+                self.summary.append(emb.mean(0))
+            else:
+                self.conditions.append(torch.zeros(0, textspace.dim))
+                self.summary.append(normal)
+
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        m_max = max(1, max(self.conditions[i].shape[0] for i in indices))
+        dim = self.summary[0].shape[0]
+        cond = torch.zeros(len(indices), m_max, dim)
+        mask = torch.zeros(len(indices), m_max, dtype=torch.bool)
+        for b, i in enumerate(indices):
+            m = self.conditions[i].shape[0]
+            cond[b, :m] = self.conditions[i]
+            mask[b, :m] = True
+        return {
+            "cond_emb": cond,
+            "cond_mask": mask,
+            "text_emb": torch.stack([self.summary[i] for i in indices]),
+        }
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """The per-sample text-order RNG; a pure function of (seed, epoch, index) so resume repeats it."""
+    return random.Random((seed * 1_000_003 + epoch) * 1_000_003 + index)
+
+
+def response_text(dataset: GraftDataset, volume: Volume, kind: str, rng: random.Random) -> str:
+    if kind == "narrative":
+        return dataset.narrative_text(volume)
+    return dataset.positive_findings_text(volume, rng)
+
+
+class PhaseCollator:
+    """Collates :class:`VolumeDataset` items for one phase (picklable for DataLoader workers)."""
+
+    def __init__(
+        self,
+        dataset: GraftDataset,
+        volumes: list[Volume],
+        targets: TextTargets | None,
+        tokenizer: Any | None,
+        text_kind: str,
+        num_visual_tokens: int,
+        seed: int,
+        max_length: int | None = None,
+    ):
+        self.dataset, self.volumes, self.targets = dataset, volumes, targets
+        self.tokenizer, self.text_kind = tokenizer, text_kind
+        self.k, self.seed, self.max_length = num_visual_tokens, seed, max_length
+        self.epoch = 0
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate_volumes(items)
+        indices = batch["index"].tolist()
+        if self.targets is not None:
+            batch.update(self.targets.batch(indices))
+        if self.tokenizer is not None:
+            encodings = []
+            for i in indices:
+                text = response_text(
+                    self.dataset, self.volumes[i], self.text_kind, sample_rng(self.seed, self.epoch, i)
+                )
+                encodings.append(
+                    encode_chat(self.tokenizer, self.dataset.prompt, text, self.k, max_length=self.max_length)
+                )
+            padded = pad_batch(encodings, self.tokenizer.pad_token_id, side="right")
+            batch["input_ids"] = padded["input_ids"]
+            batch["attention_mask"] = padded["attention_mask"]
+            batch["labels_lm"] = padded["labels"]
+        return batch
+
+
+def make_loader(
+    dataset: GraftDataset,
+    volumes: list[Volume],
+    collator: PhaseCollator,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    max_slices: int | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> torch.utils.data.DataLoader:
+    """A loader over this process's shard; the order is a pure function of (seed, epoch)."""
+    n = len(volumes)
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 9973 + epoch)).tolist()
+    else:
+        order = list(range(n))
+    per_rank = n // world if world > 1 else n
+    shard = order[rank::world][:per_rank]
+    if drop_last and len(shard) >= batch_size:
+        shard = shard[: len(shard) - len(shard) % batch_size]
+    collator.epoch = epoch
+    return torch.utils.data.DataLoader(
+        torch.utils.data.Subset(VolumeDataset(dataset, volumes, max_slices), shard),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collator,
+        num_workers=num_workers,
+    )

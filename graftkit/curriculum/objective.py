@@ -1,0 +1,132 @@
+"""The phase objective: one ``forward(batch)`` that computes every loss a phase declares.
+
+Losses are looked up by name in :data:`LOSSES`; a phase config lists names with weights
+(DESIGN.md table). Everything runs inside one module call so DDP sees a single forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graftkit.align import (
+    InfoNCE,
+    focal_loss,
+    mil_loss,
+    mmd_imq,
+    orthogonality_loss,
+    weighted_bce,
+)
+
+
+@dataclass
+class StepState:
+    """Lazily computed intermediate tensors shared by the losses of one step."""
+
+    objective: Objective
+    batch: dict[str, Any]
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def glm(self):
+        return self.objective.glm
+
+    def get(self, key: str, fn: Callable[[], Any]) -> Any:
+        if key not in self.cache:
+            self.cache[key] = fn()
+        return self.cache[key]
+
+    @property
+    def encoded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.batch
+        return self.get("encoded", lambda: self.glm.encode(b["slices"], b["z_mm"], b["mask"]))
+
+    @property
+    def zones(self) -> torch.Tensor:
+        return self.encoded[0]
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        return self.encoded[1]
+
+    @property
+    def cls_logits(self) -> torch.Tensor:
+        return self.get("cls", lambda: self.glm.heads.cls(self.tokens))
+
+    @property
+    def lm_output(self):
+        b = self.batch
+
+        def run():
+            return self.glm(
+                input_ids=b["input_ids"],
+                attention_mask=b["attention_mask"],
+                visual_tokens=self.tokens,
+                labels=b["labels_lm"],
+                output_hidden_states="llm_cls" in self.objective.weights,
+            )
+
+        return self.get("lm", run)
+
+
+def _llm_cls(s: StepState) -> torch.Tensor:
+    """3.0·LLM-cls: the classifier on the last hidden state at the last prompt token."""
+    hidden = s.lm_output.hidden_states[-1]
+    labels = s.batch["labels_lm"]
+    first_response = (labels != -100).float().argmax(dim=1)
+    position = (first_response - 1).clamp_min(0)
+    last_prompt = hidden[torch.arange(hidden.shape[0], device=hidden.device), position]
+    return weighted_bce(s.glm.heads.llm_cls(last_prompt), s.batch["labels"], s.objective.pos_weight)
+
+
+def _jepa(s: StepState) -> torch.Tensor:
+    """JEPA: 1 - cos(z_v, z_t) between the predicted and the whitened text embedding."""
+    z_v = s.glm.heads.jepa(s.tokens)
+    return (1 - F.cosine_similarity(z_v, s.batch["text_emb"], dim=-1)).mean()
+
+
+LOSSES: dict[str, Callable[[StepState], torch.Tensor]] = {
+    "bce": lambda s: weighted_bce(s.cls_logits, s.batch["labels"], s.objective.pos_weight),
+    "focal": lambda s: focal_loss(s.cls_logits, s.batch["labels"]),
+    "mil": lambda s: mil_loss(s.glm.heads.mil(s.tokens), s.batch["labels"]),
+    "orth": lambda s: orthogonality_loss(s.zones),
+    "mmd": lambda s: mmd_imq(
+        s.glm.heads.jepa_tokens(s.tokens), s.batch["cond_emb"], s.batch["cond_mask"], s.objective.mmd_alpha
+    ),
+    "infonce": lambda s: s.objective.infonce(s.glm.heads.jepa(s.tokens), s.batch["text_emb"]),
+    "jepa": _jepa,
+    "lm": lambda s: s.lm_output.loss,
+    "llm_cls": _llm_cls,
+}
+
+NEEDS_TEXT_TARGETS = {"mmd", "infonce", "jepa"}
+NEEDS_TOKENS = {"lm", "llm_cls"}
+
+
+class Objective(nn.Module):
+    """Wraps the grafted model, the learned InfoNCE temperature and the loss table of a phase."""
+
+    def __init__(self, glm: nn.Module, infonce: InfoNCE, pos_weight: torch.Tensor, mmd_alpha: float):
+        super().__init__()
+        self.glm = glm
+        self.infonce = infonce
+        self.register_buffer("pos_weight", pos_weight.clone().float())
+        self.mmd_alpha = mmd_alpha
+        self.weights: dict[str, float] = {}
+
+    def set_losses(self, weights: dict[str, float]) -> None:
+        unknown = sorted(set(weights) - set(LOSSES))
+        if unknown:
+            raise ValueError(f"unknown loss(es) {unknown}; known: {sorted(LOSSES)}")
+        self.weights = {k: v for k, v in weights.items() if v > 0}
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        state = StepState(self, batch)
+        terms = {name: LOSSES[name](state) for name in self.weights}
+        terms["total"] = sum(self.weights[n] * terms[n] for n in self.weights)
+        return terms

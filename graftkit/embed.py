@@ -1,0 +1,343 @@
+"""The embedding runner behind ``graftkit embed``: volumes → one slice-embedding file per volume.
+
+DESIGN.md, data flow: an encoder plugin turns each volume into ``S ∈ R^{N×d_v}`` and physical
+positions ``z ∈ R^N``. :func:`run_embed` applies a registered :class:`~graftkit.encoders.Encoder`
+to many inputs and writes ``{stem}.npz`` holding ``embeddings`` (float16, ``[N, d]``) and
+``z_mm`` (float32, ``[N]``): the layout the CT-RATE dataset reads ("Precomputed slice embeddings":
+``{VolumeName without .nii.gz}`` + ``.npz`` with key ``embeddings``).
+
+- Each file is written to a hidden temporary name and renamed, so an interrupted run never leaves
+  a file that looks complete; with ``resume`` a complete output is skipped and a partial or
+  corrupt one is redone.
+- Under ``torchrun``/``accelerate launch`` (``RANK``/``WORLD_SIZE``), rank ``r`` of ``w`` takes
+  ``inputs[r::w]``; summaries are gathered over a gloo group so every rank reports the whole run.
+- A volume that fails (corrupt, empty, not CT, ...) is recorded with its file name and reason and
+  the run goes on; :attr:`EmbedSummary.exit_code` is non-zero if any failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from graftkit.encoders import EncodedVolume, Encoder
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+EMBEDDING_SUFFIXES = (".npz", ".npy")
+InputKind = Literal["nifti", "dicom", "embeddings"]
+DEFAULT_KINDS: tuple[InputKind, ...] = ("nifti", "dicom")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A ``.dcm`` file, or any file with the DICOM Part 10 magic ``DICM`` after its preamble."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def volume_stem(path: Path) -> str:
+    """Output name of an input: the file name without ``.nii.gz``/``.nii``/``.npz``/``.npy``/``.dcm``,
+    or the folder name of a DICOM series."""
+    name = path.name
+    for suffix in (*NIFTI_SUFFIXES, *EMBEDDING_SUFFIXES, ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def discover_inputs(
+    dir_or_files: str | Path | Iterable[str | Path], kinds: Iterable[InputKind] = DEFAULT_KINDS
+) -> list[Path]:
+    """Expand files and folders into the inputs of a run, sorted and without duplicates.
+
+    A file named explicitly is taken as is. A folder is searched recursively for NIfTI files
+    (``kinds`` has ``"nifti"``), folders that directly hold DICOM files, each one series
+    (``"dicom"``), and ``.npy``/``.npz`` embedding files (``"embeddings"``, for the
+    ``precomputed`` encoder). Raises ``FileNotFoundError`` naming a path that does not exist.
+    """
+    if isinstance(dir_or_files, (str, Path)):
+        dir_or_files = [dir_or_files]
+    kinds = set(kinds)
+    unknown = kinds - {"nifti", "dicom", "embeddings"}
+    if unknown:
+        raise ValueError(f"unknown input kinds {sorted(unknown)}; known: nifti, dicom, embeddings")
+    found: set[Path] = set()
+    for item in dir_or_files:
+        path = Path(item)
+        if not path.exists():
+            raise FileNotFoundError(f"input {path} does not exist")
+        if path.is_file():
+            found.add(path)
+            continue
+        for folder, dirs, names in os.walk(path):
+            dirs.sort()
+            folder_path = Path(folder)
+            has_dicom = False
+            for name in names:
+                file = folder_path / name
+                if name.startswith("."):
+                    continue
+                if is_nifti(file):
+                    if "nifti" in kinds:
+                        found.add(file)
+                elif name.lower().endswith(EMBEDDING_SUFFIXES):
+                    if "embeddings" in kinds:
+                        found.add(file)
+                elif "dicom" in kinds and not has_dicom and is_dicom_file(file):
+                    has_dicom = True
+            if has_dicom:
+                found.add(folder_path)
+    return sorted(found)
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs
+
+
+def output_file(output: Path, path: Path) -> Path:
+    return Path(output) / f"{volume_stem(path)}.npz"
+
+
+def write_embeddings(target: Path, encoded: EncodedVolume) -> None:
+    """Write ``embeddings`` (float16) and ``z_mm`` (float32) to ``target`` atomically."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                embeddings=np.asarray(encoded.embeddings, dtype=np.float16),
+                z_mm=np.asarray(encoded.z_mm, dtype=np.float32),
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_embeddings(path: Path) -> EncodedVolume:
+    """Read an output of :func:`run_embed`; raises ``ValueError`` naming the file if it is broken."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            embeddings = np.asarray(data["embeddings"])
+            z_mm = np.asarray(data["z_mm"])
+    except Exception as err:  # zipfile/np.load raise several types for a truncated archive
+        raise ValueError(
+            f"{path.name}: unreadable embedding file ({type(err).__name__}: {err})"
+        ) from err
+    return EncodedVolume(embeddings=embeddings, z_mm=z_mm)
+
+
+def check_encoded(encoded: EncodedVolume, dim: int, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``embeddings`` is finite ``[N, dim]`` and
+    ``z_mm`` is ``[N]`` (``dim`` 0 accepts any width)."""
+    emb, z = np.asarray(encoded.embeddings), np.asarray(encoded.z_mm)
+    if emb.ndim != 2 or emb.shape[0] == 0:
+        raise ValueError(f"{name}: embeddings must be [N, d] with N > 0, got shape {emb.shape}")
+    if dim and emb.shape[1] != dim:
+        raise ValueError(f"{name}: embeddings have dim {emb.shape[1]}, encoder declares {dim}")
+    if z.shape != (emb.shape[0],):
+        raise ValueError(f"{name}: z_mm has shape {z.shape}, expected ({emb.shape[0]},)")
+    if not (np.isfinite(emb).all() and np.isfinite(z).all()):
+        raise ValueError(f"{name}: embeddings or z_mm hold NaN/inf")
+
+
+def is_complete(path: Path, dim: int) -> bool:
+    """True when ``path`` is a readable, valid output for an encoder of width ``dim``."""
+    if not Path(path).is_file():
+        return False
+    try:
+        check_encoded(read_embeddings(path), dim, Path(path).name)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Runner
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` from torch.distributed if initialised, else from the launcher's env."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:
+        pass
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+@dataclass
+class VolumeResult:
+    """What happened to one input: ``status`` is ``ok``, ``skipped`` (complete output) or ``failed``."""
+
+    name: str
+    status: Literal["ok", "skipped", "failed"]
+    reason: str = ""
+    slices: int = 0
+    seconds: float = 0.0
+    rank: int = 0
+
+
+@dataclass
+class EmbedSummary:
+    """Outcome of :func:`run_embed` over all ranks: file names embedded, skipped and failed."""
+
+    ok: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    slices: int = 0
+    seconds: float = 0.0
+    world_size: int = 1
+    results: list[VolumeResult] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def add(self, result: VolumeResult) -> None:
+        self.results.append(result)
+        if result.status == "ok":
+            self.ok.append(result.name)
+            self.slices += result.slices
+        elif result.status == "skipped":
+            self.skipped.append(result.name)
+        else:
+            self.failed.append((result.name, result.reason))
+
+    def format(self) -> str:
+        lines = [
+            f"embedded {len(self.ok)}, skipped {len(self.skipped)} (complete), failed {len(self.failed)}"
+            f"; {self.slices} slices in {self.seconds:.1f} s on {self.world_size} process(es)"
+        ]
+        lines += [f"  FAILED {name}: {reason}" for name, reason in self.failed]
+        return "\n".join(lines)
+
+
+def run_embed(
+    encoder: Encoder,
+    inputs: list[Path],
+    output: Path,
+    batch_size: int = 16,
+    limit: int | None = None,
+    resume: bool = True,
+    progress: Callable[[VolumeResult], None] | None = None,
+) -> EmbedSummary:
+    """Embed ``inputs`` with ``encoder`` into ``output/{stem}.npz``, one file per volume.
+
+    ``batch_size`` is the number of slices per forward pass, handed to encoders that batch (those
+    with a ``batch_size`` attribute). ``limit`` keeps the first ``limit`` inputs (before sharding).
+    ``progress`` is called with each :class:`VolumeResult`. Under a multi-process launch each rank
+    embeds ``inputs[rank::world_size]`` and the returned summary covers every rank.
+    """
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    inputs = [Path(p) for p in inputs][: limit if limit is not None else None]
+    _check_unique_outputs(inputs, output)
+    if hasattr(encoder, "batch_size"):
+        encoder.batch_size = batch_size
+    rank, world = dist_rank_world()
+    dim = int(getattr(encoder, "dim", 0) or 0)
+    start = time.perf_counter()
+    local = EmbedSummary(world_size=world)
+    for path in inputs[rank::world]:
+        result = _embed_one(encoder, path, output, dim, resume)
+        result.rank = rank
+        local.add(result)
+        if result.status == "failed":
+            log.warning("rank %d: %s failed: %s", rank, result.name, result.reason)
+        if progress is not None:
+            progress(result)
+    local.seconds = time.perf_counter() - start
+    return _gather(local) if world > 1 else local
+
+
+def _embed_one(encoder: Encoder, path: Path, output: Path, dim: int, resume: bool) -> VolumeResult:
+    target = output_file(output, path)
+    for stale in output.glob(f".{target.name}.tmp*"):
+        stale.unlink(missing_ok=True)
+    if resume and is_complete(target, dim):
+        return VolumeResult(path.name, "skipped")
+    start = time.perf_counter()
+    try:
+        encoded = encoder.encode(path)
+        check_encoded(encoded, dim, path.name)
+        if not np.isfinite(np.asarray(encoded.embeddings, dtype=np.float16)).all():
+            raise ValueError(f"{path.name}: embeddings overflow float16 (|x| > 65504)")
+        write_embeddings(target, encoded)
+    except Exception as err:
+        reason = str(err)
+        prefix = f"{path.name}: "
+        reason = (
+            reason[len(prefix) :]
+            if reason.startswith(prefix)
+            else f"{type(err).__name__}: {reason}"
+        )
+        return VolumeResult(path.name, "failed", reason=reason)
+    return VolumeResult(
+        path.name, "ok", slices=len(encoded.z_mm), seconds=time.perf_counter() - start
+    )
+
+
+def _check_unique_outputs(inputs: list[Path], output: Path) -> None:
+    seen: dict[Path, Path] = {}
+    for path in inputs:
+        target = output_file(output, path)
+        if target in seen:
+            raise ValueError(
+                f"inputs {seen[target]} and {path} would both write {target.name}; rename one"
+            )
+        if target.resolve() == path.resolve():
+            raise ValueError(f"input {path} is its own output; choose another --output folder")
+        seen[target] = path
+
+
+def _gather(local: EmbedSummary) -> EmbedSummary:
+    """All ranks' summaries, gathered over a gloo group (created if the launcher made none)."""
+    import torch.distributed as dist
+
+    created = False
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(hours=24))
+        created = True
+    group = dist.new_group(backend="gloo", timeout=timedelta(hours=24))
+    gathered: list[EmbedSummary | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local, group=group)
+    dist.destroy_process_group(group)
+    if created:
+        dist.destroy_process_group()
+    merged = EmbedSummary(world_size=local.world_size)
+    for part in gathered:
+        assert part is not None
+        for result in part.results:
+            merged.add(result)
+        merged.seconds = max(merged.seconds, part.seconds)
+    return merged

@@ -1,0 +1,1 @@
+"""Evaluation: generation metrics, ablations, linear probe, collapse monitor, run report."""

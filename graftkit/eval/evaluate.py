@@ -1,0 +1,241 @@
+"""``graftkit eval``: generation F1, extractor reference score, classifier thresholds, ablations.
+
+Writes ``RUN/metrics.json`` (``eval``, ``ablation``, ``probe``, ``classifier``), the generated
+reports to ``RUN/generations.jsonl``, the zone-grounding map to ``RUN/grounding.json``, and
+the self-contained ``RUN/report.html`` (DESIGN.md "Evaluation"; issue: paper Tables VIII and X).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from graftkit.curriculum.batches import response_text, sample_rng
+from graftkit.curriculum.checkpoint import is_complete, load_checkpoint
+from graftkit.data import Volume, VolumeDataset, collate_volumes
+from graftkit.eval.generation import (
+    ABLATIONS,
+    ablate,
+    generate_reports,
+    generation_scores,
+    label_matrix,
+    visual_tokens,
+)
+from graftkit.lm import encode_chat, pad_batch
+
+STOPWORDS = {"with", "and", "the", "wall", "pattern", "material", "medical", "lung", "artery", "pulmonary"}
+
+
+def finding_words(class_names: list[str]) -> set[str]:
+    """Words that name a finding (from the class names), for the NLL split of paper Table X."""
+    words = set()
+    for name in class_names:
+        for word in re.findall(r"[a-z]+", name.lower()):
+            if len(word) > 3 and word not in STOPWORDS:
+                words.add(word)
+    return words
+
+
+@torch.inference_mode()
+def token_nll(glm, tokenizer, prompt: str, responses: list[str], tokens: torch.Tensor, batch_size: int = 16):
+    """Per-response lists of (token id, NLL) over the response tokens, teacher-forced."""
+    out = []
+    k = tokens.shape[1]
+    for start in range(0, len(responses), batch_size):
+        encs = [encode_chat(tokenizer, prompt, r, k) for r in responses[start : start + batch_size]]
+        batch = pad_batch(encs, tokenizer.pad_token_id, side="right")
+        logits = glm(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            visual_tokens=tokens[start : start + batch_size],
+        ).logits.float()
+        labels = batch["labels"]
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        target = labels[:, 1:]
+        valid = target != -100
+        nll = -logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        for b in range(target.shape[0]):
+            ids = target[b][valid[b]].tolist()
+            out.append(list(zip(ids, nll[b][valid[b]].tolist(), strict=True)))
+    return out
+
+
+def split_nll(tokenizer, per_token: list[list[tuple[int, float]]], words: set[str]) -> dict[str, float]:
+    """Mean NLL of tokens inside finding words vs all other tokens."""
+    finding, other = [], []
+    for seq in per_token:
+        pieces = [tokenizer.decode([i]) for i, _ in seq]
+        text = "".join(pieces)
+        spans = [m.span() for m in re.finditer(r"[A-Za-z]+", text) if m.group().lower() in words]
+        pos = 0
+        for piece, (_, nll) in zip(pieces, seq, strict=True):
+            lo, hi = pos, pos + len(piece)
+            pos = hi
+            (finding if any(a < hi and lo < b for a, b in spans) else other).append(nll)
+    return {
+        "finding": float(np.mean(finding)) if finding else float("nan"),
+        "other": float(np.mean(other)) if other else float("nan"),
+        "finding_tokens": len(finding),
+        "other_tokens": len(other),
+    }
+
+
+@torch.inference_mode()
+def zone_grounding(run, volumes: list[Volume], tokens: torch.Tensor, per_class: int = 4) -> dict[str, Any]:
+    """Occlusion map: how much the NLL of each finding's sentence rises when zone k is zeroed.
+
+    For every class with positive volumes, its condition sentence is teacher-forced for up to
+    ``per_class`` such volumes with all tokens, then with token k zeroed (k = 0 apex .. K-1 base).
+    Rows are normalised to sum to 1 over zones (negative rises clipped to 0).
+    """
+    dataset, glm, tok = run.dataset, run.glm, run.tokenizer
+    k = tokens.shape[1]
+    rows = []
+    for c, name in enumerate(dataset.class_names):
+        idx = [i for i, v in enumerate(volumes) if v.labels[c] > 0][:per_class]
+        if not idx:
+            continue
+        rise = torch.zeros(k)
+        for i in idx:
+            text = dict(dataset.condition_texts(volumes[i])).get(c, dataset.class_text(c))
+            base = tokens[i].unsqueeze(0).repeat(k + 1, 1, 1)
+            for z in range(k):
+                base[z + 1, z] = 0
+            nll = token_nll(glm, tok, dataset.prompt, [text] * (k + 1), base, batch_size=k + 1)
+            totals = torch.tensor([sum(n for _, n in seq) / max(1, len(seq)) for seq in nll])
+            rise += (totals[1:] - totals[0]).clamp_min(0)
+        weights = rise / rise.sum() if rise.sum() > 0 else rise
+        rows.append({"label": name, "weights": weights.tolist(), "volumes": len(idx)})
+    return {"zones": k, "method": "occlusion (NLL rise when one zone token is zeroed)", "rows": rows}
+
+
+def _probe_features(run, volumes, raw: bool) -> np.ndarray:
+    data = VolumeDataset(run.dataset, volumes, run.cfg.data.max_slices)
+    feats = []
+    with torch.inference_mode():
+        for start in range(0, len(data), 32):
+            batch = collate_volumes([data[i] for i in range(start, min(start + 32, len(data)))])
+            if raw:
+                m = batch["mask"].unsqueeze(-1).float()
+                feats.append(((batch["slices"] * m).sum(1) / m.sum(1)).numpy())
+            else:
+                feats.append(run.glm.compressor(batch["slices"], batch["z_mm"], batch["mask"]).mean(1).numpy())
+    return np.concatenate(feats)
+
+
+def linear_probes(run, volumes: list[Volume]) -> dict[str, Any]:
+    """Paper Table VIII: 5-fold logistic-regression probe on raw slices and each phase's tokens."""
+    from graftkit.eval.probe import linear_probe
+
+    labels = label_matrix(volumes)
+    out = {"raw": linear_probe(_probe_features(run, volumes, raw=True), labels, folds=run.cfg.eval.probe_folds)}
+    current = {k: v.clone() for k, v in run.glm.bridge_state_dict().items()}
+    for n in (1, 2, 3, 4):
+        path = run.run_dir / f"phase{n}"
+        if is_complete(path):
+            tensors, _ = load_checkpoint(path)
+            run.glm.load_bridge_state_dict(tensors["model"])
+            out[f"p{n}"] = linear_probe(_probe_features(run, volumes, raw=False), labels, folds=run.cfg.eval.probe_folds)
+    run.glm.load_bridge_state_dict(current)
+    return out
+
+
+def evaluate(
+    run,
+    split: str | None = None,
+    extractor_name: str | None = None,
+    ablations: bool | None = None,
+    limit: int | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Evaluate the run's current model on ``split``; returns and writes the metrics."""
+    from graftkit import plugins
+    from graftkit.eval.metrics import multilabel_scores, optimise_thresholds
+    from graftkit.eval.report import write_report
+
+    cfg = run.cfg.eval
+    split = split or cfg.split
+    if split not in run.dataset.splits:
+        raise ValueError(f"unknown split {split!r}; the dataset has {list(run.dataset.splits)}")
+    volumes = run.train if split == run.dataset.splits[0] else run.valid
+    volumes = volumes[: (limit or cfg.limit or len(volumes))]
+    ablations = cfg.ablations if ablations is None else ablations
+    name = extractor_name or cfg.extractor or run.dataset.default_extractor
+    extractor = plugins.get("extractor", name)(**cfg.extractor_options)
+    classes = run.dataset.class_names
+    gen = cfg.generation.model_dump()
+    if not gen["do_sample"]:
+        gen.pop("temperature"), gen.pop("top_p")
+
+    tokens = visual_tokens(run.glm, run.dataset, volumes, cfg.batch_size, run.cfg.data.max_slices)
+    texts = {}
+    scores = {}
+    modes = ABLATIONS if ablations else ("real",)
+    for mode in modes:
+        texts[mode] = generate_reports(
+            run.glm, run.tokenizer, run.dataset.prompt, ablate(tokens, mode, seed=run.cfg.seed), gen,
+            cfg.batch_size, seed=run.cfg.seed, progress=progress, description=f"generate ({mode} tokens)",
+        )
+        scores[mode] = generation_scores(extractor, texts[mode], volumes, classes)
+
+    truth = label_matrix(volumes)
+    references = [run.dataset.narrative_text(v) for v in volumes]
+    reference_scores = multilabel_scores(truth, extractor.extract(references), classes)
+    with torch.inference_mode():
+        probs = torch.sigmoid(run.glm.heads.cls(tokens)).numpy()
+    head = multilabel_scores(truth, (probs >= 0.5).astype(np.int64), classes)
+    thresholds, tuned = optimise_thresholds(truth, probs, upper_bound=True)
+
+    metrics: dict[str, Any] = {
+        "eval": {
+            **scores["real"],
+            "split": split,
+            "volumes": len(volumes),
+            "extractor": name,
+            "extractor_on_reference": {k: reference_scores[k] for k in ("macro_f1", "macro_precision", "macro_recall")},
+        },
+        "classifier": {
+            "threshold_0.5": {k: head[k] for k in ("macro_f1", "macro_precision", "macro_recall")},
+            "tuned_thresholds": {**{k: v for k, v in tuned.items() if k != "per_class"}, "thresholds": list(map(float, thresholds)),
+                                 "note": "tuned on the evaluated split: an upper bound, not a result"},
+        },
+    }
+    if ablations:
+        real = scores["real"]["macro_f1"]
+        metrics["ablation"] = {
+            mode: {k: scores[mode][k] for k in ("macro_f1", "macro_precision", "macro_recall")} for mode in modes
+        }
+        metrics["ablation"]["zero_drop"] = (real - scores["zero"]["macro_f1"]) / real if real > 0 else 0.0
+        words = finding_words(classes)
+        kind = run.cfg.phases.get(max(_phases_run(run) or [3])).text
+        responses = [response_text(run.dataset, v, kind, sample_rng(run.cfg.seed, 0, i)) for i, v in enumerate(volumes)]
+        metrics["ablation"]["nll"] = {
+            mode: split_nll(run.tokenizer, token_nll(run.glm, run.tokenizer, run.dataset.prompt, responses, ablate(tokens, mode)), words)
+            for mode in ("real", "zero", "shuffle")
+        }
+        metrics["probe"] = linear_probes(run, volumes)
+        grounding = zone_grounding(run, volumes, tokens)
+        if run.main:
+            (run.run_dir / "grounding.json").write_text(json.dumps(grounding, indent=2))
+    if run.main:
+        with (run.run_dir / "generations.jsonl").open("w") as fh:
+            predicted = extractor.extract(texts["real"])
+            for i, v in enumerate(volumes):
+                row = {"name": v.name, "generated": texts["real"][i], "reference": references[i],
+                       "labels": [classes[c] for c in np.flatnonzero(truth[i])],
+                       "predicted": [classes[c] for c in np.flatnonzero(predicted[i])]}
+                if ablations:
+                    row["generated_zero"] = texts["zero"][i]
+                fh.write(json.dumps(row) + "\n")
+        run.update_metrics(metrics)
+        write_report(run.run_dir)
+    return metrics
+
+
+def _phases_run(run) -> list[int]:
+    return [n for n in (1, 2, 3, 4) if is_complete(Path(run.run_dir) / f"phase{n}")]

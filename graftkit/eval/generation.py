@@ -1,0 +1,104 @@
+"""Report generation for evaluation, with the paper's visual-token ablations (DESIGN.md "Evaluation").
+
+Visual tokens are computed once per volume (compressor -> predictor -> calibrator), then used
+as they are (``real``), zeroed (``zero``), taken from another patient (``shuffle``: a cyclic shift
+over the evaluated volumes) or replaced by Gaussian noise of the same per-token norm (``random``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from graftkit.data import GraftDataset, Volume, VolumeDataset, collate_volumes
+from graftkit.lm import encode_chat, pad_batch
+
+ABLATIONS = ("real", "zero", "shuffle", "random")
+
+
+@torch.inference_mode()
+def visual_tokens(
+    glm,
+    dataset: GraftDataset,
+    volumes: Sequence[Volume],
+    batch_size: int = 16,
+    max_slices: int | None = None,
+) -> torch.Tensor:
+    """Calibrated visual tokens ``[n, K, d_l]`` for each volume (eval mode)."""
+    glm.eval()
+    data = VolumeDataset(dataset, list(volumes), max_slices)
+    out = []
+    for start in range(0, len(data), batch_size):
+        batch = collate_volumes([data[i] for i in range(start, min(start + batch_size, len(data)))])
+        out.append(glm.encode(batch["slices"], batch["z_mm"], batch["mask"])[1].float().cpu())
+    return torch.cat(out)
+
+
+def ablate(tokens: torch.Tensor, mode: str, seed: int = 0) -> torch.Tensor:
+    """Apply one of :data:`ABLATIONS` to a stack of visual tokens ``[n, K, d]``."""
+    if mode == "real":
+        return tokens
+    if mode == "zero":
+        return torch.zeros_like(tokens)
+    if mode == "shuffle":
+        return tokens.roll(1, dims=0) if tokens.shape[0] > 1 else torch.zeros_like(tokens)
+    if mode == "random":
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn(tokens.shape, generator=g)
+        scale = tokens.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return noise * scale
+    raise ValueError(f"unknown ablation {mode!r}; choose from {ABLATIONS}")
+
+
+@torch.inference_mode()
+def generate_reports(
+    glm,
+    tokenizer,
+    prompt: str,
+    tokens: torch.Tensor,
+    generation: dict[str, Any],
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: Any = None,
+    description: str = "generate",
+) -> list[str]:
+    """Generate one report per row of ``tokens`` with left-padded prompts."""
+    glm.eval()
+    torch.manual_seed(seed)
+    k = tokens.shape[1]
+    prompt_enc = encode_chat(tokenizer, prompt, None, k)
+    texts: list[str] = []
+    task = progress.add_task(description, total=tokens.shape[0], info="") if progress else None
+    for start in range(0, tokens.shape[0], batch_size):
+        chunk = tokens[start : start + batch_size]
+        enc = pad_batch([prompt_enc] * chunk.shape[0], tokenizer.pad_token_id, side="left")
+        out = glm.generate(
+            visual_tokens=chunk,
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **generation,
+        )
+        new = out[:, enc["input_ids"].shape[1] :]
+        texts.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+        if progress:
+            progress.advance(task, chunk.shape[0])
+    return texts
+
+
+def label_matrix(volumes: Sequence[Volume]) -> np.ndarray:
+    return np.stack([np.asarray(v.labels, dtype=np.int64) for v in volumes])
+
+
+def generation_scores(
+    extractor, texts: Sequence[str], volumes: Sequence[Volume], class_names: list[str]
+) -> dict:
+    """Macro/per-class F1, precision and recall of the labels extracted from generated text."""
+    from graftkit.eval.metrics import multilabel_scores
+
+    predicted = extractor.extract(list(texts))
+    return multilabel_scores(label_matrix(volumes), predicted, class_names)

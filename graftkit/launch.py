@@ -1,0 +1,47 @@
+"""Launch profiles -> accelerate config files (``accelerate launch --config_file``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from graftkit.config import LaunchConfig
+
+
+def accelerate_config(launch: LaunchConfig) -> dict[str, Any]:
+    """The accelerate config dict (the format ``accelerate config`` writes) for a launch profile."""
+    config: dict[str, Any] = {
+        "compute_environment": "LOCAL_MACHINE",
+        "distributed_type": launch.distributed_type,
+        "num_processes": launch.num_processes * launch.num_machines,
+        "num_machines": launch.num_machines,
+        "machine_rank": launch.machine_rank,
+        "mixed_precision": launch.mixed_precision,
+        "use_cpu": launch.use_cpu,
+        "gpu_ids": "all",
+        "rdzv_backend": "static",
+        "same_network": True,
+        "main_training_function": "main",
+        "downcast_bf16": "no",
+    }
+    if launch.num_machines > 1:
+        config["main_process_ip"] = launch.main_process_ip
+        config["main_process_port"] = launch.main_process_port
+    if launch.distributed_type == "FSDP":
+        config["fsdp_config"] = {
+            "fsdp_version": 2,
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+            "fsdp_cpu_ram_efficient_loading": True,
+            "fsdp_reshard_after_forward": True,
+            **launch.fsdp_config,
+        }
+    return config
+
+
+def write_accelerate_config(launch: LaunchConfig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(accelerate_config(launch), sort_keys=False))
+    return path

@@ -1,0 +1,41 @@
+"""graftkit plugin for CT-RATE chest-CT report generation (the reference application)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from graftkit.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def register_datasets(register):
+    from graftkit_ct_rate.dataset import CTRateDataset
+
+    register("ct_rate", CTRateDataset)
+
+
+@hookimpl
+def register_label_extractors(register):
+    from graftkit_ct_rate.labels.radbert import RadBertExtractor
+    from graftkit_ct_rate.labels.rules import CTRateRulesExtractor
+
+    register("ct_rate-rules", CTRateRulesExtractor)
+    register("ct_rate-radbert", RadBertExtractor)
+
+
+@hookimpl
+def register_compressors(register):
+    from graftkit.builtin import zone_compressor
+
+    # The paper's configuration: 32 zones, 16 heads, one global layer (run config fields win).
+    register("ct_rate-32", partial(zone_compressor, num_zones=32, num_heads=16, num_global_layers=1))
+
+
+@hookimpl
+def register_profiles(register):
+    from graftkit_ct_rate.profiles import PROFILES
+
+    for profile in PROFILES:
+        register(profile.name, profile)

@@ -1,0 +1,83 @@
+"""Run presets and launch profiles of the CT-RATE plugin (``register_profiles``).
+
+``tiny`` is the embedded default (synthetic cohort + language prior, 2 CPU cores, <= 15 min);
+``smoke`` is the CI-sized run; ``paper`` holds the paper's hyper-parameters (DESIGN.md);
+``paper-8xh200`` adds the 8-GPU bf16 DDP launch.
+"""
+
+from __future__ import annotations
+
+from graftkit.config import LaunchConfig, Profile
+
+
+def _phase(n: int, **fields) -> dict:
+    return {f"phases.p{n}.{k}": v for k, v in fields.items()}
+
+
+TINY = {
+    "data.synth": {"n_train": 800, "n_valid": 200, "dim": 64, "seed": 0},
+    "bridge.num_heads": 4,
+    "bridge.xattn_heads": 4,
+    "bridge.jepa_dim": 64,
+    "bridge.whitening_components": 64,
+    "model.lora.r": 8,
+    "model.lora.alpha": 16,
+    "eval.batch_size": 50,
+    "eval.monitor_subset": 50,
+    "eval.generation.max_new_tokens": 96,
+    **_phase(1, epochs=6, batch_size=32, lr=2e-3),
+    **_phase(2, epochs=3, batch_size=64, lr=5e-4),
+    **_phase(3, epochs=8, batch_size=16, lr=2e-3, lora_freeze_epoch=6, **{"early_stopping.patience": 4}),
+    **_phase(4, epochs=2, batch_size=16, lr=1e-4),
+}
+
+SMOKE = {
+    **TINY,
+    "data.synth": {"n_train": 48, "n_valid": 16, "dim": 16, "seed": 0},
+    "model.prior.steps": 20,
+    "model.prior.hidden_size": 32,
+    "model.prior.intermediate_size": 64,
+    "model.prior.num_hidden_layers": 2,
+    "model.prior.vocab_size": 400,
+    "bridge.num_zones": 8,
+    "bridge.jepa_dim": 16,
+    "bridge.whitening_components": 16,
+    "eval.batch_size": 16,
+    "eval.monitor_subset": 8,
+    "eval.generation.max_new_tokens": 24,
+    "eval.probe_folds": 2,
+    **_phase(1, epochs=1, batch_size=16),
+    **_phase(2, epochs=1, batch_size=16),
+    **_phase(3, epochs=2, batch_size=16, lora_freeze_epoch=1),
+    **_phase(4, epochs=1, batch_size=16),
+}
+
+PAPER = {
+    "model.architecture": "llama-3.2-3b-instruct",
+    "bridge.compressor": "ct_rate-32",
+    "model.dtype": "bfloat16",
+    "bridge.visual_dim": 1024,
+    "bridge.xattn_heads": 24,
+    "data.max_slices": 600,
+    "launch.mixed_precision": "bf16",
+}
+
+PROFILES = [
+    Profile(name="tiny", description="embedded default: synthetic cohort + language prior on 2 CPU cores", dataset="ct_rate", overrides=TINY),
+    Profile(name="smoke", description="CI smoke: phases 1-4 and eval in under 2 minutes", dataset="ct_rate", overrides=SMOKE),
+    Profile(name="paper", description="Ker-VLJEPA-3B: Llama-3.2-3B-Instruct, d_v=1024, K=32, adapters 7/14/21, LoRA r=16", dataset="ct_rate", overrides=PAPER),
+    Profile(
+        name="paper-8xh200",
+        description="the paper's 8 x H200 bf16 DDP launch",
+        dataset="ct_rate",
+        overrides=PAPER,
+        launch=LaunchConfig(distributed_type="MULTI_GPU", num_processes=8, mixed_precision="bf16"),
+    ),
+    Profile(
+        name="cpu-2proc",
+        description="2 CPU processes (gloo) on the smoke cohort: the distributed smoke test",
+        dataset="ct_rate",
+        overrides=SMOKE,
+        launch=LaunchConfig(distributed_type="MULTI_CPU", num_processes=2, use_cpu=True),
+    ),
+]
