@@ -60,7 +60,9 @@ def per_class_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, dict[s
 
 def macro(scores: dict[str, dict[str, float]]) -> dict[str, float]:
     """Unweighted means over the 18 classes."""
-    return {k: float(np.mean([s[k] for s in scores.values()])) for k in ("f1", "precision", "recall")}
+    return {
+        k: float(np.mean([s[k] for s in scores.values()])) for k in ("f1", "precision", "recall")
+    }
 
 
 def markdown_table(dev: dict, holdout: dict) -> str:

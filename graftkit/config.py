@@ -103,6 +103,8 @@ class LossWeights(Strict):
 
 
 class EarlyStopping(Strict):
+    """``metric``: ``loss`` (= validation total loss), any logged column, e.g. ``gen_f1``."""
+
     metric: str = "loss"
     mode: Literal["min", "max"] = "min"
     patience: int | None = Field(None, ge=1)

@@ -290,7 +290,7 @@ def _embed_one(encoder: Encoder, path: Path, output: Path, dim: int, resume: boo
     try:
         encoded = encoder.encode(path)
         check_encoded(encoded, dim, path.name)
-        if not np.isfinite(np.asarray(encoded.embeddings, dtype=np.float16)).all():
+        if np.abs(encoded.embeddings).max() > np.finfo(np.float16).max:
             raise ValueError(f"{path.name}: embeddings overflow float16 (|x| > 65504)")
         write_embeddings(target, encoded)
     except Exception as err:

@@ -9,12 +9,22 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 _quiet = False
+
+
+class InfoColumn(ProgressColumn):
+    """The task's ``info`` field (e.g. the running loss), empty when a task has none."""
+
+    def render(self, task: Task) -> Text:
+        return Text(str(task.fields.get("info", "")))
 
 
 def set_quiet(quiet: bool) -> None:
@@ -28,7 +38,7 @@ def is_quiet() -> bool:
 
 @contextlib.contextmanager
 def progress_bar(disable: bool | None = None) -> Iterator[Progress]:
-    """A rich ``Progress`` with description, bar, count, elapsed and ETA (and a ``{task.fields[info]}``)."""
+    """A rich ``Progress`` with description, bar, count, elapsed and ETA and the task's ``info`` field."""
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -36,7 +46,7 @@ def progress_bar(disable: bool | None = None) -> Iterator[Progress]:
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        InfoColumn(),
         disable=_quiet if disable is None else disable,
         transient=False,
     ) as progress:

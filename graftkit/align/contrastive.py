@@ -20,6 +20,7 @@ each forward (CLIP clamps after each optimiser step), so the loss never sees an 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -59,7 +60,13 @@ def _world(group: dist.ProcessGroup | None) -> tuple[int, int]:
 def _gather_rows(x: Tensor, group: dist.ProcessGroup | None) -> Tensor:
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x, group=group), dim=0)
+    # torch 2.13 flags this autograd all-gather as deprecated in favour of a private API; it is
+    # still the public differentiable collective whose backward sums gradients into the owner.
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*all_gather is deprecated", category=FutureWarning
+        )
+        return torch.cat(all_gather(x, group=group), dim=0)
 
 
 def _check_equal_batches(batch: int, device: torch.device, group: dist.ProcessGroup | None) -> None:

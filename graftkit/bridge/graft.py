@@ -33,6 +33,7 @@ from graftkit.bridge.xattn import (
     AdapterHook,
     ContextSlot,
     GatedCrossAttention,
+    hooks_outside_checkpoint,
     identity_projector,
     match_batch,
 )
@@ -443,12 +444,21 @@ class GraftedLM(nn.Module):
                 input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs
             )
 
-    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        """Checkpoint the LLM's layers except the adapter layers (their pre-hook must run in the
-        forward pass, where the call's visual context is bound)."""
-        self.llm.gradient_checkpointing_enable(**kwargs)
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    ) -> None:
+        """Activation checkpointing of the LLM's layers. Where a version of transformers would
+        checkpoint around module hooks, the adapter layers are left unchecked (their pre-hook needs
+        the call's visual context, which is gone during the backward recomputation)."""
+        enable = getattr(self.llm, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        else:
+            self.llm.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=gradient_checkpointing_kwargs
+            )
         for layer in self._layers:
-            if hasattr(layer, "gradient_checkpointing"):
+            if hasattr(layer, "gradient_checkpointing") and not hooks_outside_checkpoint(layer):
                 layer.gradient_checkpointing = False
 
     def merge_lora(self) -> None:

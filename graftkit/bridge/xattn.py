@@ -26,6 +26,7 @@ __all__ = [
     "ContextSlot",
     "GatedCrossAttention",
     "VisualContext",
+    "hooks_outside_checkpoint",
     "identity_projector",
     "match_batch",
 ]
@@ -139,6 +140,13 @@ class GatedCrossAttention(nn.Module):
         return hidden + torch.tanh(self.gate).to(hidden.dtype) * out
 
 
+def hooks_outside_checkpoint(layer: nn.Module) -> bool:
+    """Whether module hooks of ``layer`` run outside its activation checkpoint: true when the layer
+    keeps ``nn.Module.__call__`` (transformers 5.x checkpoints inside ``forward``), false when a
+    ``__call__`` override checkpoints the whole call, hooks included."""
+    return type(layer).__call__ is nn.Module.__call__
+
+
 class AdapterHook:
     """Forward pre-hook on decoder layer ``layer``: run its adapter on the layer's input.
 
@@ -159,15 +167,12 @@ class AdapterHook:
         context = self.slot.current
         if context is None:
             return None
-        if (
-            getattr(module, "gradient_checkpointing", False)
-            and module.training
-            and torch.is_grad_enabled()
-        ):
+        checkpointed = getattr(module, "gradient_checkpointing", False) and module.training
+        if checkpointed and torch.is_grad_enabled() and not hooks_outside_checkpoint(module):
             raise RuntimeError(
-                f"decoder layer {self.layer} carries a cross-attention adapter and is gradient-checkpointed: "
-                "its recomputation would run without the visual context; enable checkpointing with "
-                "GraftedLM.gradient_checkpointing_enable(), which leaves adapter layers unchecked"
+                f"decoder layer {self.layer} carries a cross-attention adapter and is checkpointed "
+                "around its hooks: the recomputation would run without the visual context; enable "
+                "checkpointing with GraftedLM.gradient_checkpointing_enable(), which exempts it"
             )
         hidden = args[0] if args else kwargs["hidden_states"]
         kv = context.kv(self.layer, hidden.shape[0], self._kv)

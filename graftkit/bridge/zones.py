@@ -267,13 +267,16 @@ class ZoneCompressor(nn.Module):
         self._validate(slices, z_mm, mask)
         b, n, d = slices.shape
         h, hd = self.num_heads, d // self.num_heads
-        # padded slices may hold anything (even NaN): zero them before any arithmetic
-        x = torch.where(
-            mask.unsqueeze(-1), slices, torch.zeros((), dtype=slices.dtype, device=slices.device)
-        )
-        pe = sinusoidal_position_encoding(self.positions(z_mm, mask), d, self.config.max_period)
-        x = self.norm_slices(x + pe.to(x.dtype))
-        k, v = self.kv_proj(x).view(b, n, 2, h, hd).permute(2, 0, 3, 1, 4)  # 2 × [B, H, N, hd]
+        # only valid slices are encoded and projected (padding may hold anything, even NaN, and
+        # costs no projection FLOPs); their K/V are then laid out on the padded grid
+        dense = bool(mask.all())
+        pos = self.positions(z_mm, mask)
+        x, pos = (slices.reshape(b * n, d), pos.reshape(-1)) if dense else (slices[mask], pos[mask])
+        pe = sinusoidal_position_encoding(pos, d, self.config.max_period)
+        kv = self.kv_proj(self.norm_slices(x + pe.to(x.dtype)))
+        if not dense:
+            kv = kv.new_zeros(b, n, 2 * d).masked_scatter(mask.unsqueeze(-1), kv)
+        k, v = kv.view(b, n, 2, h, hd).permute(2, 0, 3, 1, 4)  # 2 × [B, H, N, hd]
         q = (
             self.q_proj(self.norm_queries(self.queries))
             .view(1, self.num_zones, h, hd)

@@ -146,7 +146,7 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None) -> Run:
             llm_path = build_or_load_prior(dataset.corpus(), cfg.model.prior, cache)
     llm, tokenizer = load_llm(llm_path, dtype=cfg.model.dtype)
 
-    textspace = _text_space(cfg, run_dir, dataset, train, llm, tokenizer, accelerator)
+    textspace = _text_space(cfg, run_dir, dataset, train, valid, llm, tokenizer, accelerator)
     glm = build_grafted(
         cfg, llm, tokenizer, dataset.embedding_dim, len(dataset.class_names), textspace.dim
     )
@@ -181,24 +181,25 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None) -> Run:
     return run
 
 
-def _text_space(cfg, run_dir, dataset, train, llm, tokenizer, accelerator) -> TextSpace:
+def _text_space(cfg, run_dir, dataset, train, valid, llm, tokenizer, accelerator) -> TextSpace:
     """Whitened text space, fitted once per run and saved in ``RUN/textspace`` (resume reuses it)."""
     directory = run_dir / "textspace"
     if (directory / "texts.json").is_file():
         return TextSpace.load(directory)
     texts: list[str] = []
-    groups: list[frozenset[int]] = []
+    groups: list[int] = []  # condition id of each text; the normal text is its own group
     for volume in train:
         for c, text in dataset.condition_texts(volume):
             texts.append(text)
-            groups.append(frozenset({c}))
+            groups.append(c)
     for c in range(len(dataset.class_names)):
         texts.append(dataset.class_text(c))
-        groups.append(frozenset({c}))
+        groups.append(c)
     texts.append(dataset.normal_text)
-    groups.append(frozenset())
+    groups.append(len(dataset.class_names))
     layer = text_embedding_layer(llm, cfg.model.text_embedding_layer)
-    space = TextSpace.build(llm, tokenizer, texts, layer, cfg.bridge.whitening_components, groups)
+    extra = [text for volume in valid for _, text in dataset.condition_texts(volume)]
+    space = TextSpace.build(llm, tokenizer, texts, layer, cfg.bridge.whitening_components, groups, extra)
     if accelerator.is_main_process:
         space.save(directory)
     return space
@@ -374,7 +375,7 @@ class PhaseRunner:
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             steps += 1
             if progress:
-                progress.update(task, advance=1, info=f"loss {float(loss):.4f}")
+                progress.update(task, advance=1, info=f"loss {float(loss.detach()):.4f}")
         if progress:
             progress.remove_task(task)
         means = {k: v / max(1, steps) for k, v in sums.items()}
@@ -460,7 +461,8 @@ class PhaseRunner:
             if c.monitor_collapse or c.early_stopping.metric.startswith("gen_f1"):
                 row.update(self._generation_monitor(epoch))
                 self._collapse(row)
-            metric = row.get(c.early_stopping.metric, row.get(f"valid_{c.early_stopping.metric}"))
+            name = "valid_total" if c.early_stopping.metric == "loss" else c.early_stopping.metric
+            metric = row.get(name, row.get(f"valid_{name}"))
             if metric is None:
                 raise ConfigError(f"phase {self.number}: early-stopping metric {c.early_stopping.metric!r} not in {sorted(row)}")
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -488,13 +490,16 @@ class PhaseRunner:
         return {"best": best, "metric": c.early_stopping.metric}
 
     def _recalibrate(self) -> None:
+        """Periodic ``NormCalibrator.recalibrate()`` on a fixed sample of training volumes."""
+        from graftkit.data import VolumeDataset, collate_volumes
+
         run = self.run
-        sample = run.train[: min(64, len(run.train))]
-        with torch.no_grad():
-            run.glm.calibrator.recalibrate(
-                run.glm.llm.get_input_embeddings().weight,
-                _uncalibrated(run, sample),
-            )
+        data = VolumeDataset(run.dataset, run.train[: min(64, len(run.train))], run.cfg.data.max_slices)
+        batch = collate_volumes([data[i] for i in range(len(data))])
+        was_training = run.glm.training
+        run.glm.eval()
+        run.glm.recalibrate(batch["slices"], batch["z_mm"], batch["mask"])
+        run.glm.train(was_training)
 
     def _collapse(self, row: dict[str, Any]) -> None:
         from graftkit.eval.collapse import CollapseMonitor
@@ -521,16 +526,6 @@ class PhaseRunner:
             state = {"phase": self.number, "best": best, "architecture": architecture_signature(run)}
             save_checkpoint(self.dir, tensors, state, writer=lambda tmp: run.glm.save_pretrained(tmp / "pretrained"))
         run.accelerator.wait_for_everyone()
-
-
-def _uncalibrated(run: Run, volumes: list[Volume]) -> torch.Tensor:
-    """Predictor outputs before the calibrator's scale, for ``NormCalibrator.recalibrate``."""
-    from graftkit.data import VolumeDataset, collate_volumes
-
-    data = VolumeDataset(run.dataset, volumes, run.cfg.data.max_slices)
-    batch = collate_volumes([data[i] for i in range(len(data))])
-    zones = run.glm.compressor(batch["slices"], batch["z_mm"], batch["mask"])
-    return run.glm.predictor(zones)
 
 
 def _format_row(row: dict[str, Any]) -> str:

@@ -64,9 +64,14 @@ class TextSpace:
         texts: Sequence[str],
         layer: int,
         n_components: int,
-        groups: Sequence[frozenset[int]] | None = None,
+        groups: Sequence[int] | None = None,
+        extra_texts: Sequence[str] = (),
     ) -> TextSpace:
-        """Embed ``texts`` (deduplicated), fit the whitening on them and record anisotropy stats."""
+        """Embed ``texts`` (deduplicated), fit the whitening on them and record anisotropy stats.
+
+        ``extra_texts`` (e.g. the validation split's) are embedded with the fitted whitening but
+        do not take part in the fit.
+        """
         from graftkit.align.anisotropy import discriminability, mean_pairwise_cosine
 
         unique = list(dict.fromkeys(texts))
@@ -83,10 +88,14 @@ class TextSpace:
         }
         if groups is not None:
             first = {t: g for t, g in zip(texts, groups, strict=True)}
-            labels = [first[t] for t in unique]
+            labels = torch.tensor([first[t] for t in unique])
             stats["dprime_raw"] = float(discriminability(raw, labels))
             stats["dprime_whitened"] = float(discriminability(white, labels))
-        return cls(whitening, unique, white, stats)
+        seen = set(unique)
+        extra = [t for t in dict.fromkeys(extra_texts) if t not in seen]
+        if extra:
+            white = torch.cat([white, whitening.transform(embed_texts(model, tokenizer, extra, layer)).float()])
+        return cls(whitening, unique + extra, white, stats)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

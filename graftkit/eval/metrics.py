@@ -35,7 +35,7 @@ def _as_binary(array: Any, name: str) -> np.ndarray:
     if not np.isin(out, (0, 1)).all():
         bad = np.argwhere(~np.isin(out, (0, 1)))[0]
         raise ValueError(
-            f"{name} must hold only 0/1 values; {name}[{bad[0]}, {bad[1]}] = {out[tuple(bad)]!r}"
+            f"{name} must hold only 0/1 values; {name}[{bad[0]}, {bad[1]}] = {out[tuple(bad)].item()!r}"
         )
     return out.astype(bool)
 

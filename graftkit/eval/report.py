@@ -174,9 +174,13 @@ class _Report:
 def _headline_rows(metrics: Mapping[str, Any]) -> list[list[Any]]:
     rows: list[list[Any]] = []
     ev = metrics.get("eval") or {}
-    for key in ("macro_f1", "macro_precision", "macro_recall"):
+    for key, label in (
+        ("macro_f1", "F1"),
+        ("macro_precision", "precision"),
+        ("macro_recall", "recall"),
+    ):
         if plots.is_number(ev.get(key)):
-            rows.append([f"generation {key.replace('_', ' ')}", ev[key]])
+            rows.append([f"generation macro {label}", ev[key]])
     for key, value in ev.items():
         if key in ("macro_f1", "macro_precision", "macro_recall", "per_class"):
             continue
@@ -231,6 +235,11 @@ def write_report(run_dir: str | Path) -> Path:
     probe = _section_dict(metrics, "probe", metrics_path)
     oracle = _section_dict(metrics, "oracle", metrics_path) or {}
     prevalence = _section_dict(metrics, "prevalence", metrics_path)
+    per_class = (
+        _check_per_class(eval_["per_class"], f"{metrics_path}: eval.per_class")
+        if "per_class" in eval_
+        else None
+    )
 
     # headline numbers
     rows = _headline_rows(metrics)
@@ -267,8 +276,7 @@ def write_report(run_dir: str | Path) -> Path:
     report.section("progression", "Metric progression across phases", body)
 
     # per-class F1
-    if "per_class" in eval_:
-        per_class = _check_per_class(eval_["per_class"], f"{metrics_path}: eval.per_class")
+    if per_class is not None:
         oracle_pc = (
             oracle.get("per_class") if isinstance(oracle.get("per_class"), Mapping) else None
         )

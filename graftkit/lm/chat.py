@@ -87,15 +87,21 @@ def encode_chat(
         raise ValueError(f"num_visual_tokens must be >= 0, got {num_visual_tokens}")
     for field, text in (("prompt", prompt), ("response", response), ("system", system)):
         if text is not None and visual_token in text:
-            raise ValueError(f"encode_chat: the {field} text contains the placeholder {visual_token!r}")
+            raise ValueError(
+                f"encode_chat: the {field} text contains the placeholder {visual_token!r}"
+            )
     if tokenizer.chat_template is None:
-        raise ValueError("encode_chat: the tokenizer has no chat template (load it with graftkit.lm.load_llm)")
+        raise ValueError(
+            "encode_chat: the tokenizer has no chat template (load it with graftkit.lm.load_llm)"
+        )
     visual_id = single_token_id(tokenizer, visual_token) if num_visual_tokens else None
 
     messages = [{"role": "system", "content": system}] if system is not None else []
     user = visual_token * num_visual_tokens + ("\n" + prompt if prompt else "")
     messages.append({"role": "user", "content": user})
-    prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt_text = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False
+    )
     add_bos = _adds_bos(tokenizer)
     input_ids = _encode_text(tokenizer, prompt_text, add_bos)
     if max_length is not None and len(input_ids) > max_length:
@@ -122,7 +128,9 @@ def encode_chat(
         elif tokenizer.eos_token_id is not None:
             reply = [*reply, tokenizer.eos_token_id]
         else:
-            raise ValueError("encode_chat: the template closes no turn and the tokenizer has no EOS")
+            raise ValueError(
+                "encode_chat: the template closes no turn and the tokenizer has no EOS"
+            )
         if max_length is not None:
             reply = reply[: max_length - len(input_ids)]
         input_ids = input_ids + reply
@@ -157,7 +165,10 @@ def pad_batch(
             raise ValueError(f"pad_batch: encoding {i} has fields of different lengths {lengths}")
     width = max(len(enc["input_ids"]) for enc in encodings)
     fills = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": 0}
-    out = {key: torch.full((len(encodings), width), fill, dtype=torch.long) for key, fill in fills.items()}
+    out = {
+        key: torch.full((len(encodings), width), fill, dtype=torch.long)
+        for key, fill in fills.items()
+    }
     for b, enc in enumerate(encodings):
         n = len(enc["input_ids"])
         cols = slice(width - n, width) if side == "left" else slice(0, n)

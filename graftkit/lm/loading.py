@@ -21,8 +21,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from graftkit.progress import is_quiet
 from graftkit.lm.tokenizer import FALLBACK_CHAT_TEMPLATE, VISUAL_TOKEN
+from graftkit.progress import is_quiet
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -54,7 +54,11 @@ def _check_model_dir(path: Path) -> None:
         json.loads(config.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise LLMLoadError(f"{config} is unreadable: {err}") from None
-    weights = [*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.safetensors.index.json")]
+    weights = [
+        *path.glob("*.safetensors"),
+        *path.glob("*.bin"),
+        *path.glob("*.safetensors.index.json"),
+    ]
     if not weights:
         raise LLMLoadError(f"{path} holds no model weights (*.safetensors or *.bin)")
 
@@ -69,7 +73,9 @@ def add_special_tokens(
     """
     missing = [t for t in tokens if len(tokenizer(t, add_special_tokens=False)["input_ids"]) != 1]
     if missing:
-        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+        tokenizer.add_special_tokens(
+            {"extra_special_tokens": missing}, replace_extra_special_tokens=False
+        )
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     return [tokenizer.convert_tokens_to_ids(t) for t in tokens]

@@ -49,15 +49,21 @@ MANIFEST = "prior.json"
 ProgressCallback = Callable[[int, int, float], None]
 
 
-def _documents(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> tuple[list[list[int]], int]:
+def _documents(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
+) -> tuple[list[list[int]], int]:
     """Token ids of each text as an assistant turn, and the length of the shared turn prefix."""
-    sentinel = tokenizer.apply_chat_template([{"role": "assistant", "content": "\x00"}], tokenize=False)
+    sentinel = tokenizer.apply_chat_template(
+        [{"role": "assistant", "content": "\x00"}], tokenize=False
+    )
     prefix = sentinel[: sentinel.index("\x00")]
     rendered = tokenizer.apply_chat_template(
         [[{"role": "assistant", "content": t}] for t in texts], tokenize=False
     )
     if not all(r.startswith(prefix) for r in rendered):
-        raise ValueError("the prior's chat template must put the same turn prefix before every report")
+        raise ValueError(
+            "the prior's chat template must put the same turn prefix before every report"
+        )
     prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     bodies = tokenizer([r[len(prefix) :] for r in rendered], add_special_tokens=False)["input_ids"]
     return [prefix_ids + body for body in bodies], len(prefix_ids)
@@ -153,7 +159,6 @@ def train_prior(
     started = time.perf_counter()
     texts = _clean_texts(texts)
     output_dir = Path(output_dir)
-    torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 
     tokenizer = train_tokenizer(texts, config.vocab_size)
@@ -161,7 +166,9 @@ def train_prior(
     stream = torch.tensor([t for doc in documents for t in doc], dtype=torch.long)
     window = min(config.max_length, len(stream))
 
-    model = LlamaForCausalLM(_llama_config(config, tokenizer))
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        model = LlamaForCausalLM(_llama_config(config, tokenizer))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
     optimizer = torch.optim.AdamW(
@@ -170,14 +177,18 @@ def train_prior(
         betas=(0.9, 0.95),
     )
     schedule = get_cosine_schedule_with_warmup(
-        optimizer, num_warmup_steps=math.ceil(0.05 * config.steps), num_training_steps=max(1, config.steps)
+        optimizer,
+        num_warmup_steps=math.ceil(0.05 * config.steps),
+        num_training_steps=max(1, config.steps),
     )
     report = _Reporter(progress, config.steps, log_every)
     offsets = torch.arange(window)
     history: list[tuple[int, float]] = []
     model.train()
     for step in range(1, config.steps + 1):
-        starts = torch.randint(0, len(stream) - window + 1, (config.batch_size, 1), generator=generator)
+        starts = torch.randint(
+            0, len(stream) - window + 1, (config.batch_size, 1), generator=generator
+        )
         batch = stream[starts + offsets]
         loss = model(input_ids=batch, labels=batch).loss
         optimizer.zero_grad(set_to_none=True)
@@ -218,7 +229,11 @@ def train_prior(
 def prior_cache_key(texts: Sequence[str], config: PriorConfig) -> str:
     """SHA-256 over the prior code version, the config and every text (length-prefixed)."""
     digest = hashlib.sha256()
-    header = {"graftkit": graftkit.__version__, "prior": PRIOR_VERSION, "config": config.model_dump(mode="json")}
+    header = {
+        "graftkit": graftkit.__version__,
+        "prior": PRIOR_VERSION,
+        "config": config.model_dump(mode="json"),
+    }
     digest.update(json.dumps(header, sort_keys=True).encode())
     for text in texts:
         data = text.encode()
@@ -317,7 +332,10 @@ def language_model_loss(
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         target = labels[:, 1:]
         total += torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+            logits.reshape(-1, logits.shape[-1]),
+            target.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
         ).item()
         count += int((target != IGNORE_INDEX).sum())
     model.train(was_training)

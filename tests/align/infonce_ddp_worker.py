@@ -21,7 +21,9 @@ PER_RANK = 3
 IN_A, IN_B, DIM = 6, 5, 4
 
 
-def make_problem(world_size: int) -> tuple[nn.Module, nn.Module, InfoNCE, torch.Tensor, torch.Tensor]:
+def make_problem(
+    world_size: int,
+) -> tuple[nn.Module, nn.Module, InfoNCE, torch.Tensor, torch.Tensor]:
     """Two linear encoders, the loss module and the global batch, identical on every rank."""
     generator = torch.Generator().manual_seed(1234)
     encoder_a, encoder_b = nn.Linear(IN_A, DIM).double(), nn.Linear(IN_B, DIM).double()

@@ -82,7 +82,7 @@ def _brute_force_thresholds(y_true, probs, grid):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_thresholds_equal_brute_force_per_class_search(seed):
     rng = np.random.default_rng(seed)
-    y_true = (rng.random((80, 6)) < 0.3).astype(int)
+    y_true = (rng.random((80, 4)) < 0.3).astype(int)
     # informative but miscalibrated probabilities: the best threshold is not 0.5
     probs = np.clip(0.15 + 0.3 * y_true + rng.normal(0, 0.12, y_true.shape), 0, 1)
     grid = DEFAULT_THRESHOLD_GRID

@@ -20,7 +20,7 @@ def _cohort(seed: int = 0, n: int = 120, d: int = 12):
     labels[:, 1] = rng.random(n) < 0.4
     labels[rng.choice(n, 3, replace=False), 2] = 1
     features = rng.normal(size=(n, d)) * rng.uniform(0.5, 20, d)  # unequal scales: needs scaling
-    features[:, 0] += 4.0 * features[:, 0].std() * labels[:, 0] / 3
+    features[:, 0] += 3.0 * features[:, 0].std() * labels[:, 0]
     return features, labels
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -204,7 +205,7 @@ def test_headline_numbers_come_from_metrics(full_report):
     run, out = full_report
     text, _ = _parse(out)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert f"{metrics['eval']['macro_f1']:.3f}" in text
+    assert f"<td>generation macro F1</td><td>{metrics['eval']['macro_f1']:.3f}</td>" in text
     # 1 - 0.186 / 0.429 of the F1 is removed by zeroing the tokens
     assert "56.6 %" in text
     assert "upper bound" in text
@@ -212,9 +213,8 @@ def test_headline_numbers_come_from_metrics(full_report):
     assert "below the floor" in text
 
 
-def test_missing_inputs_are_skipped_with_notes_and_stale_plots_removed(tmp_path):
-    run = write_synthetic_run(tmp_path / "run")
-    write_report(run)
+def test_missing_inputs_are_skipped_with_notes_and_stale_plots_removed(full_report, tmp_path):
+    run = Path(shutil.copytree(full_report[0], tmp_path / "run"))
     assert (run / "plots" / "zone_grounding.png").exists()
     for name in ("grounding.json", "collapse.jsonl", "history.jsonl"):
         (run / name).unlink()

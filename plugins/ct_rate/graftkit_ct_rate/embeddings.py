@@ -51,7 +51,9 @@ def _npy_header(fp, path: Path) -> tuple[tuple[int, ...], np.dtype]:
     elif version == (2, 0):
         shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
     else:
-        raise EmbeddingError("unreadable embedding", path, f"unsupported .npy format version {version}")
+        raise EmbeddingError(
+            "unreadable embedding", path, f"unsupported .npy format version {version}"
+        )
     return tuple(int(s) for s in shape), np.dtype(dtype)
 
 

@@ -22,7 +22,10 @@ from graftkit_ct_rate.classes import CLASSES
 
 SPLITS: tuple[str, str] = ("train", "valid")
 #: split -> (token in the reports/metadata file names, token in the labels file name)
-_FILE_TOKENS: dict[str, tuple[str, str]] = {"train": ("train", "train"), "valid": ("validation", "valid")}
+_FILE_TOKENS: dict[str, tuple[str, str]] = {
+    "train": ("train", "train"),
+    "valid": ("validation", "valid"),
+}
 
 REPORT_COLUMNS: list[str] = [
     "VolumeName",

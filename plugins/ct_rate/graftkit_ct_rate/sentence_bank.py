@@ -143,7 +143,9 @@ def load_sentence_bank(path: Path | None = None) -> dict[str, Any]:
         )
     bank = json.loads(path.read_text())
     if bank.get("classes") != CLASSES:
-        raise ValueError(f"{path}: classes {bank.get('classes')} differ from CLASSES; rebuild the bank")
+        raise ValueError(
+            f"{path}: classes {bank.get('classes')} differ from CLASSES; rebuild the bank"
+        )
     empty = [CLASSES[c] for c, ids in enumerate(bank["class_findings"]) if not ids]
     if empty:
         raise ValueError(f"{path}: no findings sentence for class(es) {empty}; rebuild the bank")

@@ -11,11 +11,14 @@ per-patient thorax length ``H``)::
     s_i = m + u + anatomy(t_i) + noise * eps_i + sum_{c positive} sum_{foci} a_c g bump(t_i) p_c
 
 - ``m``: a shared direction, large, so raw slice embeddings are anisotropic (mean cosine high);
-- ``u``: a patient offset; ``anatomy(t)``: a smooth random Fourier curve (the same for everyone);
+- ``u``: a patient offset; ``anatomy(t)``: a smooth random Fourier curve (the same for everyone),
+  mostly outside the span of the class patterns (``anatomy_overlap``);
 - ``eps_i``: white noise; ``p_c``: a fixed unit pattern direction per class;
 - ``bump``: a Gaussian along ``t`` centred in the class's anatomical range (:data:`FINDING_MODELS`),
-  with a random extent; ``g ~ U(min_severity, 1)`` the severity, ``a_c`` a per-class amplitude
-  that gives small findings (nodules) a stronger per-slice signal than diffuse ones.
+  with a random extent; ``g`` the severity: a finding is subtle with probability
+  ``subtle_fraction`` (``g ~ U(0, subtle_severity)``, barely visible to any reader, as "minimal"
+  or "millimetric" findings are) and else clear (``g ~ U(min_severity, 1)``); ``a_c`` a per-class
+  amplitude that gives small findings (nodules) a stronger per-slice signal than diffuse ones.
 
 Labels are bootstrapped from the 800 real label vectors, so prevalence and co-occurrence are the
 real ones; each synthetic report keeps the normal sentences of the real report its labels came
@@ -45,7 +48,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.ndimage import gaussian_filter1d
 
 from graftkit_ct_rate import layout
 from graftkit_ct_rate.classes import CLASSES
@@ -117,18 +119,26 @@ class SynthOptions(BaseModel):
     dim: int = Field(64, ge=2, description="slice-embedding width d_v")
     seed: int = 0
     signal: float = Field(1.6, gt=0, description="scale of every finding's amplitude (the SNR)")
+    extent_exponent: float = Field(
+        0.25, ge=0, le=1, description="a_c = signal * (0.1 / mean FWHM_c) ** extent_exponent"
+    )
     noise: float = Field(1.0, gt=0, description="per-dimension std of the slice noise")
     anatomy: float = Field(1.0, ge=0, description="per-dimension std of the anatomy curve")
+    anatomy_overlap: float = Field(
+        0.1, ge=0, le=1, description="scale of the anatomy inside the span of the class patterns"
+    )
     patient: float = Field(0.5, ge=0, description="per-dimension std of the patient offset")
     shared: float = Field(3.0, ge=0, description="per-dimension size of the shared direction")
-    min_severity: float = Field(0.1, ge=0, le=1, description="severity g ~ U(min_severity, 1)")
+    subtle_fraction: float = Field(0.15, ge=0, le=1, description="findings with a subtle severity")
+    subtle_severity: float = Field(0.15, ge=0, le=1, description="subtle: g ~ U(0, subtle_severity)")
+    min_severity: float = Field(0.4, ge=0, le=1, description="clear: g ~ U(min_severity, 1)")
     long_fraction: float = Field(0.07, ge=0, le=1, description="chest-abdomen scans (N > 600)")
     rescan_fraction: float = Field(0.1, ge=0, le=1, description="second reconstructions of a scan")
-    verify_reports: int = Field(100, ge=0, description="reports re-labelled by the extractor")
+    verify_reports: int = Field(50, ge=0, description="reports re-labelled by the extractor")
 
 
 @dataclass
-class _Generator:
+class CohortGenerator:
     """The fixed part of the generator: what the oracle knows."""
 
     freqs: np.ndarray  # [F]
@@ -143,7 +153,9 @@ class _Generator:
 
 
 @dataclass
-class _Volume:
+class SynthVolume:
+    """One planned volume: geometry, findings (lesions), report; its embeddings come from :func:`embed`."""
+
     name: str
     patient: np.ndarray  # [d] offset u
     t0: float
@@ -155,13 +167,14 @@ class _Volume:
     findings: str
     impressions: str
     clinical: str
+    n_normal: int  # normal sentences in the findings
 
     @property
     def t(self) -> np.ndarray:
         return self.t0 + np.arange(self.n_slices) * self.spacing / self.thorax_mm
 
 
-def _make_generator(options: SynthOptions, rng: np.random.Generator) -> _Generator:
+def make_generator(options: SynthOptions, rng: np.random.Generator) -> CohortGenerator:
     d, n_freq = options.dim, 8
     freqs = 0.5 * np.arange(1, n_freq + 1)
     coef = rng.standard_normal((2 * n_freq, d)) * options.anatomy / np.sqrt(n_freq)
@@ -169,9 +182,15 @@ def _make_generator(options: SynthOptions, rng: np.random.Generator) -> _Generat
     shared = direction / np.linalg.norm(direction) * options.shared * np.sqrt(d)
     patterns = rng.standard_normal((len(CLASSES), d))
     patterns /= np.linalg.norm(patterns, axis=1, keepdims=True)
+    if d > len(CLASSES):
+        # Findings change the slice in directions that anatomy mostly does not: shrink the part
+        # of the anatomy curve inside the pattern span to `anatomy_overlap` of its size.
+        basis, _ = np.linalg.qr(patterns.T)  # [d, C] orthonormal
+        inside = coef @ basis @ basis.T
+        coef = coef - inside + options.anatomy_overlap * inside
     mean_extent = np.array([np.mean(m.extent) for m in FINDING_MODELS])
-    amplitude = options.signal * np.sqrt(0.1 / mean_extent)
-    return _Generator(freqs, coef, shared, patterns, amplitude)
+    amplitude = options.signal * (0.1 / mean_extent) ** options.extent_exponent
+    return CohortGenerator(freqs, coef, shared, patterns, amplitude)
 
 
 def _geometry(kind: str, rng: np.random.Generator) -> tuple[float, float, float, int]:
@@ -187,20 +206,27 @@ def _geometry(kind: str, rng: np.random.Generator) -> tuple[float, float, float,
     else:
         spacing = float(rng.choice(Z_SPACINGS, p=Z_SPACING_P))
         t0, t1 = rng.uniform(-0.12, 0.02), rng.uniform(1.05, 1.3)
-    n = int(round((t1 - t0) * thorax / spacing)) + 1
+    n = round((t1 - t0) * thorax / spacing) + 1
     return t0, thorax, spacing, n
 
 
-def _lesions(labels: np.ndarray, gen: _Generator, options: SynthOptions, rng) -> list:
+def _lesions(labels: np.ndarray, gen: CohortGenerator, options: SynthOptions, rng) -> list:
     lesions = []
     for c in np.flatnonzero(labels):
         model = FINDING_MODELS[c]
-        severity = rng.uniform(options.min_severity, 1.0)
+        if rng.random() < options.subtle_fraction:
+            severity = rng.uniform(0.0, options.subtle_severity)
+        else:
+            severity = rng.uniform(options.min_severity, 1.0)
         for _ in range(int(rng.integers(model.foci[0], model.foci[1] + 1))):
             centre = rng.uniform(model.lo, model.hi)
             sigma = rng.uniform(*model.extent) / _FWHM
             lesions.append((int(c), centre, sigma, gen.amplitude[c] * severity))
     return lesions
+
+
+def _pick(items: list, rng: np.random.Generator):
+    return items[int(rng.integers(len(items)))]
 
 
 def _report(donor: dict, labels: np.ndarray, bank: dict, rng) -> tuple[str, str]:
@@ -211,22 +237,22 @@ def _report(donor: dict, labels: np.ndarray, bank: dict, rng) -> tuple[str, str]
     placed = [(k / max(1, len(normal) - 1), 0, s) for k, s in enumerate(normal)]
     impressions = []
     for c in np.flatnonzero(labels):
-        sentence = sentences[int(rng.choice(bank["class_findings"][c]))]
+        sentence = sentences[_pick(bank["class_findings"][c], rng)]
         placed.append((bank["class_position"][c] + rng.uniform(-0.1, 0.1), 1, sentence))
         pool = bank["class_impressions"][c] or bank["class_findings"][c]
-        impressions.append(sentences[int(rng.choice(pool))])
+        impressions.append(sentences[_pick(pool, rng)])
     placed.sort(key=lambda item: (item[0], item[1]))
     if not impressions:
-        impressions = [sentences[int(rng.choice(bank["normal_impressions"]))]]
+        impressions = [sentences[_pick(bank["normal_impressions"], rng)]]
     return " ".join(s for _, _, s in placed), " ".join(impressions)
 
 
-def _plan_split(split: str, n: int, gen: _Generator, options: SynthOptions, rng) -> list[_Volume]:
+def plan_split(split: str, n: int, gen: CohortGenerator, options: SynthOptions, rng) -> list[SynthVolume]:
     """Volumes of one split: bootstrap labels/donor, geometry, lesions and report per scan."""
     bank = load_sentence_bank()
     donors = bank["reports"]
     short_at = int(rng.integers(n))
-    volumes: list[_Volume] = []
+    volumes: list[SynthVolume] = []
     patient = 0
     while len(volumes) < n:
         patient += 1
@@ -235,7 +261,7 @@ def _plan_split(split: str, n: int, gen: _Generator, options: SynthOptions, rng)
         offset = rng.standard_normal(options.dim) * options.patient
         lesions = _lesions(labels, gen, options, rng)
         findings, impressions = _report(donor, labels, bank, rng)
-        clinical = str(rng.choice(CLINICAL_INFORMATION))
+        clinical = _pick(CLINICAL_INFORMATION, rng)
         reconstructions = 2 if rng.random() < options.rescan_fraction else 1
         for recon in range(1, reconstructions + 1):
             if len(volumes) >= n:
@@ -247,58 +273,83 @@ def _plan_split(split: str, n: int, gen: _Generator, options: SynthOptions, rng)
             t0, thorax, spacing, n_slices = _geometry(kind, rng)
             name = f"{split}_{patient}_a_{recon}.nii.gz"
             volumes.append(
-                _Volume(name, offset, t0, thorax, spacing, n_slices, labels, lesions, findings, impressions, clinical)
+                SynthVolume(
+                    name,
+                    offset,
+                    t0,
+                    thorax,
+                    spacing,
+                    n_slices,
+                    labels,
+                    lesions,
+                    findings,
+                    impressions,
+                    clinical,
+                    len(donor["normal"]),
+                )
             )
     return volumes
 
 
-def _embed(vol: _Volume, gen: _Generator, options: SynthOptions, rng) -> np.ndarray:
+def embed(
+    vol: SynthVolume, gen: CohortGenerator, options: SynthOptions, rng
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slice embeddings ``[N, d]`` float16 of one volume, and its anatomy term (for the oracle)."""
     t = vol.t
-    x = gen.anatomy(t) + gen.shared + vol.patient
+    anatomy = gen.anatomy(t)
+    x = anatomy + gen.shared + vol.patient
     x = x + options.noise * rng.standard_normal((vol.n_slices, options.dim))
     for c, centre, sigma, amplitude in vol.lesions:
         bump = np.exp(-0.5 * ((t - centre) / sigma) ** 2)
         x += (amplitude * bump)[:, None] * gen.patterns[c][None, :]
-    return x.astype(np.float16)
+    return x.astype(np.float16), anatomy
 
 
 class MatchedFilterOracle:
     """Per-class matched filter that knows the generator's true signal (module docstring)."""
 
-    def __init__(self, gen: _Generator, noise: float):
+    def __init__(self, gen: CohortGenerator, noise: float):
         self.gen = gen
         p = gen.patterns
         # Dual basis: residual @ dual gives each class's amplitude free of the other patterns
         # (when d >= C); below that, plain projections.
         self.dual = np.linalg.pinv(p) if p.shape[1] >= p.shape[0] else p.T
         self.noise_std = noise * np.linalg.norm(self.dual, axis=0)  # [C]
-        self.sigma_ranges = [
-            (m.extent[0] / _FWHM / 1.5, m.extent[1] / _FWHM * 1.5) for m in FINDING_MODELS
+        #: per filter width, the classes whose extents it matches
+        self.by_width = [
+            [
+                c
+                for c, m in enumerate(FINDING_MODELS)
+                if m.extent[0] / _FWHM / 1.5 <= sigma <= m.extent[1] / _FWHM * 1.5
+            ]
+            for sigma in FILTER_SIGMAS
         ]
+        #: per class, the t range where a finding's centre may be (its anatomical range)
+        self.ranges = [(m.lo, m.hi) for m in FINDING_MODELS]
 
-    def scores(self, slices: np.ndarray, vol: _Volume) -> np.ndarray:
+    def scores(
+        self, slices: np.ndarray, vol: SynthVolume, anatomy: np.ndarray | None = None
+    ) -> np.ndarray:
         """``[C]`` detection statistics of one volume (higher = more likely present)."""
         t = vol.t
-        known = self.gen.anatomy(t) + self.gen.shared + vol.patient
+        if anatomy is None:
+            anatomy = self.gen.anatomy(t)
+        known = anatomy + self.gen.shared + vol.patient
         amplitude = (slices.astype(np.float64) - known) @ self.dual  # [N, C]
-        out = np.full(len(CLASSES), -1e9)
+        # Box-car matched filters (a window of ~2.8 sigma catches ~95% of the best Gaussian
+        # filter's SNR) from one cumulative sum; a sum of w white samples has std sqrt(w).
+        n = amplitude.shape[0]
+        cumulative = np.concatenate(
+            [np.zeros((1, amplitude.shape[1])), np.cumsum(amplitude, axis=0)]
+        )
         slices_per_t = vol.thorax_mm / vol.spacing
-        for sigma in FILTER_SIGMAS:
-            sigma_slices = sigma * slices_per_t
-            if sigma_slices >= 0.3:
-                smooth = gaussian_filter1d(amplitude, sigma_slices, axis=0, mode="constant")
-                delta = np.zeros(2 * int(4 * sigma_slices + 1) + 1)
-                delta[len(delta) // 2] = 1.0
-                kernel_norm = np.linalg.norm(gaussian_filter1d(delta, sigma_slices, mode="constant"))
-            else:
-                smooth, kernel_norm = amplitude, 1.0
-            z = smooth / (self.noise_std[None, :] * kernel_norm)
-            for c, model in enumerate(FINDING_MODELS):
-                lo, hi = self.sigma_ranges[c]
-                if not lo <= sigma <= hi:
-                    continue
-                margin = 2 * hi
-                inside = (t >= model.lo - margin) & (t <= model.hi + margin)
+        out = np.full(len(CLASSES), -1e9)
+        for k, sigma in enumerate(FILTER_SIGMAS):
+            w = int(np.clip(round(2.8 * sigma * slices_per_t), 1, n))
+            z = (cumulative[w:] - cumulative[:-w]) / (np.sqrt(w) * self.noise_std[None, :])
+            centre = t[(w - 1) // 2 : (w - 1) // 2 + z.shape[0]]
+            for c in self.by_width[k]:
+                inside = (centre >= self.ranges[c][0]) & (centre <= self.ranges[c][1])
                 if inside.any():
                     out[c] = max(out[c], float(z[inside, c].max()))
         return out
@@ -328,7 +379,7 @@ def best_threshold(scores: np.ndarray, truth: np.ndarray) -> float:
     return float((s[best] + below) / 2)
 
 
-def _oracle_report(train: tuple, valid: tuple, gen: _Generator, options: SynthOptions) -> dict:
+def _oracle_report(train: tuple, valid: tuple, gen: CohortGenerator, options: SynthOptions) -> dict:
     (train_scores, train_labels), (valid_scores, valid_labels) = train, valid
     per_class, f1s = {}, []
     for c, name in enumerate(CLASSES):
@@ -348,7 +399,7 @@ def _oracle_report(train: tuple, valid: tuple, gen: _Generator, options: SynthOp
     return {
         "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
         "split": "valid",
-        "classes_in_macro": int(len(f1s)),
+        "classes_in_macro": len(f1s),
         "method": (
             "per-class matched filter knowing the generator (anatomy, shared direction, patient "
             "offset, slice positions, pattern directions, anatomical ranges): residual projected "
@@ -374,7 +425,7 @@ def _oracle_report(train: tuple, valid: tuple, gen: _Generator, options: SynthOp
     }
 
 
-def _verify_reports(volumes: list[_Volume], k: int, rng) -> dict[str, Any]:
+def _verify_reports(volumes: list[SynthVolume], k: int, rng) -> dict[str, Any]:
     """Fraction of reports the ``ct_rate-rules`` extractor labels exactly like their labels."""
     if k == 0 or not volumes:
         return {"checked": 0}
@@ -385,7 +436,8 @@ def _verify_reports(volumes: list[_Volume], k: int, rng) -> dict[str, Any]:
     labels = np.stack([v.labels for v in chosen])
     extractor = CTRateRulesExtractor()
     findings = extractor.extract([v.findings for v in chosen])
-    full = extractor.extract([f"{v.findings} {v.impressions}" for v in chosen])
+    # extract() is the union over sentences, so a report's labels are its sections' union
+    full = findings | extractor.extract([v.impressions for v in chosen])
     return {
         "checked": len(chosen),
         "findings_exact": float((findings == labels).all(axis=1).mean()),
@@ -394,7 +446,7 @@ def _verify_reports(volumes: list[_Volume], k: int, rng) -> dict[str, Any]:
     }
 
 
-def _write_split(root: Path, split: str, volumes: list[_Volume]) -> None:
+def _write_split(root: Path, split: str, volumes: list[SynthVolume]) -> None:
     reports = pd.DataFrame(
         {
             "VolumeName": [v.name for v in volumes],
@@ -470,9 +522,9 @@ def synthesize(
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
         raise FileExistsError(f"synthetic cohort output {output_dir} exists and is not empty")
-    bank = load_sentence_bank()
+    load_sentence_bank()  # fail early, before writing anything, when the bank is missing
     param_seq, train_seq, valid_seq, check_seq = np.random.SeedSequence(opts.seed).spawn(4)
-    gen = _make_generator(opts, np.random.default_rng(param_seq))
+    gen = make_generator(opts, np.random.default_rng(param_seq))
     oracle = MatchedFilterOracle(gen, opts.noise)
 
     tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
@@ -481,14 +533,17 @@ def synthesize(
     ticker = _Progress(progress, opts.n_train + opts.n_valid)
     results, everything = {}, []
     try:
-        for split, n, seq in (("train", opts.n_train, train_seq), ("valid", opts.n_valid, valid_seq)):
+        for split, n, seq in (
+            ("train", opts.n_train, train_seq),
+            ("valid", opts.n_valid, valid_seq),
+        ):
             rng = np.random.default_rng(seq)
-            volumes = _plan_split(split, n, gen, opts, rng)
+            volumes = plan_split(split, n, gen, opts, rng)
             scores = np.empty((len(volumes), len(CLASSES)))
             for i, vol in enumerate(volumes):
-                slices = _embed(vol, gen, opts, rng)
+                slices, anatomy = embed(vol, gen, opts, rng)
                 np.save(tmp / layout.EMBEDDINGS_DIR / f"{layout.volume_stem(vol.name)}.npy", slices)
-                scores[i] = oracle.scores(slices, vol)
+                scores[i] = oracle.scores(slices, vol, anatomy)
                 ticker.step()
             _write_split(tmp, split, volumes)
             results[split] = (scores, np.stack([v.labels for v in volumes]))
@@ -509,11 +564,13 @@ def synthesize(
                 "above_600": int((n_slices > 600).sum()),
                 "below_32": int((n_slices < 32).sum()),
             },
-            "reports": _verify_reports(everything, opts.verify_reports, np.random.default_rng(check_seq)),
+            "reports": _verify_reports(
+                everything, opts.verify_reports, np.random.default_rng(check_seq)
+            ),
         }
-        summary["reports"]["normal_sentence_fraction"] = normal_sentence_fraction(
-            [v.findings for v in everything], [v.labels for v in everything]
-        )
+        n_positive = sum(int(v.labels.sum()) for v in everything)
+        n_sentences = n_positive + sum(v.n_normal for v in everything)
+        summary["reports"]["normal_sentence_fraction"] = 1.0 - n_positive / n_sentences
         summary["seconds"] = round(time.perf_counter() - start, 2)
         report["cohort"] = summary
         (tmp / layout.ORACLE_FILE).write_text(json.dumps(report, indent=1) + "\n")
@@ -526,22 +583,11 @@ def synthesize(
     return summary
 
 
-def normal_sentence_fraction(findings: list[str], labels: list[np.ndarray]) -> float:
-    """Fraction of findings sentences that describe normal anatomy (assert no class).
-
-    Every synthetic report holds exactly one class sentence per positive label, so the class
-    sentences are counted from the labels and all sentences with the splitter.
-    """
-    from graftkit_ct_rate.labels.sentences import split_sentences
-
-    total = sum(len(split_sentences(text)) for text in findings)
-    positive = sum(int(np.sum(y)) for y in labels)
-    return 1.0 - positive / total if total else 1.0
-
-
 def main(argv: list[str] | None = None) -> int:
     """``graftkit synth ct_rate --output DIR [--n-train --n-valid --dim --seed]``."""
-    parser = argparse.ArgumentParser(prog="graftkit synth ct_rate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="graftkit synth ct_rate", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--n-train", type=int, default=800)
     parser.add_argument("--n-valid", type=int, default=200)

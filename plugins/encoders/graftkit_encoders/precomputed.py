@@ -48,22 +48,12 @@ class PrecomputedEncoder(Encoder):
         suffix = path.suffix.lower()
         if suffix not in (".npy", ".npz"):
             raise ValueError(f"{path.name}: precomputed embeddings must be .npy or .npz")
-        z_mm = None
-        try:
-            if suffix == ".npy":
-                array = np.load(path, allow_pickle=False)
-            else:
-                with np.load(path, allow_pickle=False) as data:
-                    if "embeddings" not in data:
-                        raise ValueError(
-                            f"{path.name}: .npz has no 'embeddings' array (keys: {', '.join(data.files)})"
-                        )
-                    array = np.asarray(data["embeddings"])
-                    z_mm = np.asarray(data["z_mm"]) if "z_mm" in data else None
-        except ValueError:
-            raise
-        except Exception as err:
-            raise ValueError(f"{path.name}: unreadable ({type(err).__name__}: {err})") from err
+        arrays = self._load(path)
+        if "embeddings" not in arrays:
+            raise ValueError(
+                f"{path.name}: .npz has no 'embeddings' array (keys: {', '.join(arrays)})"
+            )
+        array, z_mm = arrays["embeddings"], arrays.get("z_mm")
 
         if array.ndim == 3:
             if self.config.token >= array.shape[1]:
@@ -96,3 +86,13 @@ class PrecomputedEncoder(Encoder):
                 f"{path.name}: z_mm has shape {z_mm.shape}, expected ({array.shape[0]},)"
             )
         return EncodedVolume(embeddings=array.astype(np.float32), z_mm=z_mm.astype(np.float32))
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, np.ndarray]:
+        try:
+            if path.suffix.lower() == ".npy":
+                return {"embeddings": np.load(path, allow_pickle=False)}
+            with np.load(path, allow_pickle=False) as data:
+                return {key: np.asarray(data[key]) for key in data.files}
+        except Exception as err:  # numpy/zipfile raise several types for a broken file
+            raise ValueError(f"{path.name}: unreadable ({type(err).__name__}: {err})") from err

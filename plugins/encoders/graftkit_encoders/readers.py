@@ -133,6 +133,8 @@ def read_dicom_series(path: str | Path, rescale: bool = True) -> CTVolume:
             raise VolumeError(
                 path, f"corrupt DICOM file {file.name} ({type(err).__name__}: {err})"
             ) from err
+        if "PixelData" not in ds or "Rows" not in ds:
+            raise VolumeError(path, f"corrupt DICOM file {file.name} (no pixel data)")
         slices.append((file, ds))
 
     modalities = {str(ds.get("Modality", "")) for _, ds in slices}
@@ -189,7 +191,8 @@ def read_dicom_series(path: str | Path, rescale: bool = True) -> CTVolume:
             pixels = ds.pixel_array.astype(np.float32)
         except Exception as err:
             raise VolumeError(
-                path, f"cannot decode pixels of {file.name} ({type(err).__name__}: {err})"
+                path,
+                f"corrupt DICOM file {file.name}: cannot decode pixels ({type(err).__name__}: {err})",
             ) from err
         if rescale:
             pixels = pixels * np.float32(ds.get("RescaleSlope", 1.0)) + np.float32(

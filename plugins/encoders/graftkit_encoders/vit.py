@@ -117,6 +117,7 @@ def timm_to_hf_state_dict(
     Classifier heads and the mask token are dropped (``num_classes=0``; masking is unused at
     inference). Keys this mapping does not know raise ``ValueError`` naming ``source`` and the key.
     """
+    state = {k: v for k, v in state.items() if not k.startswith(_DROPPED)}
     state = _strip_prefixes(state)
     state = {k: v for k, v in state.items() if not k.startswith(_DROPPED)}
     if any(k.startswith("reg_token") for k in state):

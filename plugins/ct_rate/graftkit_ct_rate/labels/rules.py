@@ -15,12 +15,12 @@ Measured per class in docs/label-extractors.md (``benchmarks/label_extractor_cv.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from graftkit.labels import LabelExtractor
 
+from graftkit.labels import LabelExtractor
 from graftkit_ct_rate.classes import CLASSES
 from graftkit_ct_rate.labels.sentences import split_sentences
 
@@ -28,7 +28,12 @@ _C = {name: i for i, name in enumerate(CLASSES)}
 
 
 def _rx(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern, re.IGNORECASE)
+    # Patterns are lower-case and matched against lower-cased text (faster than IGNORECASE).
+    return re.compile(pattern)
+
+
+def _blank(match: re.Match[str]) -> str:
+    return " " * len(match.group(0))
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,10 @@ class FindingRule:
     """One way a clause can name a class.
 
     ``mention`` locates the finding (negation is judged relative to its position); ``requires``
-    must also occur in the clause (e.g. a vessel for a calcification); ``excludes`` vetoes the
-    mention when it occurs in the clause (e.g. ``thyroid`` for a nodule).
+    must also occur in the sentence (e.g. a vessel for a calcification: lists such as "plaques in
+    the aortic arch, and coronary arteries" span clauses); ``excludes`` vetoes the mention when it
+    occurs in the same clause (e.g. ``thyroid`` for a nodule); ``mask`` blanks phrases that
+    must not count as a mention or context (e.g. "coronary arteries" for arterial calcification).
     """
 
     cls: int
@@ -46,11 +53,13 @@ class FindingRule:
     excludes: re.Pattern[str] | None = None
     mask: re.Pattern[str] | None = field(default=None)
 
-    def positions(self, clause: str) -> list[int]:
-        """Start offsets of the rule's mentions in ``clause`` (empty when vetoed)."""
-        text = self.mask.sub(lambda m: " " * len(m.group(0)), clause) if self.mask else clause
-        if self.requires is not None and not self.requires.search(text):
-            return []
+    def positions(self, clause: str, sentence: str) -> list[int]:
+        """Start offsets of the rule's mentions in ``clause`` of ``sentence`` (empty when vetoed)."""
+        text = self.mask.sub(_blank, clause) if self.mask else clause
+        if self.requires is not None:
+            context = self.mask.sub(_blank, sentence) if self.mask else sentence
+            if not self.requires.search(context):
+                return []
         if self.excludes is not None and self.excludes.search(text):
             return []
         return [m.start() for m in self.mention.finditer(text)]
@@ -69,8 +78,15 @@ RULES: list[FindingRule] = [
     FindingRule(
         _C["Arterial wall calcification"],
         _rx(r"atherom|atheroscl|calcif|calcified"),
-        requires=_rx(r"aort|vascular|vessel|carotid|iliac|subclavian|brachiocephalic|arteri"),
-        mask=_rx(r"coronary arter(?:y|ies)|coronary"),
+        requires=_rx(
+            r"aort|vascular|vessel|carotid|subclavian|brachiocephalic|arteri|\barch\b|\barcus\b"
+        ),
+        excludes=_rx(r"lymph"),
+        mask=_rx(
+            r"(?:aortic|mitral) valve|aort(?:ic)?o-?pulmonary|"
+            r"coronary (?:arter(?:y|ies)|vascular structures?|vessels?)|coronary|"
+            r"\b(?:lad|rca|lcx|cx)\b|circumflex"
+        ),
     ),
     FindingRule(
         _C["Cardiomegaly"],
@@ -84,13 +100,11 @@ RULES: list[FindingRule] = [
     ),
     FindingRule(
         _C["Pericardial effusion"],
-        _rx(
-            r"pericardial (?:\w+ )?(?:effusion|fluid)|(?:fluid|effusion)[^.]{0,80}?pericard"
-        ),
+        _rx(r"pericardial (?:\w+ )?(?:effusion|fluid)|(?:fluid|effusion)[^.]{0,80}?pericard"),
     ),
     FindingRule(
         _C["Coronary artery wall calcification"],
-        _rx(r"coronar"),
+        _rx(r"coronar|\blad\b|\brca\b|\blcx\b|circumflex"),
         requires=_rx(r"calcif|plaque|atherom|atheroscl"),
     ),
     FindingRule(_C["Hiatal hernia"], _rx(r"hiatal hernia|hiatus hernia|hernia[^.]{0,30}hiat")),
@@ -104,13 +118,16 @@ RULES: list[FindingRule] = [
         mask=_rx(r"lymph node stations?"),
     ),
     FindingRule(_C["Emphysema"], _rx(r"emphysem|\bbulla|bullous")),
-    FindingRule(_C["Atelectasis"], _rx(r"atel?e?ctas|ateectas|atelectat")),
+    FindingRule(
+        _C["Atelectasis"],
+        _rx(r"(?<!fibro)(?<!fibro )(?<!fibrotic )(?:atel?e?c?tas|ateectas|atelectat)"),
+    ),
     FindingRule(
         _C["Lung nodule"],
         _rx(r"\bnodules?\b|micronodul|nodular (?:lesions?|formations?)"),
         excludes=_rx(
             r"thyroid|adrenal|liver|hepatic|renal|kidney|breast|splen|spleen|pancrea|goiter|"
-            r"schmorl|mesenter|subcutaneous|pleura\b|in the pleura|lymph node"
+            r"schmorl|mesenter|subcutaneous|in the pleura\b|\bpleural nodul"
         ),
     ),
     FindingRule(
@@ -134,7 +151,13 @@ RULES: list[FindingRule] = [
     ),
     FindingRule(
         _C["Pulmonary fibrotic sequela"],
-        _rx(r"fibro|sequel|\bscar|parenchymal bands?"),
+        _rx(
+            r"fibro(?!adenoma)|sequel|\bscar|(?:subpleural|parenchymal|fibrotic|pleuroparenchymal) bands?|pleuro-?parenchymal|recession"
+        ),
+        excludes=_rx(
+            r"kidney|renal|\brib\b|humer|fractur|bone|vertebra|spleen|splen|breast|lymph|"
+            r"mediastin|liver|hepat|\d(?:st|nd|rd|th) (?:rib|elevation)"
+        ),
     ),
     FindingRule(
         _C["Pleural effusion"],
@@ -154,13 +177,13 @@ RULES: list[FindingRule] = [
     FindingRule(_C["Mosaic attenuation pattern"], _rx(r"mosaic")),
     FindingRule(
         _C["Peribronchial thickening"],
-        _rx(r"peribronchial[^.]{0,40}thicken|thicken[^.]{0,30}peribronchial"),
+        _rx(r"peri-?bronch\w*[^.]{0,40}?thick|thick[^.]{0,40}?peri-?bronch"),
     ),
     FindingRule(_C["Consolidation"], _rx(r"consolidat")),
     FindingRule(_C["Bronchiectasis"], _rx(r"bronchiecta")),
     FindingRule(
         _C["Interlobular septal thickening"],
-        _rx(r"interlobular sept|septal thicken|sept(?:al|um|a)[^.]{0,20}thicken"),
+        _rx(r"interlob\w* sept|sept(?:al|um|a)[^.]{0,20}thick"),
     ),
 ]
 
@@ -187,20 +210,22 @@ _POST_NEGATION = _rx(
     r"\bor\b[^.]{0,60}?\b(?:is|was|were|are)\s+(?:detected|observed|seen)"
 )
 
-
-def _blank(match: re.Match[str]) -> str:
-    return " " * len(match.group(0))
+# Uncertainty: a finding word directly followed by "?" ("(infective? atelectasis?)") is a
+# differential, which the manual labels leave negative.
+_UNCERTAIN = _rx(r"[\w-]*\s*\?")
 
 
 def split_clauses(sentence: str) -> list[str]:
-    """Split one sentence at the boundaries a negation cue does not cross."""
+    """Split one lower-cased sentence at the boundaries a negation cue does not cross."""
     return [c for c in _CLAUSE_BREAK.split(sentence) if c.strip()]
 
 
 def is_negated(clause: str, position: int) -> bool:
-    """Whether the finding mention starting at ``position`` of ``clause`` is negated."""
+    """Whether the mention starting at ``position`` of a lower-cased ``clause`` is negated."""
     text = _PSEUDO_NEGATION.sub(_blank, clause)
     if _PRE_NEGATION.search(text[:position]):
+        return True
+    if _UNCERTAIN.match(text, position):
         return True
     return bool(_POST_NEGATION.search(text[position:]))
 
@@ -224,11 +249,17 @@ class CTRateRulesExtractor(LabelExtractor):
     def sentence_labels(self, sentence: str) -> set[int]:
         """Classes one sentence asserts as present (not negated in the clause that names them)."""
         found: set[int] = set()
+        sentence = sentence.lower()
+        # Masks only blank text, so a rule whose mention is absent from the raw sentence can
+        # never fire: most sentences (normal anatomy) stop here.
+        candidates = [rule for rule in self.rules if rule.mention.search(sentence)]
+        if not candidates:
+            return found
         for clause in split_clauses(sentence):
-            for rule in self.rules:
+            for rule in candidates:
                 if rule.cls in found:
                     continue
-                if any(not is_negated(clause, p) for p in rule.positions(clause)):
+                if any(not is_negated(clause, p) for p in rule.positions(clause, sentence)):
                     found.add(rule.cls)
         return found
 
@@ -256,6 +287,3 @@ class CTRateRulesExtractor(LabelExtractor):
                 for cls in self.sentence_labels(sentence):
                     out[row, cls] = 1
         return out
-
-
-_ = Callable  # re-exported typing helper for rule predicates

@@ -1,0 +1,437 @@
+"""CT-RATE as a graftkit dataset: the official layout plus precomputed slice embeddings.
+
+DESIGN.md, "CT-RATE, as its own files lay it out" (paths in :mod:`graftkit_ct_rate.layout`).
+With no ``data_dir`` the embedded default synthesises a cohort in the same layout
+(:mod:`graftkit_ct_rate.synth`), cached under ``cache_dir`` by a hash of its options.
+
+Bad input (nothing is dropped silently; every skip is in ``self.skips`` with its reason):
+
+- a volume listed without an embedding file: skipped, ``missing embedding``;
+- an unreadable file, a non-float dtype, a shape other than ``(N, d)``/``(N, T, d)``, a ``d`` other
+  than the dataset's (the most common ``d`` of the first files read, unless given), NaN/Inf in the
+  embeddings: that volume is skipped with its file named. Header checks read no data; the
+  NaN/Inf scan reads each file once, a slice block at a time, and is remembered in
+  ``workdir/ct_rate_scan.json`` by path, size and modification time;
+- a file that turns non-finite after the scan is caught when loaded: :meth:`load` records the skip
+  and raises :class:`~graftkit_ct_rate.embeddings.EmbeddingError` naming the file;
+- a labels CSV missing one of the 18 columns (or a CSV missing ``VolumeName``/``Findings_EN``):
+  stops with the missing column named; a label cell other than 0/1: that volume is skipped;
+- a volume in only one of the reports and labels CSVs, or listed twice: skipped;
+- no metadata file, no ``ZSpacing`` column or an unusable ``ZSpacing`` value: positions fall back
+  to the slice index (1 mm per slice) with a warning naming the volumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from graftkit.data import GraftDataset, Volume
+from graftkit_ct_rate import layout
+from graftkit_ct_rate.classes import CLASSES
+from graftkit_ct_rate.embeddings import (
+    EmbeddingError,
+    first_nonfinite,
+    open_embeddings,
+    open_positions,
+    read_header,
+)
+from graftkit_ct_rate.text import (
+    CLASS_TEMPLATES,
+    NORMAL_TEXT,
+    condition_segments,
+    condition_sentences,
+    narrative_text,
+    positive_findings_text,
+)
+
+SCAN_CACHE = "ct_rate_scan.json"
+#: How many headers vote on the embedding width when it is not given.
+DIM_VOTE = 64
+
+
+class CTRateDataset(GraftDataset):
+    """CT-RATE volumes: reports, 18 labels, ``ZSpacing`` and one embedding file per volume.
+
+    Args:
+        config: the run's ``data`` section (:class:`graftkit.config.DataConfig`). ``data_dir`` is
+            the CT-RATE root; ``None`` synthesises the default cohort (``synth`` options, see
+            :class:`graftkit_ct_rate.synth.SynthOptions`) into ``cache_dir`` (else ``workdir``).
+            The embeddings folder is ``config.embeddings_dir`` when the config has that field
+            (relative paths are taken from ``data_dir``), else ``DATA_DIR/embeddings``.
+        workdir: a folder this dataset may write to (scan cache, default cohort).
+        embedding_dim: the expected ``d``; ``None`` takes the most common ``d`` among the first
+            files read.
+    """
+
+    name: ClassVar[str] = "ct_rate"
+    class_names: ClassVar[list[str]] = CLASSES
+    normal_text: ClassVar[str] = NORMAL_TEXT
+    prompt: ClassVar[str] = "Describe the findings of this chest CT."
+    default_extractor: ClassVar[str] = "ct_rate-rules"
+    splits: ClassVar[tuple[str, str]] = layout.SPLITS
+
+    def __init__(self, config: Any, workdir: Path, embedding_dim: int | None = None):
+        super().__init__(config, workdir)
+        self.root: Path | None = Path(config.data_dir) if config.data_dir is not None else None
+        self._dim = embedding_dim
+        self._records: dict[str, list[Volume]] = {}
+        self._segments: dict[str, list[tuple[int, list[str]]]] = {}
+        self._extractor: Any = None
+
+    # -- where the files are -------------------------------------------------------------------
+    def prepare(self, progress: Any = None) -> None:
+        """With no ``data_dir``: synthesise the default cohort once, cached by its options."""
+        if self.config.data_dir is not None:
+            self.root = Path(self.config.data_dir)
+            if not self.root.is_dir():
+                raise FileNotFoundError(f"CT-RATE data_dir {self.root} is not a directory")
+            return
+        from graftkit_ct_rate import synth
+
+        options = synth.SynthOptions(**self.config.synth)
+        bank = synth.load_sentence_bank()
+        key = json.dumps(
+            {
+                "options": options.model_dump(),
+                "generator": synth.GENERATOR_VERSION,
+                "bank": bank["source_sha256"],
+                "sentences": len(bank["sentences"]),
+            },
+            sort_keys=True,
+        )
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        cache = Path(self.config.cache_dir or self.workdir)
+        target = cache / f"ct_rate_synth_{digest}"
+        if not (target / layout.ORACLE_FILE).exists():
+            staging = cache / f".ct_rate_synth_{digest}.{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            synth.synthesize(staging, progress=progress, **options.model_dump())
+            try:
+                os.replace(staging, target)  # atomic: a cohort folder is complete or absent
+            except OSError:
+                if not (target / layout.ORACLE_FILE).exists():
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)  # another process finished first
+        self.root = target
+
+    def _root(self) -> Path:
+        if self.root is None or (self.config.data_dir is None and not self.root.exists()):
+            self.prepare()
+        assert self.root is not None
+        return self.root
+
+    @property
+    def embeddings_dir(self) -> Path:
+        root = self._root()
+        configured = getattr(self.config, "embeddings_dir", None)
+        if configured is None:
+            return root / layout.EMBEDDINGS_DIR
+        configured = Path(configured)
+        return configured if configured.is_absolute() else root / configured
+
+    # -- records --------------------------------------------------------------------------------
+    @property
+    def embedding_dim(self) -> int:
+        if self._dim is None:
+            self.records(self.splits[0])
+        if self._dim is None:
+            raise ValueError(f"no readable embedding file under {self.embeddings_dir}")
+        return self._dim
+
+    def records(self, split: str) -> list[Volume]:
+        """Usable volumes of ``split`` (first ``limit_{split}`` of them); skips go to ``self.skips``.
+
+        Computed once per split. With a limit, files are examined only until the limit is met.
+        """
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r}; CT-RATE splits are {list(self.splits)}")
+        if split not in self._records:
+            self._records[split] = self._read_split(split)
+        return self._records[split]
+
+    def _read_split(self, split: str) -> list[Volume]:
+        root = self._root()
+        reports = _read_csv(layout.reports_csv(root, split), layout.REQUIRED_REPORT_COLUMNS)
+        labels = _read_csv(layout.labels_csv(root, split), layout.LABEL_COLUMNS)
+        spacing = self._z_spacings(root, split)
+        limit = getattr(self.config, f"limit_{split}", None)
+
+        label_rows = {}
+        for name, row in zip(labels["VolumeName"], labels[CLASSES].itertuples(index=False)):
+            if name in label_rows:
+                self.skips.skip(
+                    split, name, f"duplicate: listed twice in {layout.labels_csv(root, split)}"
+                )
+                label_rows[name] = None
+            else:
+                label_rows[name] = row
+        seen: set[str] = set()
+        candidates = []
+        for row in reports.itertuples(index=False):
+            name = row.VolumeName
+            if name in seen:
+                self.skips.skip(
+                    split, name, f"duplicate: listed twice in {layout.reports_csv(root, split)}"
+                )
+                continue
+            seen.add(name)
+            if name not in label_rows:
+                self.skips.skip(
+                    split, name, f"missing labels: not in {layout.labels_csv(root, split)}"
+                )
+                continue
+            if label_rows[name] is None:
+                continue
+            values = _label_vector(label_rows[name])
+            if isinstance(values, str):
+                self.skips.skip(split, name, f"bad labels: {values}")
+                continue
+            impressions = getattr(row, "Impressions_EN", "")
+            candidates.append((name, values, row.Findings_EN, impressions))
+        for name in label_rows:
+            if name not in seen:
+                self.skips.skip(
+                    split, name, f"missing report: not in {layout.reports_csv(root, split)}"
+                )
+
+        volumes = self._attach_embeddings(split, candidates, spacing, limit)
+        fallback = [v.name for v in volumes if v.meta["z_source"] == "slice index"]
+        if fallback:
+            shown = ", ".join(fallback[:5]) + (" ..." if len(fallback) > 5 else "")
+            warnings.warn(
+                f"CT-RATE {split}: no usable ZSpacing for {len(fallback)} volume(s) ({shown}); "
+                "their z positions fall back to the slice index (1 mm per slice)",
+                stacklevel=3,
+            )
+        return volumes
+
+    def _z_spacings(self, root: Path, split: str) -> dict[str, float]:
+        path = layout.metadata_csv(root, split)
+        if not path.exists():
+            warnings.warn(
+                f"CT-RATE metadata {path} not found: z positions use the slice index", stacklevel=4
+            )
+            return {}
+        meta = pd.read_csv(path)
+        if "VolumeName" not in meta.columns or "ZSpacing" not in meta.columns:
+            warnings.warn(
+                f"{path} has no VolumeName/ZSpacing column: z positions use the slice index",
+                stacklevel=4,
+            )
+            return {}
+        spacing = pd.to_numeric(meta["ZSpacing"], errors="coerce")
+        return {
+            name: float(z)
+            for name, z in zip(meta["VolumeName"], spacing)
+            if np.isfinite(z) and z > 0
+        }
+
+    def _attach_embeddings(
+        self, split: str, candidates: list, spacing: dict[str, float], limit: int | None
+    ) -> list[Volume]:
+        folder = self.embeddings_dir
+        scan = _ScanCache(self.workdir / SCAN_CACHE)
+        found = []
+        for name, values, findings, impressions in candidates:
+            path = next((p for p in layout.embedding_candidates(folder, name) if p.exists()), None)
+            if path is None:
+                stem = layout.volume_stem(name)
+                self.skips.skip(
+                    split, name, f"missing embedding: no {stem}.npy or {stem}.npz under {folder}"
+                )
+                continue
+            found.append((name, values, findings, impressions, path))
+
+        if self._dim is None and found:
+            self._dim = _vote_dim([item[4] for item in found[:DIM_VOTE]])
+        volumes = []
+        for name, values, findings, impressions, path in found:
+            if limit is not None and len(volumes) >= limit:
+                break
+            try:
+                header = read_header(path)
+                if header.dim != self._dim:
+                    raise EmbeddingError(
+                        "wrong d",
+                        path,
+                        f"d = {header.dim}, expected {self._dim} (shape {header.shape})",
+                    )
+                bad = scan.check(path, lambda p=path: first_nonfinite(open_embeddings(p)))
+                if bad is not None:
+                    raise EmbeddingError("non-finite embedding", path, f"NaN/Inf in slice {bad}")
+            except EmbeddingError as err:
+                self.skips.skip(split, name, str(err))
+                continue
+            z = spacing.get(name)
+            volumes.append(
+                Volume(
+                    name=name,
+                    split=split,
+                    labels=values,
+                    findings=_text(findings),
+                    impressions=_text(impressions),
+                    meta={
+                        "embedding": str(path),
+                        "num_slices": header.num_slices,
+                        "tokens": header.shape[1] if len(header.shape) == 3 else 1,
+                        "z_spacing": z if z is not None else 1.0,
+                        "z_source": "z_mm"
+                        if header.has_positions
+                        else ("ZSpacing" if z else "slice index"),
+                    },
+                )
+            )
+        scan.save()
+        return volumes
+
+    # -- loading ----------------------------------------------------------------------------------
+    def load(self, volume: Volume) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slice embeddings ``[N, d]`` float32 (CLS of ``(N, T, d)`` files) and ``z_mm[N]``.
+
+        Reads one memory-mapped file. A file that holds NaN/Inf now (changed since ``records``)
+        is added to ``self.skips`` and raises :class:`EmbeddingError` naming it.
+        """
+        path = Path(volume.meta["embedding"])
+        slices = torch.from_numpy(np.array(open_embeddings(path), dtype=np.float32))
+        if not torch.isfinite(slices).all():
+            row = int((~torch.isfinite(slices)).flatten(1).any(1).nonzero()[0])
+            err = EmbeddingError("non-finite embedding", path, f"NaN/Inf in slice {row}")
+            self.skips.skip(volume.split, volume.name, str(err))
+            raise err
+        if slices.shape[1] != self.embedding_dim:
+            raise EmbeddingError(
+                "wrong d", path, f"d = {slices.shape[1]}, expected {self.embedding_dim}"
+            )
+        positions = open_positions(path) if volume.meta["z_source"] == "z_mm" else None
+        if positions is not None and positions.shape != (slices.shape[0],):
+            raise EmbeddingError(
+                "bad shape",
+                path,
+                f"z_mm has shape {positions.shape}, expected ({slices.shape[0]},)",
+            )
+        if positions is None:
+            positions = np.arange(slices.shape[0]) * volume.meta["z_spacing"]
+        return slices, torch.as_tensor(positions, dtype=torch.float32)
+
+    # -- texts ------------------------------------------------------------------------------------
+    @property
+    def extractor(self) -> Any:
+        if self._extractor is None:
+            from graftkit_ct_rate.labels.rules import CTRateRulesExtractor
+
+            self._extractor = CTRateRulesExtractor()
+        return self._extractor
+
+    def _condition_sentences(self, volume: Volume) -> list[tuple[int, list[str]]]:
+        key = f"{volume.split}/{volume.name}"
+        if key not in self._segments:
+            positives = [int(c) for c in np.flatnonzero(volume.labels)]
+            self._segments[key] = (
+                condition_sentences(
+                    positives, volume.findings, volume.impressions, self.extractor.assign_sentences
+                )
+                if positives
+                else []
+            )
+        return self._segments[key]
+
+    def condition_texts(self, volume: Volume) -> list[tuple[int, str]]:
+        """Per positive class, the report's own sentences for it (else its template); cached."""
+        return condition_segments(self._condition_sentences(volume))
+
+    def class_text(self, class_index: int) -> str:
+        return CLASS_TEMPLATES[class_index]
+
+    def positive_findings_text(self, volume: Volume, rng: random.Random) -> str:
+        return positive_findings_text(self._condition_sentences(volume), rng, self.normal_text)
+
+    def narrative_text(self, volume: Volume) -> str:
+        include = bool(getattr(self.config, "include_impressions", False))
+        return narrative_text(volume.findings, volume.impressions, include)
+
+    def oracle(self) -> dict[str, Any] | None:
+        """``oracle.json`` of a synthetic cohort (macro F1 ceiling on valid), else ``None``."""
+        path = self._root() / layout.ORACLE_FILE
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"CT-RATE file {path} not found (layout: see graftkit_ct_rate.layout)"
+        )
+    frame = pd.read_csv(path, dtype={"VolumeName": str}, keep_default_na=True)
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} is missing column(s): {', '.join(missing)}")
+    return frame
+
+
+def _label_vector(row: tuple) -> np.ndarray | str:
+    """The 18 labels as int64 0/1, or a message naming the first bad cell."""
+    values = []
+    for name, value in zip(CLASSES, row):
+        number = pd.to_numeric(value, errors="coerce")
+        if number not in (0, 1):
+            return f"{name} = {value!r}, expected 0 or 1"
+        values.append(int(number))
+    return np.asarray(values, dtype=np.int64)
+
+
+def _vote_dim(paths: list[Path]) -> int | None:
+    """The most common ``d`` among the readable headers of ``paths``."""
+    votes: Counter[int] = Counter()
+    for path in paths:
+        try:
+            votes[read_header(path).dim] += 1
+        except EmbeddingError:
+            continue
+    return votes.most_common(1)[0][0] if votes else None
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+class _ScanCache:
+    """Finiteness results by (path, size, mtime): each file's data is scanned once, ever."""
+
+    def __init__(self, path: Path):
+        self.path, self.dirty = path, False
+        try:
+            self.entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def check(self, file: Path, scan) -> int | None:
+        stat = file.stat()
+        key = str(file.resolve())
+        stamp = [stat.st_size, stat.st_mtime_ns]
+        entry = self.entries.get(key)
+        if entry is not None and entry["stamp"] == stamp:
+            return entry["bad_slice"]
+        bad = scan()
+        self.entries[key] = {"stamp": stamp, "bad_slice": bad}
+        self.dirty = True
+        return bad
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(self.entries))
+        os.replace(tmp, self.path)
+        self.dirty = False
