@@ -35,12 +35,14 @@ SLICES_MAX = 600
 K = 32
 
 
-def _best(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def _best(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: bool = True
+) -> dict[str, float]:
     """Best CPU time (s) of each function over ``repeats`` interleaved rounds (after a warm-up).
 
     Process CPU time with one torch thread: on a shared machine wall time measures the neighbours.
     """
-    for fn in fns.values():
+    for fn in fns.values() if warmup else ():
         fn()
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
@@ -110,7 +112,7 @@ def bench_compressor(quick: bool) -> list[dict]:
 
     times = _best(
         {"batched": batched, "loop": loop, "bare": _bare_matmuls(comp, slices, mask)},
-        repeats=1 if quick else 3,
+        repeats=1 if quick else 2,
     )
     shape = (
         f"B={b} N=20..{n_max} (mean {float(lengths.float().mean()):.0f}) d={dim} H={heads} K={K}"
@@ -193,7 +195,8 @@ def bench_generation(quick: bool) -> list[dict]:
                     v, input_ids=ids, **kw
                 ),
             },
-            repeats=1 if quick else 3,
+            repeats=2,
+            warmup=False,
         )
         rows.append(
             {
@@ -230,7 +233,7 @@ def bench_generation(quick: bool) -> list[dict]:
     def run_grafted() -> None:
         outputs["grafted"] = g.generate(visual, input_ids=grafted_ids, **kw)
 
-    times = _best({"prefix": run_prefix, "grafted": run_grafted}, repeats=1 if quick else 2)
+    times = _best({"prefix": run_prefix, "grafted": run_grafted}, repeats=2, warmup=False)
     cache = {
         name: _cache_bytes(getattr(out, "past_key_values", None) or getattr(out, "cache", None))
         for name, out in outputs.items()

@@ -80,8 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int)
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="encoder option")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="skip complete outputs (default on)")
+    p.add_argument("--rescale", action=argparse.BooleanOptionalAction, default=None,
+                   help="apply RescaleSlope/Intercept (DICOM default: yes; data already in HU: --no-rescale)")
+    p.add_argument("--rescale-slope", type=float, help="NIfTI stored-value slope")
+    p.add_argument("--rescale-intercept", type=float, help="NIfTI stored-value intercept")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="encoder option, e.g. dtype=bfloat16, image_size=252, allow_random_weights=true")
 
     p = sub.add_parser("label", help="extract the label columns from report texts")
     p.add_argument("--extractor", required=True, help="registered label extractor, e.g. ct_rate-rules")
@@ -158,6 +164,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     from graftkit.config import ConfigError
+    from graftkit.curriculum.checkpoint import CheckpointError
     from graftkit.plugins import PluginError, UnknownNameError
     from graftkit.progress import set_quiet
 
@@ -165,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_quiet(args.quiet)
     try:
         return COMMANDS[args.verb](args)
-    except (CLIError, ConfigError, UnknownNameError, PluginError) as err:
+    except (CLIError, ConfigError, CheckpointError, UnknownNameError, PluginError) as err:
         print(f"graftkit {args.verb}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
 

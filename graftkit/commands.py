@@ -63,7 +63,7 @@ def _launch_if_needed(cfg: RunConfig, run_dir: Path) -> int | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from graftkit.curriculum.checkpoint import is_complete
+    from graftkit.curriculum.checkpoint import CheckpointError, verify_checkpoint
     from graftkit.curriculum.engine import prepare_run, run_curriculum
     from graftkit.curriculum.phases import parse_phase_range
     from graftkit.eval.evaluate import evaluate
@@ -83,8 +83,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for flag, path in (("--init-from", args.init_from), ("--warm-bridge", args.warm_bridge)):
         if path is not None and not path.exists():
             raise CLIError(f"{flag} {path}: no such checkpoint")
-    if args.init_from is not None and not is_complete(args.init_from):
-        raise CLIError(f"--init-from {args.init_from}: not a complete graftkit phase checkpoint")
+    if args.init_from is not None:
+        try:
+            verify_checkpoint(args.init_from)
+        except CheckpointError as err:
+            raise CLIError(f"--init-from: {err}") from None
     if not args.resume and (run_dir / "metrics.json").exists() and any(run_dir.glob("phase*")):
         raise CLIError(f"{run_dir} already holds a run; use --resume to continue it or --output-dir for a new one")
     launched = _launch_if_needed(cfg, run_dir)
@@ -173,7 +176,7 @@ def _read_embeddings(path: Path):
         if path.suffix == ".npz":
             with np.load(path) as data:
                 emb = data["embeddings"]
-                z = data["z_mm"] if "z_mm" in data else None
+                z = data.get("z_mm")
         else:
             emb, z = np.load(path), None
     except (OSError, ValueError, KeyError) as err:
@@ -227,15 +230,23 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from graftkit.embed import discover_inputs, run_embed
     from graftkit.progress import is_quiet, progress_bar
 
-    encoder = plugins.get("encoder", args.encoder)(weights=args.weights, **_options(args.option))
-    inputs = discover_inputs(args.input)
+    encoder_cls = plugins.get("encoder", args.encoder)
+    options = _options(args.option)
+    for key in ("rescale", "rescale_slope", "rescale_intercept"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    try:
+        encoder = encoder_cls(weights=args.weights, device=args.device, **options)
+    except (ValueError, OSError) as err:
+        raise CLIError(f"encoder {args.encoder}: {err}") from None
+    inputs = discover_inputs(args.input, kinds=encoder_cls.input_kinds)
     if not inputs:
         raise CLIError(f"--input {' '.join(map(str, args.input))}: no NIfTI files or DICOM series found")
     with progress_bar(disable=is_quiet()) as progress:
         summary = run_embed(encoder, inputs, args.output, batch_size=args.batch_size, limit=args.limit,
                             resume=args.resume, progress=progress)
-    print(summary.format() if hasattr(summary, "format") else summary)
-    return summary.exit_code if hasattr(summary, "exit_code") else 0
+    print(summary.format())
+    return summary.exit_code
 
 
 def cmd_label(args: argparse.Namespace) -> int:

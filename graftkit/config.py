@@ -30,6 +30,9 @@ class DataConfig(Strict):
     """Where samples come from. ``data_dir=None`` lets the dataset synthesise its default."""
 
     data_dir: Path | None = None
+    embeddings_dir: Path | None = Field(
+        None, description="slice embeddings folder; relative to data_dir; default DATA_DIR/embeddings"
+    )
     cache_dir: Path | None = Field(None, description="cache for synthesised data and the prior")
     synth: dict[str, Any] = Field(default_factory=dict, description="dataset-specific synth options")
     max_slices: int | None = Field(None, gt=0, description="uniformly subsample longer volumes")

@@ -29,6 +29,10 @@ class Encoder(ABC):
     dim: ClassVar[int] = 0
     preprocessing: ClassVar[str] = ""
     weights_source: ClassVar[str] = ""
+    #: What ``graftkit embed --input`` looks for: ``nifti``, ``dicom`` (series folders), ``embeddings``.
+    input_kinds: ClassVar[tuple[str, ...]] = ("nifti", "dicom")
+    #: Slices per forward pass; ``graftkit embed --batch-size`` sets it.
+    batch_size: int = 16
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", **options):
         self.weights = Path(weights) if weights is not None else None

@@ -333,7 +333,8 @@ class GraftedLM(nn.Module):
             raise ValueError(
                 f"visual_tokens must be [B, {self.num_visual_tokens}, {self.hidden_size}], got {shape}"
             )
-        return visual_tokens
+        weight = self.llm.get_input_embeddings().weight
+        return visual_tokens.to(device=weight.device, dtype=weight.dtype)
 
     def _scatter_visual(
         self, module: nn.Module, args: tuple[Any, ...], output: Tensor

@@ -396,7 +396,12 @@ class PhaseRunner:
 
     def _generation_monitor(self, epoch: int) -> dict[str, float]:
         """Generation F1 on a fixed validation subset with real and zeroed tokens (collapse monitor)."""
-        from graftkit.eval.generation import ablate, generate_reports, generation_scores, visual_tokens
+        from graftkit.eval.generation import (
+            ablate,
+            generate_reports,
+            generation_scores,
+            visual_tokens,
+        )
 
         run = self.run
         subset = run.valid[: run.cfg.eval.monitor_subset]

@@ -261,3 +261,16 @@ def test_graft_refuses_a_peft_model_and_unknown_models():
         graft(wrapped, small_graft_config())
     with pytest.raises(TypeError, match="not a Hugging Face causal LM"):
         graft(torch.nn.Linear(2, 2), small_graft_config())
+
+
+def test_bridge_import_stands_alone():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, graftkit.bridge\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('datasets', 'graftkit_ct_rate', 'graftkit_encoders') or m == 'graftkit.plugins']\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

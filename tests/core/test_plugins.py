@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -45,7 +46,7 @@ class EchoEncoder(Encoder):
 
 
 class KeywordExtractor(LabelExtractor):
-    class_names = ["a", "b"]
+    class_names: ClassVar[list[str]] = ["a", "b"]
 
     def extract(self, texts):
         import numpy as np
@@ -135,9 +136,8 @@ def test_duplicate_name_is_refused_naming_both_plugins():
         def register_encoders(self, register):
             register("dup", EchoEncoder)
 
-    with _Registered(A(), "plugin-a"), _Registered(B(), "plugin-b"):
-        with pytest.raises(plugins.PluginError) as err:
-            plugins.registry("encoder")
+    with _Registered(A(), "plugin-a"), _Registered(B(), "plugin-b"), pytest.raises(plugins.PluginError) as err:
+        plugins.registry("encoder")
     assert "plugin-b" in str(err.value) and "plugin-a" in str(err.value)
 
 
@@ -147,9 +147,8 @@ def test_wrong_type_is_refused_naming_the_plugin():
         def register_label_extractors(self, register):
             register("not-a-class", "hello")
 
-    with _Registered(Bad(), "bad-plugin"):
-        with pytest.raises(plugins.PluginError, match=r"bad-plugin.*LabelExtractor subclass"):
-            plugins.registry("extractor")
+    with _Registered(Bad(), "bad-plugin"), pytest.raises(plugins.PluginError, match=r"bad-plugin.*LabelExtractor subclass"):
+        plugins.registry("extractor")
 
 
 def test_unknown_name_lists_registered_names():

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from graftkit_ct_rate import layout
 from graftkit_ct_rate.classes import CLASSES
 from graftkit_ct_rate.sentence_bank import data_path
@@ -44,7 +43,9 @@ def test_writes_the_official_layout(cohort):
         assert list(meta.columns) == layout.METADATA_COLUMNS
         assert len(reports) == len(labels) == len(meta) == n
         assert list(reports.VolumeName) == list(labels.VolumeName) == list(meta.VolumeName)
-        assert all(name.startswith(f"{split}_") and name.endswith(".nii.gz") for name in reports.VolumeName)
+        assert all(
+            name.startswith(f"{split}_") and name.endswith(".nii.gz") for name in reports.VolumeName
+        )
         assert set(np.unique(labels[CLASSES].to_numpy())) <= {0, 1}
         for name, n_slices in zip(meta.VolumeName, meta.NumberofSlices):
             array = np.load(root / "embeddings" / f"{layout.volume_stem(name)}.npy")
@@ -80,8 +81,8 @@ def test_refuses_a_non_empty_output_and_leaves_no_partial_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
-def _plan(n: int, split: str = "train", seed: int = 0):
-    options = SynthOptions(n_train=n, n_valid=n, dim=8, seed=seed)
+def _plan(n: int, split: str = "train", seed: int = 0, dim: int = 8):
+    options = SynthOptions(n_train=n, n_valid=n, dim=dim, seed=seed)
     gen = make_generator(options, np.random.default_rng(seed))
     return plan_split(split, n, gen, options, np.random.default_rng(seed + 1)), gen, options
 
@@ -119,7 +120,10 @@ def test_slice_counts_and_spacings_look_like_ct_rate(split):
 def test_findings_sit_in_their_anatomical_range():
     volumes, gen, options = _plan(400)
     emphysema, effusion = CLASSES.index("Emphysema"), CLASSES.index("Pleural effusion")
-    centres = {c: [lesion[1] for v in volumes for lesion in v.lesions if lesion[0] == c] for c in (emphysema, effusion)}
+    centres = {
+        c: [lesion[1] for v in volumes for lesion in v.lesions if lesion[0] == c]
+        for c in (emphysema, effusion)
+    }
     assert len(centres[emphysema]) > 40 and len(centres[effusion]) > 20
     assert max(centres[emphysema]) < min(centres[effusion])  # upper zones vs lung bases
     for c, t in centres.items():
@@ -134,7 +138,7 @@ def test_findings_sit_in_their_anatomical_range():
 
 
 def test_oracle_scores_rise_with_the_finding_and_only_for_its_class():
-    volumes, gen, options = _plan(50)
+    volumes, gen, options = _plan(50, dim=32)  # d >= 18: the patterns have a dual basis
     oracle = MatchedFilterOracle(gen, options.noise)
     vol = next(v for v in volumes if v.n_slices > 100)
     cardiomegaly = CLASSES.index("Cardiomegaly")
@@ -148,20 +152,18 @@ def test_oracle_scores_rise_with_the_finding_and_only_for_its_class():
     assert np.abs(after[others] - before[others]).max() < 1.0  # dual basis: no cross-talk
 
 
+def _f1(scores: np.ndarray, truth: np.ndarray, threshold: float) -> float:
+    pred = scores >= threshold
+    return 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+
+
 def test_best_threshold_matches_brute_force():
     rng = np.random.default_rng(0)
     for _ in range(20):
         scores = rng.integers(0, 12, size=40).astype(float)  # ties on purpose
         truth = rng.random(40) < 0.3
-        thr = best_threshold(scores, truth)
-
-        def f1(t):
-            pred = scores >= t
-            tp = (pred & truth).sum()
-            return 2 * tp / (pred.sum() + truth.sum())
-
-        brute = max(f1(t) for t in np.unique(scores))
-        assert f1(thr) == pytest.approx(brute)
+        brute = max(_f1(scores, truth, t) for t in np.unique(scores))
+        assert _f1(scores, truth, best_threshold(scores, truth)) == pytest.approx(brute)
 
 
 def test_reports_are_labelled_like_their_labels_and_mostly_normal(cohort):
@@ -173,7 +175,30 @@ def test_reports_are_labelled_like_their_labels_and_mostly_normal(cohort):
     assert 0.7 <= reports["normal_sentence_fraction"] <= 0.95
 
 
+def test_sentence_bank_agrees_with_the_current_rules_extractor():
+    rules = pytest.importorskip("graftkit_ct_rate.labels.rules")
+    from graftkit_ct_rate.sentence_bank import load_sentence_bank
+
+    extractor, bank = rules.CTRateRulesExtractor(), load_sentence_bank()
+    rng = np.random.default_rng(0)
+    normal = sorted({i for r in bank["reports"] for i in r["normal"]})
+    expected = {int(i): set() for i in rng.choice(normal, 150, replace=False)}
+    for c, ids in enumerate(bank["class_findings"]):
+        expected.update({int(i): {c} for i in rng.choice(ids, min(8, len(ids)), replace=False)})
+    wrong = {
+        bank["sentences"][i]: got
+        for i, want in expected.items()
+        if (got := extractor.sentence_labels(bank["sentences"][i])) != want
+    }
+    assert not wrong, (
+        f"stale sentence bank, rebuild with `python -m graftkit_ct_rate.sentence_bank`: {wrong}"
+    )
+
+
 def test_cli_entry_writes_a_cohort(tmp_path, capsys):
-    assert main(["--output", str(tmp_path / "c"), "--n-train", "3", "--n-valid", "2", "--dim", "8"]) == 0
+    assert (
+        main(["--output", str(tmp_path / "c"), "--n-train", "3", "--n-valid", "2", "--dim", "8"])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["n_train"] == 3
     assert len(list((tmp_path / "c" / "embeddings").glob("*.npy"))) == 5

@@ -6,7 +6,6 @@ import random
 
 import pandas as pd
 import pytest
-
 from graftkit_ct_rate.classes import CLASSES
 from graftkit_ct_rate.sentence_bank import data_path, split_report
 from graftkit_ct_rate.text import (
@@ -25,7 +24,13 @@ FINDINGS = (
 )
 IMPRESSIONS = "Cardiomegaly. Emphysema in both upper lobes."
 ASSIGNED = {
-    FINDINGS: {2: ["Heart size is increased."], 12: ["There is bilateral pleural effusion.", "Minimal effusion is also seen in the fissure."]},
+    FINDINGS: {
+        2: ["Heart size is increased."],
+        12: [
+            "There is bilateral pleural effusion.",
+            "Minimal effusion is also seen in the fissure.",
+        ],
+    },
     IMPRESSIONS: {2: ["Cardiomegaly."], 7: ["Emphysema in both upper lobes."]},
 }
 
@@ -39,7 +44,10 @@ def test_each_positive_class_gets_one_segment_from_the_report_or_its_template():
     assert [c for c, _ in segments] == [2, 7, 12, 15]
     by_class = dict(condition_segments(segments))
     assert by_class[2] == "Heart size is increased."  # findings before impressions
-    assert by_class[12] == "There is bilateral pleural effusion. Minimal effusion is also seen in the fissure."
+    assert (
+        by_class[12]
+        == "There is bilateral pleural effusion. Minimal effusion is also seen in the fissure."
+    )
     assert by_class[7] == "Emphysema in both upper lobes."  # only the impressions have it
     assert by_class[15] == CLASS_TEMPLATES[15]  # nowhere in the report: the template
 
@@ -66,7 +74,9 @@ def test_positive_findings_text_is_a_permutation_of_the_segments_and_the_order_v
 
 def test_positive_findings_text_is_reproducible_for_a_seeded_rng():
     segments = condition_sentences([2, 7, 12], FINDINGS, IMPRESSIONS, assign)
-    assert positive_findings_text(segments, random.Random(3)) == positive_findings_text(segments, random.Random(3))
+    assert positive_findings_text(segments, random.Random(3)) == positive_findings_text(
+        segments, random.Random(3)
+    )
 
 
 def test_a_sentence_assigned_to_two_classes_is_said_once():
@@ -80,7 +90,10 @@ def test_a_sentence_assigned_to_two_classes_is_said_once():
 
 def test_narrative_text_with_and_without_impressions():
     assert narrative_text(FINDINGS, IMPRESSIONS) == FINDINGS
-    assert narrative_text(FINDINGS, IMPRESSIONS, include_impressions=True) == f"{FINDINGS} {IMPRESSIONS}"
+    assert (
+        narrative_text(FINDINGS, IMPRESSIONS, include_impressions=True)
+        == f"{FINDINGS} {IMPRESSIONS}"
+    )
     assert narrative_text(FINDINGS, "", include_impressions=True) == FINDINGS
 
 
@@ -100,7 +113,9 @@ def test_real_report_segments_come_from_its_own_sentences_with_the_rules_extract
         findings, impressions = split_report(row["report_text"])
         positives = [c for c, name in enumerate(CLASSES) if row[name] == 1]
         own = set(split_sentences(findings)) | set(split_sentences(impressions))
-        for c, sentences in condition_sentences(positives, findings, impressions, extractor.assign_sentences):
+        for c, sentences in condition_sentences(
+            positives, findings, impressions, extractor.assign_sentences
+        ):
             if sentences != [CLASS_TEMPLATES[c]]:
                 assert set(sentences) <= own
                 assert all(c in extractor.sentence_labels(s) for s in sentences)

@@ -35,7 +35,7 @@ def test_corrupted_and_partial_checkpoints_are_detected(tmp_path):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="model.safetensors fails its checksum"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors fails its checksum"):
         load_checkpoint(tmp_path / "ck")
     save_checkpoint(tmp_path / "ck2", {"model": {"w": torch.ones(4)}}, {"epoch": 0})
     (tmp_path / "ck2" / "manifest.json").unlink()

@@ -154,9 +154,8 @@ def test_two_processes_embed_every_volume_exactly_once(tmp_path):
     """torchrun --nproc_per_node 2 (gloo): disjoint shards, union = all inputs, and every rank
     returns the whole run's summary."""
     inputs = make_embedding_inputs(tmp_path / "in", 7)
-    np.save(
-        tmp_path / "in" / "valid_7_a_1.npy", np.ones((2, 3), dtype=np.float32)
-    )  # fails on one rank
+    wrong_dim = np.ones((2, 3), dtype=np.float32)  # fails on whichever rank gets it
+    np.save(tmp_path / "in" / "valid_7_a_1.npy", wrong_dim)
     torchrun = shutil.which("torchrun") or pytest.skip("torchrun not found")
     proc = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node", "2", str(HERE / "embed_worker.py"), str(tmp_path)],

@@ -81,6 +81,14 @@ class CTRateDataset(GraftDataset):
     prompt: ClassVar[str] = "Describe the findings of this chest CT."
     default_extractor: ClassVar[str] = "ct_rate-rules"
     splits: ClassVar[tuple[str, str]] = layout.SPLITS
+    default_profile: ClassVar[str | None] = "tiny"
+
+    @classmethod
+    def synthesize(cls, output: Path, **options: Any) -> dict[str, Any]:
+        """``graftkit synth ct_rate --output DIR``: :func:`graftkit_ct_rate.synth.synthesize`."""
+        from graftkit_ct_rate.synth import synthesize
+
+        return synthesize(output, **options)
 
     def __init__(self, config: Any, workdir: Path, embedding_dim: int | None = None):
         super().__init__(config, workdir)
@@ -99,15 +107,15 @@ class CTRateDataset(GraftDataset):
                 raise FileNotFoundError(f"CT-RATE data_dir {self.root} is not a directory")
             return
         from graftkit_ct_rate import synth
+        from graftkit_ct_rate.sentence_bank import BANK_JSON, data_path
 
         options = synth.SynthOptions(**self.config.synth)
-        bank = synth.load_sentence_bank()
+        bank = data_path(BANK_JSON).read_bytes()
         key = json.dumps(
             {
                 "options": options.model_dump(),
                 "generator": synth.GENERATOR_VERSION,
-                "bank": bank["source_sha256"],
-                "sentences": len(bank["sentences"]),
+                "bank": hashlib.sha256(bank).hexdigest(),
             },
             sort_keys=True,
         )

@@ -28,8 +28,8 @@ to exactly that class (:mod:`graftkit_ct_rate.sentence_bank`).
 Oracle: a per-class matched filter that knows the generator (anatomy, ``m``, ``u``, ``t_i``, the
 pattern directions and the anatomical ranges) but not which findings are present, where, how
 large or how severe: the known part is subtracted, the residual is projected on the dual basis of
-the patterns (no cross-talk between classes), smoothed with Gaussians of the class's possible
-extents, normalised by its noise level and maximised over the class's range. One threshold per
+the patterns (no cross-talk between classes), summed over box-car windows matching the class's
+possible extents, normalised by its noise level and maximised over the class's range. One threshold per
 class is chosen on train for F1; ``oracle.json`` holds the macro F1 on valid.
 """
 
@@ -118,7 +118,7 @@ class SynthOptions(BaseModel):
     n_valid: int = Field(200, ge=1)
     dim: int = Field(64, ge=2, description="slice-embedding width d_v")
     seed: int = 0
-    signal: float = Field(1.6, gt=0, description="scale of every finding's amplitude (the SNR)")
+    signal: float = Field(5.0, gt=0, description="scale of every finding's amplitude (the SNR)")
     extent_exponent: float = Field(
         0.25, ge=0, le=1, description="a_c = signal * (0.1 / mean FWHM_c) ** extent_exponent"
     )
@@ -130,7 +130,9 @@ class SynthOptions(BaseModel):
     patient: float = Field(0.5, ge=0, description="per-dimension std of the patient offset")
     shared: float = Field(3.0, ge=0, description="per-dimension size of the shared direction")
     subtle_fraction: float = Field(0.15, ge=0, le=1, description="findings with a subtle severity")
-    subtle_severity: float = Field(0.15, ge=0, le=1, description="subtle: g ~ U(0, subtle_severity)")
+    subtle_severity: float = Field(
+        0.15, ge=0, le=1, description="subtle: g ~ U(0, subtle_severity)"
+    )
     min_severity: float = Field(0.4, ge=0, le=1, description="clear: g ~ U(min_severity, 1)")
     long_fraction: float = Field(0.07, ge=0, le=1, description="chest-abdomen scans (N > 600)")
     rescan_fraction: float = Field(0.1, ge=0, le=1, description="second reconstructions of a scan")
@@ -247,7 +249,9 @@ def _report(donor: dict, labels: np.ndarray, bank: dict, rng) -> tuple[str, str]
     return " ".join(s for _, _, s in placed), " ".join(impressions)
 
 
-def plan_split(split: str, n: int, gen: CohortGenerator, options: SynthOptions, rng) -> list[SynthVolume]:
+def plan_split(
+    split: str, n: int, gen: CohortGenerator, options: SynthOptions, rng
+) -> list[SynthVolume]:
     """Volumes of one split: bootstrap labels/donor, geometry, lesions and report per scan."""
     bank = load_sentence_bank()
     donors = bank["reports"]

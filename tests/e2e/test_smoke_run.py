@@ -1,0 +1,102 @@
+"""`graftkit run ct_rate --profile smoke`: phases 1-4 and eval end to end; kill and resume."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from .conftest import graftkit_cmd, run_graftkit
+
+pytestmark = pytest.mark.slow
+
+
+def _finite(tree, path=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _finite(v, f"{path}.{k}")
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from _finite(v, f"{path}[{i}]")
+    elif isinstance(tree, float):
+        yield path, tree
+
+
+@pytest.fixture(scope="module")
+def smoke_run(e2e_cache, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    out = run_graftkit(e2e_cache, "run", "ct_rate", "--profile", "smoke", "--output-dir", str(run_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir
+
+
+def test_metrics_file_is_complete_and_finite(smoke_run):
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    for key in ("macro_f1", "macro_precision", "macro_recall"):
+        assert 0.0 <= metrics["eval"][key] <= 1.0
+    assert len(metrics["eval"]["per_class"]) == 18
+    assert set(metrics["phases"]) == {"1", "2", "3", "4"}
+    assert {"real", "zero", "shuffle", "random"} <= set(metrics["ablation"])
+    assert 0.0 < metrics["oracle"]["macro_f1"] <= 1.0
+    bad = [p for p, v in _finite(metrics) if not math.isfinite(v) and "nll" not in p]
+    assert not bad, bad
+    for n in (1, 2, 3, 4):
+        assert (smoke_run / f"phase{n}" / "manifest.json").is_file()
+        assert (smoke_run / f"phase{n}" / "pretrained" / "adapter_config.json").is_file()
+    assert (smoke_run / "report.html").stat().st_size > 10_000
+    rows = [json.loads(line) for line in (smoke_run / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == metrics["eval"]["volumes"]
+
+
+def test_rerun_into_a_finished_run_dir_is_refused(smoke_run, e2e_cache):
+    out = run_graftkit(e2e_cache, "run", "ct_rate", "--profile", "smoke", "--output-dir", str(smoke_run))
+    assert out.returncode == 2 and "--resume" in out.stderr
+
+
+def test_killed_run_resumes_to_the_same_metrics(smoke_run, e2e_cache, tmp_path):
+    """SIGKILL after the first phase-3 epoch checkpoint; --resume must reach identical metrics."""
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "GRAFTKIT_CACHE": str(e2e_cache)}
+    cmd = graftkit_cmd("run", "ct_rate", "--profile", "smoke", "--output-dir", str(run_dir))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = run_dir / "checkpoints" / "phase3" / "last" / "manifest.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "phase3" / "manifest.json").exists()
+
+    out = run_graftkit(e2e_cache, "run", "ct_rate", "--profile", "smoke", "--output-dir", str(run_dir), "--resume")
+    assert out.returncode == 0, out.stderr[-3000:]
+    want = json.loads((smoke_run / "metrics.json").read_text())
+    got = json.loads((run_dir / "metrics.json").read_text())
+    assert got["eval"] == want["eval"]
+    assert got["ablation"]["real"] == want["ablation"]["real"]
+
+    def last_rows(path):
+        rows = [json.loads(line) for line in (path / "history.jsonl").read_text().splitlines()]
+        return {(r["phase"], r["epoch"]): r for r in rows}
+
+    uninterrupted, resumed = last_rows(smoke_run), last_rows(run_dir)
+    for key in [(3, 1), (4, 0)]:
+        for metric in ("train_total", "valid_total"):
+            assert resumed[key][metric] == pytest.approx(uninterrupted[key][metric], rel=1e-6), (key, metric)
+
+
+def test_corrupted_checkpoint_is_reported_not_used(smoke_run, e2e_cache, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "corrupt"
+    shutil.copytree(smoke_run, run_dir)
+    (run_dir / "metrics.json").unlink()
+    weights = run_dir / "phase2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    out = run_graftkit(e2e_cache, "run", "ct_rate", "--profile", "smoke", "--phases", "3", "--output-dir", str(run_dir),
+                       "--init-from", str(run_dir / "phase2"))
+    assert out.returncode == 2
+    assert "phase2" in out.stderr and "checkpoint" in out.stderr
