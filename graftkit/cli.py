@@ -22,7 +22,9 @@ class CLIError(Exception):
 
 
 def _add_common_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", help="registered run preset / launch profile (see `graftkit plugins`)")
+    p.add_argument(
+        "--profile", help="registered run preset / launch profile (see `graftkit plugins`)"
+    )
     p.add_argument("--config", type=Path, help="YAML config (e.g. a run's resolved config.yaml)")
     p.add_argument(
         "--set",
@@ -47,11 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", help="registered dataset name, e.g. ct_rate")
     p.add_argument("--phases", default="1-4", help="phase range: 1-4, 3, 2-3 (default 1-4)")
     p.add_argument("--output-dir", type=Path, help="run directory (default runs/DATASET-PROFILE)")
-    p.add_argument("--data-dir", type=Path, help="real data in the dataset's layout (default: synthesise)")
-    p.add_argument("--llm", type=Path, help="local causal-LM directory (default: train the language prior)")
-    p.add_argument("--init-from", type=Path, help="checkpoint to start the first selected phase from")
-    p.add_argument("--warm-bridge", type=Path, help="phase-3 run or checkpoint whose bridge parts warm-start phase 3")
-    p.add_argument("--resume", action="store_true", help="continue a killed run from its last complete checkpoint")
+    p.add_argument(
+        "--data-dir", type=Path, help="real data in the dataset's layout (default: synthesise)"
+    )
+    p.add_argument(
+        "--llm", type=Path, help="local causal-LM directory (default: train the language prior)"
+    )
+    p.add_argument(
+        "--init-from", type=Path, help="checkpoint to start the first selected phase from"
+    )
+    p.add_argument(
+        "--warm-bridge",
+        type=Path,
+        help="phase-3 run or checkpoint whose bridge parts warm-start phase 3",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run from its last complete checkpoint",
+    )
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     _add_common_run_options(p)
 
@@ -59,9 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--split", default=None, help="split to evaluate (default from config: valid)")
     p.add_argument("--extractor", help="registered label extractor (default: the dataset's)")
-    p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=None, help="real/zero/shuffle/random tokens, NLL split, linear probes")
+    p.add_argument(
+        "--ablations",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="real/zero/shuffle/random tokens, NLL split, linear probes",
+    )
     p.add_argument("--limit", type=int, help="evaluate the first N volumes only")
-    p.add_argument("--checkpoint", help="phase checkpoint to evaluate (default: the last phase run)")
+    p.add_argument(
+        "--checkpoint", help="phase checkpoint to evaluate (default: the last phase run)"
+    )
 
     p = sub.add_parser("generate", help="write one report for one case")
     p.add_argument("run_dir", type=Path)
@@ -70,8 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--volume", type=Path, help="a volume to embed first (needs --encoder)")
     p.add_argument("--encoder", help="registered encoder name, with --volume")
     p.add_argument("--weights", type=Path, help="encoder weights, with --volume")
-    p.add_argument("--explain", action="store_true", help="per sentence, the zones it relied on most")
-    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of the eval protocol")
+    p.add_argument(
+        "--explain", action="store_true", help="per sentence, the zones it relied on most"
+    )
+    p.add_argument(
+        "--greedy", action="store_true", help="greedy decoding instead of the eval protocol"
+    )
 
     p = sub.add_parser("embed", help="turn volumes into per-slice embeddings with an encoder")
     p.add_argument("encoder", help="registered encoder name, e.g. lejepa-ct")
@@ -80,22 +107,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int)
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="skip complete outputs (default on)")
-    p.add_argument("--rescale", action=argparse.BooleanOptionalAction, default=None,
-                   help="apply RescaleSlope/Intercept (DICOM default: yes; data already in HU: --no-rescale)")
+    p.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="skip complete outputs (default on)",
+    )
+    p.add_argument(
+        "--rescale",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="apply RescaleSlope/Intercept (DICOM default: yes; data already in HU: --no-rescale)",
+    )
     p.add_argument("--rescale-slope", type=float, help="NIfTI stored-value slope")
     p.add_argument("--rescale-intercept", type=float, help="NIfTI stored-value intercept")
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="encoder option, e.g. dtype=bfloat16, image_size=252, allow_random_weights=true")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="encoder option, e.g. dtype=bfloat16, image_size=252, allow_random_weights=true",
+    )
 
     p = sub.add_parser("label", help="extract the label columns from report texts")
-    p.add_argument("--extractor", required=True, help="registered label extractor, e.g. ct_rate-rules")
-    p.add_argument("--input", required=True, type=Path, help="CSV with an id column and a text column")
+    p.add_argument(
+        "--extractor", required=True, help="registered label extractor, e.g. ct_rate-rules"
+    )
+    p.add_argument(
+        "--input", required=True, type=Path, help="CSV with an id column and a text column"
+    )
     p.add_argument("--text-column", required=True)
     p.add_argument("--id-column", help="default: the first column")
     p.add_argument("--output", required=True, type=Path)
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="extractor option, e.g. weights=PATH")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extractor option, e.g. weights=PATH",
+    )
 
     p = sub.add_parser("plan", help="inventory per phase on the meta device (no weights)")
     p.add_argument("dataset")

@@ -89,13 +89,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         except CheckpointError as err:
             raise CLIError(f"--init-from: {err}") from None
     if not args.resume and (run_dir / "metrics.json").exists() and any(run_dir.glob("phase*")):
-        raise CLIError(f"{run_dir} already holds a run; use --resume to continue it or --output-dir for a new one")
+        raise CLIError(
+            f"{run_dir} already holds a run; use --resume to continue it or --output-dir for a new one"
+        )
     launched = _launch_if_needed(cfg, run_dir)
     if launched is not None:
         return launched
     with progress_bar(disable=is_quiet()) as progress:
         run = prepare_run(cfg, run_dir, progress=progress)
-    run_curriculum(run, phases, init_from=args.init_from, warm_bridge=args.warm_bridge, resume=args.resume)
+    run_curriculum(
+        run, phases, init_from=args.init_from, warm_bridge=args.warm_bridge, resume=args.resume
+    )
     if not args.no_eval and run.main:
         with progress_bar(disable=is_quiet()) as progress:
             metrics = evaluate(run, progress=progress)
@@ -112,13 +116,20 @@ def _print_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
     full = json.loads((run_dir / "metrics.json").read_text())
     e = full["eval"]
     print(f"\neval on {e['volumes']} {e['split']} volumes (extractor {e['extractor']}):")
-    print(f"  generation macro F1 {e['macro_f1']:.3f}  precision {e['macro_precision']:.3f}  recall {e['macro_recall']:.3f}")
+    print(
+        f"  generation macro F1 {e['macro_f1']:.3f}  precision {e['macro_precision']:.3f}  recall {e['macro_recall']:.3f}"
+    )
     if "oracle" in full:
         o = full["oracle"]["macro_f1"]
         print(f"  oracle macro F1 {o:.3f}  (generation / oracle = {e['macro_f1'] / o:.2f})")
     if "ablation" in full:
         a = full["ablation"]
-        print("  ablation macro F1: " + ", ".join(f"{m} {a[m]['macro_f1']:.3f}" for m in ("real", "zero", "shuffle", "random")))
+        print(
+            "  ablation macro F1: "
+            + ", ".join(
+                f"{m} {a[m]['macro_f1']:.3f}" for m in ("real", "zero", "shuffle", "random")
+            )
+        )
         print(f"  zeroing the visual tokens removes {100 * a['zero_drop']:.1f}% of generation F1")
     print(f"  run directory: {run_dir}  (report: {run_dir / 'report.html'})")
 
@@ -163,8 +174,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         plugins.get("extractor", args.extractor)
     run = _open_run(args.run_dir, args.checkpoint)
     with progress_bar(disable=is_quiet()) as progress:
-        metrics = evaluate(run, split=args.split, extractor_name=args.extractor, ablations=args.ablations,
-                           limit=args.limit, progress=progress)
+        metrics = evaluate(
+            run,
+            split=args.split,
+            extractor_name=args.extractor,
+            ablations=args.ablations,
+            limit=args.limit,
+            progress=progress,
+        )
     _print_summary(args.run_dir, metrics)
     return 0
 
@@ -206,11 +223,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     run = _open_run(args.run_dir)
     dim = run.dataset.embedding_dim
     if emb.shape[1] != dim:
-        raise CLIError(f"{args.embeddings or args.volume}: embedding dim {emb.shape[1]} != the run's d_v {dim}")
+        raise CLIError(
+            f"{args.embeddings or args.volume}: embedding dim {emb.shape[1]} != the run's d_v {dim}"
+        )
     if not np.isfinite(emb).all():
         raise CLIError(f"{args.embeddings or args.volume}: embeddings contain NaN or Inf")
     slices = torch.from_numpy(emb).unsqueeze(0)
-    z_mm = torch.from_numpy(np.asarray(z if z is not None else np.arange(len(emb)), dtype=np.float32)).unsqueeze(0)
+    z_mm = torch.from_numpy(
+        np.asarray(z if z is not None else np.arange(len(emb)), dtype=np.float32)
+    ).unsqueeze(0)
     run.glm.eval()
     with torch.inference_mode():
         tokens = run.glm.encode(slices, z_mm, torch.ones(1, len(emb), dtype=torch.bool))[1]
@@ -218,11 +239,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.greedy:
         gen.update(do_sample=False)
         gen.pop("temperature"), gen.pop("top_p")
-    text = generate_reports(run.glm, run.tokenizer, run.dataset.prompt, tokens, gen, seed=run.cfg.seed)[0]
+    text = generate_reports(
+        run.glm, run.tokenizer, run.dataset.prompt, tokens, gen, seed=run.cfg.seed
+    )[0]
     print(text)
     if args.explain:
         for sentence, zones in explain_sentences(run, tokens[0], text):
-            print(f"- {sentence}\n    zones (apex=1 .. base={tokens.shape[1]}): {', '.join(str(z + 1) for z in zones)}")
+            print(
+                f"- {sentence}\n    zones (apex=1 .. base={tokens.shape[1]}): {', '.join(str(z + 1) for z in zones)}"
+            )
     return 0
 
 
@@ -241,10 +266,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise CLIError(f"encoder {args.encoder}: {err}") from None
     inputs = discover_inputs(args.input, kinds=encoder_cls.input_kinds)
     if not inputs:
-        raise CLIError(f"--input {' '.join(map(str, args.input))}: no NIfTI files or DICOM series found")
+        raise CLIError(
+            f"--input {' '.join(map(str, args.input))}: no NIfTI files or DICOM series found"
+        )
     with progress_bar(disable=is_quiet()) as progress:
-        summary = run_embed(encoder, inputs, args.output, batch_size=args.batch_size, limit=args.limit,
-                            resume=args.resume, progress=progress)
+        summary = run_embed(
+            encoder,
+            inputs,
+            args.output,
+            batch_size=args.batch_size,
+            limit=args.limit,
+            resume=args.resume,
+            progress=progress,
+        )
     print(summary.format())
     return summary.exit_code
 
@@ -288,8 +322,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     dataset_cls = plugins.get("dataset", args.dataset)
-    options = {k: v for k, v in {"n_train": args.n_train, "n_valid": args.n_valid, "dim": args.dim,
-                                 "seed": args.seed}.items() if v is not None}
+    options = {
+        k: v
+        for k, v in {
+            "n_train": args.n_train,
+            "n_valid": args.n_valid,
+            "dim": args.dim,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
     try:
         info = dataset_cls.synthesize(args.output, **options)
     except NotImplementedError as err:

@@ -31,10 +31,13 @@ class DataConfig(Strict):
 
     data_dir: Path | None = None
     embeddings_dir: Path | None = Field(
-        None, description="slice embeddings folder; relative to data_dir; default DATA_DIR/embeddings"
+        None,
+        description="slice embeddings folder; relative to data_dir; default DATA_DIR/embeddings",
     )
     cache_dir: Path | None = Field(None, description="cache for synthesised data and the prior")
-    synth: dict[str, Any] = Field(default_factory=dict, description="dataset-specific synth options")
+    synth: dict[str, Any] = Field(
+        default_factory=dict, description="dataset-specific synth options"
+    )
     max_slices: int | None = Field(None, gt=0, description="uniformly subsample longer volumes")
     include_impressions: bool = False
     limit_train: int | None = Field(None, gt=0)
@@ -64,7 +67,15 @@ class LoraConfig(Strict):
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
     )
 
 
@@ -74,10 +85,14 @@ class ModelConfig(Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     architecture: str | None = Field(
-        None, description="shipped config for `graftkit plan` without weights, e.g. llama-3.2-3b-instruct"
+        None,
+        description="shipped config for `graftkit plan` without weights, e.g. llama-3.2-3b-instruct",
     )
     text_embedding_layer: float = Field(
-        0.5, gt=0, le=1, description="depth fraction of the hidden state mean-pooled as text embedding"
+        0.5,
+        gt=0,
+        le=1,
+        description="depth fraction of the hidden state mean-pooled as text embedding",
     )
 
 
@@ -85,7 +100,9 @@ class BridgeConfig(Strict):
     """The bridge: zone compressor, predictor, calibrator, adapters, heads (DESIGN.md)."""
 
     compressor: str = Field("zone", description="registered compressor name")
-    visual_dim: int | None = Field(None, gt=0, description="d_v for `plan`; runs read it from the data")
+    visual_dim: int | None = Field(
+        None, gt=0, description="d_v for `plan`; runs read it from the data"
+    )
     num_zones: int = Field(32, gt=0)
     num_heads: int = Field(16, gt=0)
     num_global_layers: int = Field(1, ge=0)
@@ -132,7 +149,9 @@ class PhaseConfig(Strict):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     grad_clip: float | None = Field(1.0, gt=0)
     lora_freeze_epoch: int | None = Field(None, ge=1, description="freeze LoRA after this epoch")
-    recalibrate_every: int | None = Field(None, ge=1, description="NormCalibrator.recalibrate() every N epochs")
+    recalibrate_every: int | None = Field(
+        None, ge=1, description="NormCalibrator.recalibrate() every N epochs"
+    )
     projector_lr_scale: tuple[float, float] | None = Field(None, description="LARS-style bounds")
     ewc_lambda: float = Field(0.0, ge=0)
     ewc_fisher: bool = False
@@ -143,7 +162,9 @@ class PhaseConfig(Strict):
     def _known_groups(cls, groups: list[str]) -> list[str]:
         unknown = [g for g in groups if g not in PARAMETER_GROUPS]
         if unknown:
-            raise ValueError(f"unknown parameter group(s) {unknown}; allowed: {list(PARAMETER_GROUPS)}")
+            raise ValueError(
+                f"unknown parameter group(s) {unknown}; allowed: {list(PARAMETER_GROUPS)}"
+            )
         return groups
 
     @field_validator("losses")
@@ -184,7 +205,9 @@ class EvalConfig(Strict):
     limit: int | None = Field(None, gt=0)
     ablations: bool = True
     probe_folds: int = Field(5, ge=2)
-    monitor_subset: int = Field(32, gt=0, description="validation items the collapse monitor generates")
+    monitor_subset: int = Field(
+        32, gt=0, description="validation items the collapse monitor generates"
+    )
     reliance_floor: float = Field(0.2, ge=0, le=1)
 
 

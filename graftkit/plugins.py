@@ -159,11 +159,27 @@ def _registries() -> dict[str, Registry]:
     from graftkit.labels import LabelExtractor
 
     return {
-        "encoder": Registry("encoder", "register_encoders", _subclass_of(Encoder), "an Encoder subclass"),
-        "compressor": Registry("compressor", "register_compressors", callable, "a callable builder(dim) -> nn.Module"),
-        "extractor": Registry("extractor", "register_label_extractors", _subclass_of(LabelExtractor), "a LabelExtractor subclass"),
-        "dataset": Registry("dataset", "register_datasets", _subclass_of(GraftDataset), "a GraftDataset subclass"),
-        "profile": Registry("profile", "register_profiles", lambda o: isinstance(o, Profile), "a graftkit.config.Profile"),
+        "encoder": Registry(
+            "encoder", "register_encoders", _subclass_of(Encoder), "an Encoder subclass"
+        ),
+        "compressor": Registry(
+            "compressor", "register_compressors", callable, "a callable builder(dim) -> nn.Module"
+        ),
+        "extractor": Registry(
+            "extractor",
+            "register_label_extractors",
+            _subclass_of(LabelExtractor),
+            "a LabelExtractor subclass",
+        ),
+        "dataset": Registry(
+            "dataset", "register_datasets", _subclass_of(GraftDataset), "a GraftDataset subclass"
+        ),
+        "profile": Registry(
+            "profile",
+            "register_profiles",
+            lambda o: isinstance(o, Profile),
+            "a graftkit.config.Profile",
+        ),
     }
 
 

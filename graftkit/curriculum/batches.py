@@ -88,10 +88,19 @@ class PhaseCollator:
             encodings = []
             for i in indices:
                 text = response_text(
-                    self.dataset, self.volumes[i], self.text_kind, sample_rng(self.seed, self.epoch, i)
+                    self.dataset,
+                    self.volumes[i],
+                    self.text_kind,
+                    sample_rng(self.seed, self.epoch, i),
                 )
                 encodings.append(
-                    encode_chat(self.tokenizer, self.dataset.prompt, text, self.k, max_length=self.max_length)
+                    encode_chat(
+                        self.tokenizer,
+                        self.dataset.prompt,
+                        text,
+                        self.k,
+                        max_length=self.max_length,
+                    )
                 )
             padded = pad_batch(encodings, self.tokenizer.pad_token_id, side="right")
             batch["input_ids"] = padded["input_ids"]
@@ -117,7 +126,9 @@ def make_loader(
     """A loader over this process's shard; the order is a pure function of (seed, epoch)."""
     n = len(volumes)
     if shuffle:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 9973 + epoch)).tolist()
+        order = torch.randperm(
+            n, generator=torch.Generator().manual_seed(seed * 9973 + epoch)
+        ).tolist()
     else:
         order = list(range(n))
     per_rank = n // world if world > 1 else n

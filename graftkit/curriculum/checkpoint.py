@@ -96,7 +96,9 @@ def verify_checkpoint(directory: Path) -> dict[str, str]:
         if not path.is_file():
             raise CheckpointError(f"checkpoint {directory} is partial: {fname} is missing")
         if _sha256(path) != digest:
-            raise CheckpointError(f"checkpoint {directory} is corrupted: {fname} fails its checksum")
+            raise CheckpointError(
+                f"checkpoint {directory} is corrupted: {fname} fails its checksum"
+            )
     return files
 
 
@@ -126,7 +128,9 @@ def flatten_state(prefix: str, obj: Any, tensors: dict[str, torch.Tensor]) -> An
         tensors[prefix] = obj
         return {"__tensor__": prefix}
     if isinstance(obj, dict):
-        return {"__dict__": [[k, flatten_state(f"{prefix}.{k}", v, tensors)] for k, v in obj.items()]}
+        return {
+            "__dict__": [[k, flatten_state(f"{prefix}.{k}", v, tensors)] for k, v in obj.items()]
+        }
     if isinstance(obj, list | tuple):
         return {"__list__": [flatten_state(f"{prefix}.{i}", v, tensors) for i, v in enumerate(obj)]}
     return obj

@@ -47,7 +47,9 @@ log = logging.getLogger("graftkit")
 
 
 def cache_root(cfg: RunConfig) -> Path:
-    root = cfg.data.cache_dir or Path(os.environ.get("GRAFTKIT_CACHE", Path.home() / ".cache" / "graftkit"))
+    root = cfg.data.cache_dir or Path(
+        os.environ.get("GRAFTKIT_CACHE", Path.home() / ".cache" / "graftkit")
+    )
     return Path(root).expanduser()
 
 
@@ -102,7 +104,11 @@ class Run:
 
 
 def make_accelerator(cfg: RunConfig) -> Accelerator:
-    cpu = cfg.launch.use_cpu or not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU") == "true"
+    cpu = (
+        cfg.launch.use_cpu
+        or not torch.cuda.is_available()
+        or os.environ.get("ACCELERATE_USE_CPU") == "true"
+    )
     return Accelerator(
         cpu=cpu,
         mixed_precision=cfg.launch.mixed_precision if not cpu else "no",
@@ -140,7 +146,9 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None) -> Run:
     if llm_path is None:
         cache = cache_root(cfg) / "prior"
         if accelerator.is_main_process:
-            llm_path = build_or_load_prior(dataset.corpus(), cfg.model.prior, cache, progress=progress)
+            llm_path = build_or_load_prior(
+                dataset.corpus(), cfg.model.prior, cache, progress=progress
+            )
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
             llm_path = build_or_load_prior(dataset.corpus(), cfg.model.prior, cache)
@@ -161,7 +169,20 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None) -> Run:
         "train": TextTargets(dataset, train, textspace),
         "valid": TextTargets(dataset, valid, textspace),
     }
-    run = Run(cfg, run_dir, accelerator, dataset, train, valid, glm, tokenizer, textspace, objective, targets, llm_path)
+    run = Run(
+        cfg,
+        run_dir,
+        accelerator,
+        dataset,
+        train,
+        valid,
+        glm,
+        tokenizer,
+        textspace,
+        objective,
+        targets,
+        llm_path,
+    )
     run.summary = {
         "data": {"train": len(train), "valid": len(valid), **skips},
         "llm": str(llm_path),
@@ -175,9 +196,14 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None) -> Run:
         if oracle is not None:
             run.update_metrics({"oracle": oracle})
         prevalence = labels.mean(0)
-        run.update_metrics({"prevalence": dict(zip(dataset.class_names, map(float, prevalence), strict=True))})
+        run.update_metrics(
+            {"prevalence": dict(zip(dataset.class_names, map(float, prevalence), strict=True))}
+        )
     if skips["skipped"]:
-        echo(accelerator, f"data: skipped {skips['skipped']} volume(s): {skips['by_reason']} (see metrics.json data.items)")
+        echo(
+            accelerator,
+            f"data: skipped {skips['skipped']} volume(s): {skips['by_reason']} (see metrics.json data.items)",
+        )
     return run
 
 
@@ -199,7 +225,9 @@ def _text_space(cfg, run_dir, dataset, train, valid, llm, tokenizer, accelerator
     groups.append(len(dataset.class_names))
     layer = text_embedding_layer(llm, cfg.model.text_embedding_layer)
     extra = [text for volume in valid for _, text in dataset.condition_texts(volume)]
-    space = TextSpace.build(llm, tokenizer, texts, layer, cfg.bridge.whitening_components, groups, extra)
+    space = TextSpace.build(
+        llm, tokenizer, texts, layer, cfg.bridge.whitening_components, groups, extra
+    )
     if accelerator.is_main_process:
         space.save(directory)
     return space
@@ -223,19 +251,30 @@ class PhaseRunner:
             if params:
                 out.append({"params": params, "lr": self.cfg.lr, "group": name})
         if "infonce" in self.cfg.losses:
-            out.append({"params": list(self.run.objective.infonce.parameters()), "lr": self.cfg.lr, "group": "temperature"})
+            out.append(
+                {
+                    "params": list(self.run.objective.infonce.parameters()),
+                    "lr": self.cfg.lr,
+                    "group": "temperature",
+                }
+            )
         return out
 
     def _optimizer(self, groups) -> torch.optim.Optimizer:
         if self.cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay)
+            return torch.optim.SGD(
+                groups, lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay
+            )
         return torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
     def _scheduler(self, optimizer, steps_per_epoch: int):
         c = self.cfg
         if c.schedule == "plateau":
             return torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=c.early_stopping.mode, factor=c.plateau_factor, patience=c.plateau_patience
+                optimizer,
+                mode=c.early_stopping.mode,
+                factor=c.plateau_factor,
+                patience=c.plateau_patience,
             )
         total = max(1, steps_per_epoch * c.epochs)
 
@@ -254,12 +293,20 @@ class PhaseRunner:
         opt_tensors: dict[str, torch.Tensor] = {}
         self._opt_skeleton = flatten_state("opt", optimizer.state_dict(), opt_tensors)
         extra = {"rng.torch": torch.get_rng_state()}
-        extra.update({f"infonce.{k}": v for k, v in self.run.objective.infonce.state_dict().items()})
-        tensors = {"model": self.run.glm.bridge_state_dict(), "optimizer": opt_tensors, "extra": extra}
+        extra.update(
+            {f"infonce.{k}": v for k, v in self.run.objective.infonce.state_dict().items()}
+        )
+        tensors = {
+            "model": self.run.glm.bridge_state_dict(),
+            "optimizer": opt_tensors,
+            "extra": extra,
+        }
         if best_state is not None:
             tensors["best"] = best_state
         if ewc is not None:
-            tensors["ewc"] = {k: v for k, v in ewc.state_dict().items() if isinstance(v, torch.Tensor)}
+            tensors["ewc"] = {
+                k: v for k, v in ewc.state_dict().items() if isinstance(v, torch.Tensor)
+            }
         return tensors
 
     def _save_epoch(self, epoch, optimizer, scheduler, best_state, best, bad_epochs, ewc) -> None:
@@ -278,13 +325,19 @@ class PhaseRunner:
         }
         save_checkpoint(self.ckpt_dir / "last", tensors, state)
 
-    def _restore_epoch(self, optimizer, scheduler, ewc) -> tuple[int, float | None, int, dict | None]:
+    def _restore_epoch(
+        self, optimizer, scheduler, ewc
+    ) -> tuple[int, float | None, int, dict | None]:
         groups, state = load_checkpoint(self.ckpt_dir / "last")
         self.run.glm.load_bridge_state_dict(groups["model"])
         optimizer.load_state_dict(unflatten_state(state["optimizer"], groups["optimizer"]))
         scheduler.load_state_dict(state["scheduler"])
         self.run.objective.infonce.load_state_dict(
-            {k.removeprefix("infonce."): v for k, v in groups["extra"].items() if k.startswith("infonce.")}
+            {
+                k.removeprefix("infonce."): v
+                for k, v in groups["extra"].items()
+                if k.startswith("infonce.")
+            }
         )
         torch.set_rng_state(groups["extra"]["rng.torch"])
         if ewc is not None and "ewc" in groups:
@@ -339,7 +392,9 @@ class PhaseRunner:
             if group.get("group") != "projectors":
                 continue
             w = torch.sqrt(sum((p.detach() ** 2).sum() for p in group["params"]))
-            g = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in group["params"] if p.grad is not None))
+            g = torch.sqrt(
+                sum((p.grad.detach() ** 2).sum() for p in group["params"] if p.grad is not None)
+            )
             scale = float((w / g.clamp_min(1e-12)).clamp(lo, hi)) if g > 0 else 1.0
             restored.append((group, group["lr"]))
             group["lr"] = group["lr"] * scale
@@ -351,7 +406,11 @@ class PhaseRunner:
         loader = self._loader("train", epoch, shuffle=True)
         sums: dict[str, float] = {}
         steps = 0
-        task = progress.add_task(f"phase {self.number} epoch {epoch + 1}", total=len(loader), info="") if progress else None
+        task = (
+            progress.add_task(f"phase {self.number} epoch {epoch + 1}", total=len(loader), info="")
+            if progress
+            else None
+        )
         for batch in loader:
             terms = model(batch)
             loss = terms["total"]
@@ -359,10 +418,14 @@ class PhaseRunner:
                 terms["ewc"] = ewc.penalty(dict(run.glm.parameter_groups()["lora"]))
                 loss = loss + terms["ewc"]
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"phase {self.number}: non-finite loss {float(loss)} at epoch {epoch + 1}")
+                raise FloatingPointError(
+                    f"phase {self.number}: non-finite loss {float(loss)} at epoch {epoch + 1}"
+                )
             run.accelerator.backward(loss)
             if self.cfg.grad_clip:
-                params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+                params = [
+                    p for g in optimizer.param_groups for p in g["params"] if p.grad is not None
+                ]
                 torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
             restore = self._lars(optimizer)
             optimizer.step()
@@ -379,8 +442,12 @@ class PhaseRunner:
         if progress:
             progress.remove_task(task)
         means = {k: v / max(1, steps) for k, v in sums.items()}
-        reduced = run.accelerator.reduce(torch.tensor([means.get(k, 0.0) for k in sorted(means)]), "mean")
-        return {f"train_{k}": float(v) for k, v in zip(sorted(means), reduced.tolist(), strict=True)}
+        reduced = run.accelerator.reduce(
+            torch.tensor([means.get(k, 0.0) for k in sorted(means)]), "mean"
+        )
+        return {
+            f"train_{k}": float(v) for k, v in zip(sorted(means), reduced.tolist(), strict=True)
+        }
 
     @torch.inference_mode()
     def _valid_loss(self) -> dict[str, float]:
@@ -405,7 +472,9 @@ class PhaseRunner:
 
         run = self.run
         subset = run.valid[: run.cfg.eval.monitor_subset]
-        tokens = visual_tokens(run.glm, run.dataset, subset, run.cfg.eval.batch_size, run.cfg.data.max_slices)
+        tokens = visual_tokens(
+            run.glm, run.dataset, subset, run.cfg.eval.batch_size, run.cfg.data.max_slices
+        )
         gen = run.cfg.eval.generation.model_dump()
         gen.update(do_sample=False, num_beams=1)
         gen.pop("temperature"), gen.pop("top_p")
@@ -413,9 +482,16 @@ class PhaseRunner:
         out = {}
         for mode in ("real", "zero"):
             texts = generate_reports(
-                run.glm, run.tokenizer, run.dataset.prompt, ablate(tokens, mode), gen, run.cfg.eval.batch_size
+                run.glm,
+                run.tokenizer,
+                run.dataset.prompt,
+                ablate(tokens, mode),
+                gen,
+                run.cfg.eval.batch_size,
             )
-            out[f"gen_f1_{mode}"] = generation_scores(extractor, texts, subset, run.dataset.class_names)["macro_f1"]
+            out[f"gen_f1_{mode}"] = generation_scores(
+                extractor, texts, subset, run.dataset.class_names
+            )["macro_f1"]
         out["gen_f1"] = out["gen_f1_real"]
         return out
 
@@ -434,7 +510,9 @@ class PhaseRunner:
             ewc.snapshot()
         groups = self._param_groups()
         if not groups:
-            raise ConfigError(f"phase {self.number}: no trainable parameters in groups {c.trainable}")
+            raise ConfigError(
+                f"phase {self.number}: no trainable parameters in groups {c.trainable}"
+            )
         optimizer = self._optimizer(groups)
         steps_per_epoch = max(1, math.ceil(len(run.train) / acc.num_processes / c.batch_size))
         scheduler = self._scheduler(optimizer, steps_per_epoch)
@@ -442,26 +520,44 @@ class PhaseRunner:
 
         start, best, bad_epochs, best_state = 0, None, 0, None
         if resume and is_complete(self.ckpt_dir / "last"):
-            last_epoch, best, bad_epochs, best_state = self._restore_epoch(optimizer, scheduler, ewc)
+            last_epoch, best, bad_epochs, best_state = self._restore_epoch(
+                optimizer, scheduler, ewc
+            )
             start = last_epoch + 1
             echo(acc, f"phase {self.number}: resumed after epoch {start}")
         elif resume and (self.ckpt_dir / "last").exists():
-            raise CheckpointError(f"{self.ckpt_dir / 'last'} is incomplete or corrupted; refusing to resume from it")
+            raise CheckpointError(
+                f"{self.ckpt_dir / 'last'} is incomplete or corrupted; refusing to resume from it"
+            )
 
-        echo(acc, f"phase {self.number} ({c.name}): trains {c.trainable}; losses {c.losses}; text {c.text}")
+        echo(
+            acc,
+            f"phase {self.number} ({c.name}): trains {c.trainable}; losses {c.losses}; text {c.text}",
+        )
         if "infonce" in c.losses:
-            echo(acc, f"phase {self.number}: effective contrastive batch {c.batch_size * acc.num_processes} "
-                 f"({acc.num_processes} process(es) x {c.batch_size})")
+            echo(
+                acc,
+                f"phase {self.number}: effective contrastive batch {c.batch_size * acc.num_processes} "
+                f"({acc.num_processes} process(es) x {c.batch_size})",
+            )
         mode = c.early_stopping.mode
         for epoch in range(start, c.epochs):
             t0 = time.time()
             torch.manual_seed(run.cfg.seed * 7919 + self.number * 101 + epoch)
-            if c.lora_freeze_epoch is not None and epoch >= c.lora_freeze_epoch and not self._lora_frozen:
+            if (
+                c.lora_freeze_epoch is not None
+                and epoch >= c.lora_freeze_epoch
+                and not self._lora_frozen
+            ):
                 self._freeze_lora()
                 echo(acc, f"phase {self.number}: LoRA frozen from epoch {epoch + 1}")
             if c.recalibrate_every and epoch % c.recalibrate_every == 0:
                 self._recalibrate()
-            row = {"phase": self.number, "epoch": epoch, **self._train_epoch(model, optimizer, scheduler, epoch, ewc, progress)}
+            row = {
+                "phase": self.number,
+                "epoch": epoch,
+                **self._train_epoch(model, optimizer, scheduler, epoch, ewc, progress),
+            }
             row.update(self._valid_loss())
             if c.monitor_collapse or c.early_stopping.metric.startswith("gen_f1"):
                 row.update(self._generation_monitor(epoch))
@@ -469,7 +565,9 @@ class PhaseRunner:
             name = "valid_total" if c.early_stopping.metric == "loss" else c.early_stopping.metric
             metric = row.get(name, row.get(f"valid_{name}"))
             if metric is None:
-                raise ConfigError(f"phase {self.number}: early-stopping metric {c.early_stopping.metric!r} not in {sorted(row)}")
+                raise ConfigError(
+                    f"phase {self.number}: early-stopping metric {c.early_stopping.metric!r} not in {sorted(row)}"
+                )
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(metric)
             row["lr"] = optimizer.param_groups[0]["lr"]
@@ -487,7 +585,10 @@ class PhaseRunner:
             self._save_epoch(epoch, optimizer, scheduler, best_state, best, bad_epochs, ewc)
             acc.wait_for_everyone()
             if stop:
-                echo(acc, f"phase {self.number}: early stop after epoch {epoch + 1} (best {c.early_stopping.metric} {best:.4f})")
+                echo(
+                    acc,
+                    f"phase {self.number}: early stop after epoch {epoch + 1} (best {c.early_stopping.metric} {best:.4f})",
+                )
                 break
         if best_state is not None:
             run.glm.load_bridge_state_dict(best_state)
@@ -499,7 +600,9 @@ class PhaseRunner:
         from graftkit.data import VolumeDataset, collate_volumes
 
         run = self.run
-        data = VolumeDataset(run.dataset, run.train[: min(64, len(run.train))], run.cfg.data.max_slices)
+        data = VolumeDataset(
+            run.dataset, run.train[: min(64, len(run.train))], run.cfg.data.max_slices
+        )
         batch = collate_volumes([data[i] for i in range(len(data))])
         was_training = run.glm.training
         run.glm.eval()
@@ -515,9 +618,13 @@ class PhaseRunner:
             monitor = CollapseMonitor(reliance_floor=run.cfg.eval.reliance_floor)
             path = run.run_dir / "collapse.jsonl"
             if path.is_file():
-                monitor = CollapseMonitor.from_jsonl(path, reliance_floor=run.cfg.eval.reliance_floor)
+                monitor = CollapseMonitor.from_jsonl(
+                    path, reliance_floor=run.cfg.eval.reliance_floor
+                )
             run._collapse_monitor = monitor
-        for warning in monitor.update(self.number, row["epoch"], row["gen_f1_real"], row["gen_f1_zero"]):
+        for warning in monitor.update(
+            self.number, row["epoch"], row["gen_f1_real"], row["gen_f1_zero"]
+        ):
             echo(run.accelerator, f"[collapse monitor] {warning}")
         if run.main:
             monitor.to_jsonl(run.run_dir / "collapse.jsonl")
@@ -525,11 +632,25 @@ class PhaseRunner:
     def save_final(self, best, ewc) -> None:
         run = self.run
         if run.main:
-            tensors = {"model": run.glm.bridge_state_dict(), "extra": dict(run.objective.infonce.state_dict())}
+            tensors = {
+                "model": run.glm.bridge_state_dict(),
+                "extra": dict(run.objective.infonce.state_dict()),
+            }
             if ewc is not None:
-                tensors["ewc"] = {k: v for k, v in ewc.state_dict().items() if isinstance(v, torch.Tensor)}
-            state = {"phase": self.number, "best": best, "architecture": architecture_signature(run)}
-            save_checkpoint(self.dir, tensors, state, writer=lambda tmp: run.glm.save_pretrained(tmp / "pretrained"))
+                tensors["ewc"] = {
+                    k: v for k, v in ewc.state_dict().items() if isinstance(v, torch.Tensor)
+                }
+            state = {
+                "phase": self.number,
+                "best": best,
+                "architecture": architecture_signature(run),
+            }
+            save_checkpoint(
+                self.dir,
+                tensors,
+                state,
+                writer=lambda tmp: run.glm.save_pretrained(tmp / "pretrained"),
+            )
         run.accelerator.wait_for_everyone()
 
 
@@ -543,7 +664,10 @@ def _extractor(run: Run):
     name = run.cfg.eval.extractor or run.dataset.default_extractor
     cache = getattr(run, "_extractor_cache", None)
     if cache is None or cache[0] != name:
-        run._extractor_cache = (name, plugins.get("extractor", name)(**run.cfg.eval.extractor_options))
+        run._extractor_cache = (
+            name,
+            plugins.get("extractor", name)(**run.cfg.eval.extractor_options),
+        )
     return run._extractor_cache[1]
 
 
@@ -562,7 +686,9 @@ def load_into(run: Run, checkpoint: Path, groups: list[str] | None = None) -> li
     try:
         return run.glm.load_bridge_state_dict(tensors["model"], groups=groups)
     except (ValueError, KeyError, RuntimeError) as err:
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit this model (different architecture?): {err}") from None
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not fit this model (different architecture?): {err}"
+        ) from None
 
 
 def run_curriculum(
@@ -585,15 +711,25 @@ def run_curriculum(
     elif first > 1 and is_complete(run.run_dir / f"phase{first - 1}"):
         load_into(run, run.run_dir / f"phase{first - 1}")
     elif first > 1:
-        echo(run.accelerator, f"warning: phase {first} starts from a fresh bridge (no phase{first - 1} checkpoint, no --init-from)")
+        echo(
+            run.accelerator,
+            f"warning: phase {first} starts from a fresh bridge (no phase{first - 1} checkpoint, no --init-from)",
+        )
     results = {}
     with progress_bar(disable=is_quiet() or not run.main) as progress:
         for n in todo:
-            if n == 3 and warm_bridge is not None and not (resume and (run.run_dir / "checkpoints" / "phase3" / "last").exists()):
+            if (
+                n == 3
+                and warm_bridge is not None
+                and not (resume and (run.run_dir / "checkpoints" / "phase3" / "last").exists())
+            ):
                 loaded = load_into(run, warm_bridge, groups=["projectors", "xattn", "lora"])
                 inv = run.glm.inventory()
-                echo(run.accelerator, f"warm bridge from {warm_bridge}: loaded {len(loaded)} tensors "
-                     f"(projectors {inv['projectors']['tensors']}, xattn {inv['xattn']['tensors']}, lora {inv['lora']['tensors']})")
+                echo(
+                    run.accelerator,
+                    f"warm bridge from {warm_bridge}: loaded {len(loaded)} tensors "
+                    f"(projectors {inv['projectors']['tensors']}, xattn {inv['xattn']['tensors']}, lora {inv['lora']['tensors']})",
+                )
             t0 = time.time()
             result = PhaseRunner(run, n).run_phase(resume=resume, progress=progress)
             result["seconds"] = round(time.time() - t0, 1)

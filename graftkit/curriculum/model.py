@@ -26,11 +26,18 @@ def graft_config(cfg: RunConfig, visual_dim: int, num_classes: int, jepa_dim: in
         xattn_heads=b.xattn_heads,
         num_classes=num_classes,
         jepa_dim=jepa_dim,
-        lora={"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.target_modules},
+        lora={
+            "r": lora.r,
+            "alpha": lora.alpha,
+            "dropout": lora.dropout,
+            "target_modules": lora.target_modules,
+        },
     )
 
 
-def build_grafted(cfg: RunConfig, llm, tokenizer, visual_dim: int, num_classes: int, jepa_dim: int) -> GraftedLM:
+def build_grafted(
+    cfg: RunConfig, llm, tokenizer, visual_dim: int, num_classes: int, jepa_dim: int
+) -> GraftedLM:
     """Graft the registered compressor and the bridge into ``llm``."""
     b = cfg.bridge
     builder = plugins.get("compressor", b.compressor)

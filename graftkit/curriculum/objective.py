@@ -96,7 +96,10 @@ LOSSES: dict[str, Callable[[StepState], torch.Tensor]] = {
     "mil": lambda s: mil_loss(s.glm.heads.mil(s.tokens), s.batch["labels"]),
     "orth": lambda s: orthogonality_loss(s.zones),
     "mmd": lambda s: mmd_imq(
-        s.glm.heads.jepa_tokens(s.tokens), s.batch["cond_emb"], s.batch["cond_mask"], s.objective.mmd_alpha
+        s.glm.heads.jepa_tokens(s.tokens),
+        s.batch["cond_emb"],
+        s.batch["cond_mask"],
+        s.objective.mmd_alpha,
     ),
     "infonce": lambda s: s.objective.infonce(s.glm.heads.jepa(s.tokens), s.batch["text_emb"]),
     "jepa": _jepa,
@@ -111,7 +114,9 @@ NEEDS_TOKENS = {"lm", "llm_cls"}
 class Objective(nn.Module):
     """Wraps the grafted model, the learned InfoNCE temperature and the loss table of a phase."""
 
-    def __init__(self, glm: nn.Module, infonce: InfoNCE, pos_weight: torch.Tensor, mmd_alpha: float):
+    def __init__(
+        self, glm: nn.Module, infonce: InfoNCE, pos_weight: torch.Tensor, mmd_alpha: float
+    ):
         super().__init__()
         self.glm = glm
         self.infonce = infonce

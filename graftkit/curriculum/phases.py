@@ -19,5 +19,7 @@ def parse_phase_range(spec: str) -> list[int]:
     if first not in PHASE_NUMBERS or last not in PHASE_NUMBERS:
         raise ConfigError(f"--phases {spec!r}: phases are numbered 1-4")
     if last < first:
-        raise ConfigError(f"--phases {spec!r}: the range runs backwards; did you mean {last}-{first}?")
+        raise ConfigError(
+            f"--phases {spec!r}: the range runs backwards; did you mean {last}-{first}?"
+        )
     return list(range(first, last + 1))

@@ -91,8 +91,12 @@ def plan(cfg: RunConfig, num_classes: int | None = None) -> dict[str, Any]:
     return {
         "dataset": cfg.dataset,
         "profile": cfg.profile,
-        "llm": {"model_type": llm_config.model_type, "layers": llm_config.num_hidden_layers, "hidden_size": d_l,
-                "parameters": base_params},
+        "llm": {
+            "model_type": llm_config.model_type,
+            "layers": llm_config.num_hidden_layers,
+            "hidden_size": d_l,
+            "parameters": base_params,
+        },
         "visual_tokens": glm.num_visual_tokens,
         "visual_dim": visual_dim,
         "text_dim": d_l,

@@ -31,7 +31,9 @@ def embed_texts(
     device = next(model.parameters()).device
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+        enc = tokenizer(
+            chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        )
         enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         hidden = model(**enc, output_hidden_states=True).hidden_states[layer]
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -42,7 +44,9 @@ def embed_texts(
 class TextSpace:
     """Whitened embeddings of every text a run aligns to, keyed by the text itself."""
 
-    def __init__(self, whitening: PCAWhitening, texts: list[str], embeddings: torch.Tensor, stats: dict):
+    def __init__(
+        self, whitening: PCAWhitening, texts: list[str], embeddings: torch.Tensor, stats: dict
+    ):
         self.whitening = whitening
         self.index = {t: i for i, t in enumerate(texts)}
         self.texts = texts
@@ -94,16 +98,22 @@ class TextSpace:
         seen = set(unique)
         extra = [t for t in dict.fromkeys(extra_texts) if t not in seen]
         if extra:
-            white = torch.cat([white, whitening.transform(embed_texts(model, tokenizer, extra, layer)).float()])
+            white = torch.cat(
+                [white, whitening.transform(embed_texts(model, tokenizer, extra, layer)).float()]
+            )
         return cls(whitening, unique + extra, white, stats)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.whitening.save(directory / "whitening.safetensors")
-        save_file({"embeddings": self.embeddings.contiguous()}, str(directory / "texts.safetensors"))
+        save_file(
+            {"embeddings": self.embeddings.contiguous()}, str(directory / "texts.safetensors")
+        )
         import json
 
-        (directory / "texts.json").write_text(json.dumps({"texts": self.texts, "stats": self.stats}))
+        (directory / "texts.json").write_text(
+            json.dumps({"texts": self.texts, "stats": self.stats})
+        )
 
     @classmethod
     def load(cls, directory: Path) -> TextSpace:
@@ -111,4 +121,9 @@ class TextSpace:
 
         meta = json.loads((directory / "texts.json").read_text())
         emb = load_file(str(directory / "texts.safetensors"))["embeddings"]
-        return cls(PCAWhitening.load(directory / "whitening.safetensors"), meta["texts"], emb, meta["stats"])
+        return cls(
+            PCAWhitening.load(directory / "whitening.safetensors"),
+            meta["texts"],
+            emb,
+            meta["stats"],
+        )

@@ -28,7 +28,18 @@ from graftkit.eval.generation import (
 )
 from graftkit.lm import encode_chat, pad_batch
 
-STOPWORDS = {"with", "and", "the", "wall", "pattern", "material", "medical", "lung", "artery", "pulmonary"}
+STOPWORDS = {
+    "with",
+    "and",
+    "the",
+    "wall",
+    "pattern",
+    "material",
+    "medical",
+    "lung",
+    "artery",
+    "pulmonary",
+}
 
 
 def finding_words(class_names: list[str]) -> set[str]:
@@ -42,7 +53,9 @@ def finding_words(class_names: list[str]) -> set[str]:
 
 
 @torch.inference_mode()
-def token_nll(glm, tokenizer, prompt: str, responses: list[str], tokens: torch.Tensor, batch_size: int = 16):
+def token_nll(
+    glm, tokenizer, prompt: str, responses: list[str], tokens: torch.Tensor, batch_size: int = 16
+):
     """Per-response lists of (token id, NLL) over the response tokens, teacher-forced."""
     out = []
     k = tokens.shape[1]
@@ -65,7 +78,9 @@ def token_nll(glm, tokenizer, prompt: str, responses: list[str], tokens: torch.T
     return out
 
 
-def split_nll(tokenizer, per_token: list[list[tuple[int, float]]], words: set[str]) -> dict[str, float]:
+def split_nll(
+    tokenizer, per_token: list[list[tuple[int, float]]], words: set[str]
+) -> dict[str, float]:
     """Mean NLL of tokens inside finding words vs all other tokens."""
     finding, other = [], []
     for seq in per_token:
@@ -86,7 +101,9 @@ def split_nll(tokenizer, per_token: list[list[tuple[int, float]]], words: set[st
 
 
 @torch.inference_mode()
-def zone_grounding(run, volumes: list[Volume], tokens: torch.Tensor, per_class: int = 4) -> dict[str, Any]:
+def zone_grounding(
+    run, volumes: list[Volume], tokens: torch.Tensor, per_class: int = 4
+) -> dict[str, Any]:
     """Occlusion map: how much the NLL of each finding's sentence rises when zone k is zeroed.
 
     For every class with positive volumes, its condition sentence is teacher-forced for up to
@@ -111,7 +128,11 @@ def zone_grounding(run, volumes: list[Volume], tokens: torch.Tensor, per_class: 
             rise += (totals[1:] - totals[0]).clamp_min(0)
         weights = rise / rise.sum() if rise.sum() > 0 else rise
         rows.append({"label": name, "weights": weights.tolist(), "volumes": len(idx)})
-    return {"zones": k, "method": "occlusion (NLL rise when one zone token is zeroed)", "rows": rows}
+    return {
+        "zones": k,
+        "method": "occlusion (NLL rise when one zone token is zeroed)",
+        "rows": rows,
+    }
 
 
 def _probe_features(run, volumes, raw: bool) -> np.ndarray:
@@ -124,7 +145,11 @@ def _probe_features(run, volumes, raw: bool) -> np.ndarray:
                 m = batch["mask"].unsqueeze(-1).float()
                 feats.append(((batch["slices"] * m).sum(1) / m.sum(1)).numpy())
             else:
-                feats.append(run.glm.compressor(batch["slices"], batch["z_mm"], batch["mask"]).mean(1).numpy())
+                feats.append(
+                    run.glm.compressor(batch["slices"], batch["z_mm"], batch["mask"])
+                    .mean(1)
+                    .numpy()
+                )
     return np.concatenate(feats)
 
 
@@ -133,14 +158,20 @@ def linear_probes(run, volumes: list[Volume]) -> dict[str, Any]:
     from graftkit.eval.probe import linear_probe
 
     labels = label_matrix(volumes)
-    out = {"raw": linear_probe(_probe_features(run, volumes, raw=True), labels, folds=run.cfg.eval.probe_folds)}
+    out = {
+        "raw": linear_probe(
+            _probe_features(run, volumes, raw=True), labels, folds=run.cfg.eval.probe_folds
+        )
+    }
     current = {k: v.clone() for k, v in run.glm.bridge_state_dict().items()}
     for n in (1, 2, 3, 4):
         path = run.run_dir / f"phase{n}"
         if is_complete(path):
             tensors, _ = load_checkpoint(path)
             run.glm.load_bridge_state_dict(tensors["model"])
-            out[f"p{n}"] = linear_probe(_probe_features(run, volumes, raw=False), labels, folds=run.cfg.eval.probe_folds)
+            out[f"p{n}"] = linear_probe(
+                _probe_features(run, volumes, raw=False), labels, folds=run.cfg.eval.probe_folds
+            )
     run.glm.load_bridge_state_dict(current)
     return out
 
@@ -178,8 +209,15 @@ def evaluate(
     modes = ABLATIONS if ablations else ("real",)
     for mode in modes:
         texts[mode] = generate_reports(
-            run.glm, run.tokenizer, run.dataset.prompt, ablate(tokens, mode, seed=run.cfg.seed), gen,
-            cfg.batch_size, seed=run.cfg.seed, progress=progress, description=f"generate ({mode} tokens)",
+            run.glm,
+            run.tokenizer,
+            run.dataset.prompt,
+            ablate(tokens, mode, seed=run.cfg.seed),
+            gen,
+            cfg.batch_size,
+            seed=run.cfg.seed,
+            progress=progress,
+            description=f"generate ({mode} tokens)",
         )
         scores[mode] = generation_scores(extractor, texts[mode], volumes, classes)
 
@@ -197,25 +235,42 @@ def evaluate(
             "split": split,
             "volumes": len(volumes),
             "extractor": name,
-            "extractor_on_reference": {k: reference_scores[k] for k in ("macro_f1", "macro_precision", "macro_recall")},
+            "extractor_on_reference": {
+                k: reference_scores[k] for k in ("macro_f1", "macro_precision", "macro_recall")
+            },
         },
         "classifier": {
             "threshold_0.5": {k: head[k] for k in ("macro_f1", "macro_precision", "macro_recall")},
-            "tuned_thresholds": {**{k: v for k, v in tuned.items() if k != "per_class"}, "thresholds": list(map(float, thresholds)),
-                                 "note": "tuned on the evaluated split: an upper bound, not a result"},
+            "tuned_thresholds": {
+                **{k: v for k, v in tuned.items() if k != "per_class"},
+                "thresholds": list(map(float, thresholds)),
+                "note": "tuned on the evaluated split: an upper bound, not a result",
+            },
         },
     }
     if ablations:
         real = scores["real"]["macro_f1"]
         metrics["ablation"] = {
-            mode: {k: scores[mode][k] for k in ("macro_f1", "macro_precision", "macro_recall")} for mode in modes
+            mode: {k: scores[mode][k] for k in ("macro_f1", "macro_precision", "macro_recall")}
+            for mode in modes
         }
-        metrics["ablation"]["zero_drop"] = (real - scores["zero"]["macro_f1"]) / real if real > 0 else 0.0
+        metrics["ablation"]["zero_drop"] = (
+            (real - scores["zero"]["macro_f1"]) / real if real > 0 else 0.0
+        )
         words = finding_words(classes)
         kind = run.cfg.phases.get(max(_phases_run(run) or [3])).text
-        responses = [response_text(run.dataset, v, kind, sample_rng(run.cfg.seed, 0, i)) for i, v in enumerate(volumes)]
+        responses = [
+            response_text(run.dataset, v, kind, sample_rng(run.cfg.seed, 0, i))
+            for i, v in enumerate(volumes)
+        ]
         metrics["ablation"]["nll"] = {
-            mode: split_nll(run.tokenizer, token_nll(run.glm, run.tokenizer, run.dataset.prompt, responses, ablate(tokens, mode)), words)
+            mode: split_nll(
+                run.tokenizer,
+                token_nll(
+                    run.glm, run.tokenizer, run.dataset.prompt, responses, ablate(tokens, mode)
+                ),
+                words,
+            )
             for mode in ("real", "zero", "shuffle")
         }
         metrics["probe"] = linear_probes(run, volumes)
@@ -226,9 +281,13 @@ def evaluate(
         with (run.run_dir / "generations.jsonl").open("w") as fh:
             predicted = extractor.extract(texts["real"])
             for i, v in enumerate(volumes):
-                row = {"name": v.name, "generated": texts["real"][i], "reference": references[i],
-                       "labels": [classes[c] for c in np.flatnonzero(truth[i])],
-                       "predicted": [classes[c] for c in np.flatnonzero(predicted[i])]}
+                row = {
+                    "name": v.name,
+                    "generated": texts["real"][i],
+                    "reference": references[i],
+                    "labels": [classes[c] for c in np.flatnonzero(truth[i])],
+                    "predicted": [classes[c] for c in np.flatnonzero(predicted[i])],
+                }
                 if ablations:
                     row["generated_zero"] = texts["zero"][i]
                 fh.write(json.dumps(row) + "\n")

@@ -15,7 +15,9 @@ def test_paper_defaults_carry_the_paper_numbers():
 
 
 def test_dotted_override_reaches_the_field():
-    cfg = build_config("ct_rate", overrides=parse_overrides(["phases.p3.lr=1e-5", "bridge.xattn_layers=[1,2]"]))
+    cfg = build_config(
+        "ct_rate", overrides=parse_overrides(["phases.p3.lr=1e-5", "bridge.xattn_layers=[1,2]"])
+    )
     assert cfg.phases.p3.lr == 1e-5
     assert cfg.bridge.xattn_layers == [1, 2]
 
@@ -27,7 +29,7 @@ def test_invalid_value_names_field_value_and_what_is_allowed():
     assert "phases.p3.trainable" in msg and "everything" in msg and "compressor" in msg
     with pytest.raises(ConfigError, match=r"phases\.p2\.lr.*-1.*greater than 0"):
         build_config("ct_rate", overrides={"phases.p2.lr": -1})
-    with pytest.raises(ConfigError, match="bridge.nonsense"):
+    with pytest.raises(ConfigError, match=r"bridge\.nonsense"):
         build_config("ct_rate", overrides={"bridge.nonsense": 1})
 
 

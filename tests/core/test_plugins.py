@@ -136,7 +136,11 @@ def test_duplicate_name_is_refused_naming_both_plugins():
         def register_encoders(self, register):
             register("dup", EchoEncoder)
 
-    with _Registered(A(), "plugin-a"), _Registered(B(), "plugin-b"), pytest.raises(plugins.PluginError) as err:
+    with (
+        _Registered(A(), "plugin-a"),
+        _Registered(B(), "plugin-b"),
+        pytest.raises(plugins.PluginError) as err,
+    ):
         plugins.registry("encoder")
     assert "plugin-b" in str(err.value) and "plugin-a" in str(err.value)
 
@@ -147,7 +151,10 @@ def test_wrong_type_is_refused_naming_the_plugin():
         def register_label_extractors(self, register):
             register("not-a-class", "hello")
 
-    with _Registered(Bad(), "bad-plugin"), pytest.raises(plugins.PluginError, match=r"bad-plugin.*LabelExtractor subclass"):
+    with (
+        _Registered(Bad(), "bad-plugin"),
+        pytest.raises(plugins.PluginError, match=r"bad-plugin.*LabelExtractor subclass"),
+    ):
         plugins.registry("extractor")
 
 
@@ -159,7 +166,13 @@ def test_unknown_name_lists_registered_names():
 
 def _cli(*args, env=None):
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "graftkit", *args], capture_output=True, text=True, env=full_env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "graftkit", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+    )
 
 
 def test_plugins_json_lists_builtin_plugins_with_hooks_and_versions():
@@ -198,7 +211,9 @@ def test_every_hook_has_a_test_and_a_doc_heading():
     docs = (ROOT / "docs" / "plugins.md").read_text()
     for hook in plugins.HOOKS:
         assert f"def test_hook_{hook}(" in tests, f"hook {hook} has no test_hook_{hook}"
-        assert re.search(rf"^#+ `?{hook}", docs, re.M), f"hook {hook} has no heading in docs/plugins.md"
+        assert re.search(rf"^#+ `?{hook}", docs, re.M), (
+            f"hook {hook} has no heading in docs/plugins.md"
+        )
     from graftkit import hookspecs
 
     specs = {n for n in dir(hookspecs) if n.startswith("register_")}

@@ -20,12 +20,18 @@ def test_round_trip_with_optimizer_state(tmp_path):
     opt.step()
     tensors = {}
     skeleton = flatten_state("opt", opt.state_dict(), tensors)
-    save_checkpoint(tmp_path / "ck", {"model": {"w": w.detach()}, "optimizer": tensors}, {"epoch": 3, "opt": skeleton})
+    save_checkpoint(
+        tmp_path / "ck",
+        {"model": {"w": w.detach()}, "optimizer": tensors},
+        {"epoch": 3, "opt": skeleton},
+    )
     groups, state = load_checkpoint(tmp_path / "ck")
     assert torch.equal(groups["model"]["w"], w.detach())
     opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(3, 2))], lr=0.1)
     opt2.load_state_dict(unflatten_state(state["opt"], groups["optimizer"]))
-    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(
+        opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"]
+    )
     assert state["epoch"] == 3
 
 
@@ -46,7 +52,9 @@ def test_corrupted_and_partial_checkpoints_are_detected(tmp_path):
 
 def test_overwrite_is_atomic_and_leaves_no_temporaries(tmp_path):
     for epoch in range(3):
-        save_checkpoint(tmp_path / "last", {"model": {"w": torch.full((2,), float(epoch))}}, {"epoch": epoch})
+        save_checkpoint(
+            tmp_path / "last", {"model": {"w": torch.full((2,), float(epoch))}}, {"epoch": epoch}
+        )
     groups, state = load_checkpoint(tmp_path / "last")
     assert state["epoch"] == 2 and groups["model"]["w"].tolist() == [2.0, 2.0]
     assert [p.name for p in tmp_path.iterdir()] == ["last"]
@@ -60,7 +68,9 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path):
         raise RuntimeError("killed while writing")
 
     with pytest.raises(RuntimeError):
-        save_checkpoint(tmp_path / "last", {"model": {"w": torch.zeros(2)}}, {"epoch": 1}, writer=boom)
+        save_checkpoint(
+            tmp_path / "last", {"model": {"w": torch.zeros(2)}}, {"epoch": 1}, writer=boom
+        )
     _, state = load_checkpoint(tmp_path / "last")
     assert state["epoch"] == 0
     assert [p.name for p in tmp_path.iterdir()] == ["last"]

@@ -18,4 +18,6 @@ def graftkit_cmd(*args: str) -> list[str]:
 
 def run_graftkit(cache: Path, *args: str, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "GRAFTKIT_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(graftkit_cmd(*args), capture_output=True, text=True, env=env, timeout=timeout, **kw)
+    return subprocess.run(
+        graftkit_cmd(*args), capture_output=True, text=True, env=env, timeout=timeout, **kw
+    )

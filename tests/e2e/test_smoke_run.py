@@ -28,7 +28,9 @@ def _finite(tree, path=""):
 @pytest.fixture(scope="module")
 def smoke_run(e2e_cache, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    out = run_graftkit(e2e_cache, "run", "ct_rate", "--profile", "smoke", "--output-dir", str(run_dir))
+    out = run_graftkit(
+        e2e_cache, "run", "ct_rate", "--profile", "smoke", "--output-dir", str(run_dir)
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return run_dir
 
@@ -52,7 +54,9 @@ def test_metrics_file_is_complete_and_finite(smoke_run):
 
 
 def test_rerun_into_a_finished_run_dir_is_refused(smoke_run, e2e_cache):
-    out = run_graftkit(e2e_cache, "run", "ct_rate", "--profile", "smoke", "--output-dir", str(smoke_run))
+    out = run_graftkit(
+        e2e_cache, "run", "ct_rate", "--profile", "smoke", "--output-dir", str(smoke_run)
+    )
     assert out.returncode == 2 and "--resume" in out.stderr
 
 
@@ -71,7 +75,9 @@ def test_killed_run_resumes_to_the_same_metrics(smoke_run, e2e_cache, tmp_path):
     proc.wait()
     assert not (run_dir / "phase3" / "manifest.json").exists()
 
-    out = run_graftkit(e2e_cache, "run", "ct_rate", "--profile", "smoke", "--output-dir", str(run_dir), "--resume")
+    out = run_graftkit(
+        e2e_cache, "run", "ct_rate", "--profile", "smoke", "--output-dir", str(run_dir), "--resume"
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     want = json.loads((smoke_run / "metrics.json").read_text())
     got = json.loads((run_dir / "metrics.json").read_text())
@@ -85,7 +91,10 @@ def test_killed_run_resumes_to_the_same_metrics(smoke_run, e2e_cache, tmp_path):
     uninterrupted, resumed = last_rows(smoke_run), last_rows(run_dir)
     for key in [(3, 1), (4, 0)]:
         for metric in ("train_total", "valid_total"):
-            assert resumed[key][metric] == pytest.approx(uninterrupted[key][metric], rel=1e-6), (key, metric)
+            assert resumed[key][metric] == pytest.approx(uninterrupted[key][metric], rel=1e-6), (
+                key,
+                metric,
+            )
 
 
 def test_corrupted_checkpoint_is_reported_not_used(smoke_run, e2e_cache, tmp_path):
@@ -96,7 +105,18 @@ def test_corrupted_checkpoint_is_reported_not_used(smoke_run, e2e_cache, tmp_pat
     (run_dir / "metrics.json").unlink()
     weights = run_dir / "phase2" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
-    out = run_graftkit(e2e_cache, "run", "ct_rate", "--profile", "smoke", "--phases", "3", "--output-dir", str(run_dir),
-                       "--init-from", str(run_dir / "phase2"))
+    out = run_graftkit(
+        e2e_cache,
+        "run",
+        "ct_rate",
+        "--profile",
+        "smoke",
+        "--phases",
+        "3",
+        "--output-dir",
+        str(run_dir),
+        "--init-from",
+        str(run_dir / "phase2"),
+    )
     assert out.returncode == 2
     assert "phase2" in out.stderr and "checkpoint" in out.stderr

@@ -30,7 +30,9 @@ def register_compressors(register):
     from graftkit.builtin import zone_compressor
 
     # The paper's configuration: 32 zones, 16 heads, one global layer (run config fields win).
-    register("ct_rate-32", partial(zone_compressor, num_zones=32, num_heads=16, num_global_layers=1))
+    register(
+        "ct_rate-32", partial(zone_compressor, num_zones=32, num_heads=16, num_global_layers=1)
+    )
 
 
 @hookimpl

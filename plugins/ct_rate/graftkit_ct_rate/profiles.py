@@ -27,7 +27,9 @@ TINY = {
     "eval.generation.max_new_tokens": 96,
     **_phase(1, epochs=6, batch_size=32, lr=2e-3),
     **_phase(2, epochs=3, batch_size=64, lr=5e-4),
-    **_phase(3, epochs=8, batch_size=16, lr=2e-3, lora_freeze_epoch=6, **{"early_stopping.patience": 4}),
+    **_phase(
+        3, epochs=8, batch_size=16, lr=2e-3, lora_freeze_epoch=6, **{"early_stopping.patience": 4}
+    ),
     **_phase(4, epochs=2, batch_size=16, lr=1e-4),
 }
 
@@ -63,9 +65,24 @@ PAPER = {
 }
 
 PROFILES = [
-    Profile(name="tiny", description="embedded default: synthetic cohort + language prior on 2 CPU cores", dataset="ct_rate", overrides=TINY),
-    Profile(name="smoke", description="CI smoke: phases 1-4 and eval in under 2 minutes", dataset="ct_rate", overrides=SMOKE),
-    Profile(name="paper", description="Ker-VLJEPA-3B: Llama-3.2-3B-Instruct, d_v=1024, K=32, adapters 7/14/21, LoRA r=16", dataset="ct_rate", overrides=PAPER),
+    Profile(
+        name="tiny",
+        description="embedded default: synthetic cohort + language prior on 2 CPU cores",
+        dataset="ct_rate",
+        overrides=TINY,
+    ),
+    Profile(
+        name="smoke",
+        description="CI smoke: phases 1-4 and eval in under 2 minutes",
+        dataset="ct_rate",
+        overrides=SMOKE,
+    ),
+    Profile(
+        name="paper",
+        description="Ker-VLJEPA-3B: Llama-3.2-3B-Instruct, d_v=1024, K=32, adapters 7/14/21, LoRA r=16",
+        dataset="ct_rate",
+        overrides=PAPER,
+    ),
     Profile(
         name="paper-8xh200",
         description="the paper's 8 x H200 bf16 DDP launch",
