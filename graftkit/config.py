@@ -56,8 +56,8 @@ class PriorConfig(Strict):
     num_key_value_heads: int = Field(2, gt=0)
     max_position_embeddings: int = Field(512, gt=0)
     max_length: int = Field(256, gt=8, description="training sequence length in tokens")
-    steps: int = Field(300, ge=0)
-    batch_size: int = Field(16, gt=0)
+    steps: int = Field(200, ge=0)
+    batch_size: int = Field(8, gt=0)
     lr: float = Field(3e-3, gt=0)
     seed: int = 0
 

@@ -24,6 +24,7 @@ from graftkit.bridge.xattn import (
     ContextSlot,
     GatedCrossAttention,
     VisualContext,
+    VisualKV,
     identity_projector,
 )
 from graftkit.bridge.zones import (
@@ -48,6 +49,7 @@ __all__ = [
     "NormCalibrator",
     "Predictor",
     "VisualContext",
+    "VisualKV",
     "ZoneCompressor",
     "ZoneCompressorConfig",
     "expand_visual_placeholders",

@@ -420,6 +420,7 @@ class GraftedLM(nn.Module):
         attention_mask: Tensor | None = None,
         *,
         visual: Tensor | None = None,
+        xattn_on_decode: bool = True,
         **generation_kwargs: Any,
     ) -> Any:
         """``llm.generate`` with Ṽ bound for the whole call (``visual`` is an alias).
@@ -427,6 +428,8 @@ class GraftedLM(nn.Module):
         Every HF generation option works (sampling, top_p, repetition_penalty,
         no_repeat_ngram_size, beams, ``num_return_sequences``): the rows that generation expands
         get their item's visual tokens. The placeholder token is never generated.
+        ``xattn_on_decode=False`` skips the adapters on single-token decode steps: the paper's
+        2.5x F1 bug, kept only as an ablation (``graftkit study``).
         """
         if visual is not None:
             if visual_tokens is not None:
@@ -440,7 +443,7 @@ class GraftedLM(nn.Module):
             generation_kwargs["pad_token_id"] = (
                 pad if pad is not None else self.tokenizer.eos_token_id
             )
-        with self._slot.bind(visual_tokens):
+        with self._slot.bind(visual_tokens, decode_steps=xattn_on_decode):
             return self.llm.generate(
                 input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs
             )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +26,11 @@ __all__ = [
     "ContextSlot",
     "GatedCrossAttention",
     "VisualContext",
+    "VisualKV",
     "hooks_outside_checkpoint",
     "identity_projector",
     "match_batch",
 ]
-
-KV = tuple[Tensor, Tensor]
 
 
 def match_batch(tokens: Tensor, batch: int) -> Tensor:
@@ -54,13 +53,15 @@ def match_batch(tokens: Tensor, batch: int) -> Tensor:
 class VisualContext:
     """Visual tokens of one call and the K/V each adapter derived from them (computed once)."""
 
-    def __init__(self, tokens: Tensor) -> None:
+    def __init__(self, tokens: Tensor, decode_steps: bool = True) -> None:
         if tokens.dim() != 3:
             raise ValueError(f"visual_tokens must be [B, K, d], got shape {tuple(tokens.shape)}")
         self.tokens = tokens
-        self._kv: dict[tuple[int, int], KV] = {}
+        #: False reproduces the paper's bug (adapters skipped on single-token decode steps).
+        self.decode_steps = decode_steps
+        self._kv: dict[tuple[int, int], VisualKV] = {}
 
-    def kv(self, layer: int, batch: int, compute: Callable[[Tensor], KV]) -> KV:
+    def kv(self, layer: int, batch: int, compute: Callable[[Tensor], VisualKV]) -> VisualKV:
         key = (layer, batch)
         if key not in self._kv:
             self._kv[key] = compute(match_batch(self.tokens, batch))
@@ -78,9 +79,11 @@ class ContextSlot:
         return self._stack[-1] if self._stack else None
 
     @contextmanager
-    def bind(self, tokens: Tensor | None) -> Iterator[VisualContext | None]:
+    def bind(
+        self, tokens: Tensor | None, decode_steps: bool = True
+    ) -> Iterator[VisualContext | None]:
         """Bind ``tokens`` for the body of the ``with`` block; ``None`` binds no visual input."""
-        context = None if tokens is None else VisualContext(tokens)
+        context = None if tokens is None else VisualContext(tokens, decode_steps)
         self._stack.append(context)
         try:
             yield context
@@ -97,8 +100,25 @@ def identity_projector(dim: int) -> nn.Linear:
     return layer
 
 
+class VisualKV(NamedTuple):
+    """Cached visual K/V of one adapter: ``folded`` ``[B, H·K, dim]`` or plain ``[B, H, K, hd]``."""
+
+    key: Tensor
+    value: Tensor
+    folded: bool
+
+
 class GatedCrossAttention(nn.Module):
-    """``h + tanh(g) · o(Attn(q(LN(h)), k(LN(v)), v(LN(v))))`` over K visual tokens; ``g`` init 0."""
+    """``h + tanh(g) · o(MHA(q(LN(h)), k(LN(v)), v(LN(v))))`` over K visual tokens; ``g`` init 0.
+
+    :meth:`visual_kv` is computed once per sequence. When it is cheaper it also folds the query
+    and output projections into the cache: per head ``q_h·k_hj = LN(h)·(W_q,hᵀ k_hj)`` and
+    ``o(⊕_h p_h V_h) = Σ_h p_h (V_h W_o,hᵀ)``, so a new token costs two products with
+    ``[H·K, dim]`` matrices instead of two ``dim × dim`` projections plus the attention. The folded
+    cache is H times larger, so it is used when ``B·K·(H−1) < dim`` (it then reads less memory per
+    step than the projection weights; e.g. d=3072, K=32, H=8: batches up to 13). Same function,
+    same parameters either way.
+    """
 
     def __init__(
         self, dim: int, num_heads: int = 8, kv_dim: int | None = None, dropout: float = 0.0
@@ -118,26 +138,46 @@ class GatedCrossAttention(nn.Module):
         self.o_proj = nn.Linear(dim, dim, bias=False)
         self.gate = nn.Parameter(torch.zeros(()))
 
-    def visual_kv(self, visual: Tensor) -> KV:
-        """K/V ``[B, H, K, hd]`` of the visual tokens ``[B, K, kv_dim]``."""
+    def visual_kv(self, visual: Tensor, fold: bool | None = None) -> VisualKV:
+        """K/V of the visual tokens ``[B, K, kv_dim]`` (``fold=None``: by the cost rule)."""
         b, k, _ = visual.shape
-        kv = self.kv_proj(self.norm_kv(visual)).view(b, k, 2, self.num_heads, self.head_dim)
-        key, value = kv.permute(2, 0, 3, 1, 4)
-        return key, value
+        h, hd = self.num_heads, self.head_dim
+        if fold is None:
+            fold = b * k * (h - 1) < self.dim
+        key, value = self.kv_proj(self.norm_kv(visual)).view(b, k, 2, h, hd).unbind(dim=2)
+        if not fold:
+            return VisualKV(key.transpose(1, 2), value.transpose(1, 2), False)
+        w_q = self.q_proj.weight.view(h, hd, self.dim) * hd**-0.5
+        w_o = self.o_proj.weight.view(self.dim, h, hd)
+        key = torch.einsum("bkhe,hed->bhkd", key, w_q).reshape(b, h * k, self.dim)
+        value = torch.einsum("bkhe,dhe->bhkd", value, w_o).reshape(b, h * k, self.dim)
+        return VisualKV(key, value, True)
 
-    def forward(self, hidden: Tensor, kv: KV) -> Tensor:
+    def forward(self, hidden: Tensor, kv: VisualKV) -> Tensor:
         """``hidden [B, T, dim]`` attends to the cached visual ``kv``; returns the updated stream."""
         b, t, _ = hidden.shape
-        q = (
-            self.q_proj(self.norm_q(hidden))
-            .view(b, t, self.num_heads, self.head_dim)
-            .transpose(1, 2)
-        )
-        key, value = kv
         drop = self.dropout if self.training else 0.0
-        attn = F.scaled_dot_product_attention(q, key.to(q.dtype), value.to(q.dtype), dropout_p=drop)
-        out = self.o_proj(attn.transpose(1, 2).reshape(b, t, self.dim))
+        key, value = kv.key.to(hidden.dtype), kv.value.to(hidden.dtype)
+        if kv.folded:
+            scores = self.norm_q(hidden) @ key.transpose(1, 2)  # [B, T, H·K]
+            probs = scores.view(b, t, self.num_heads, -1).softmax(dim=-1).view(b, t, -1)
+            out = F.dropout(probs, drop) @ value  # Σ_h p_h V'_h
+        else:
+            q = self.q_proj(self.norm_q(hidden)).view(b, t, self.num_heads, self.head_dim)
+            attn = F.scaled_dot_product_attention(q.transpose(1, 2), key, value, dropout_p=drop)
+            out = self.o_proj(attn.transpose(1, 2).reshape(b, t, self.dim))
         return hidden + torch.tanh(self.gate).to(hidden.dtype) * out
+
+    def reference(self, hidden: Tensor, visual: Tensor) -> Tensor:
+        """The unfolded multi-head attention (q/k/v/o projections, SDPA); tests compare with it."""
+        b, t, _ = hidden.shape
+        h, hd = self.num_heads, self.head_dim
+        q = self.q_proj(self.norm_q(hidden)).view(b, t, h, hd).transpose(1, 2)
+        kv = self.kv_proj(self.norm_kv(visual)).view(b, visual.shape[1], 2, h, hd)
+        key, value = kv.permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, key, value)
+        out = self.o_proj(attn.transpose(1, 2).reshape(b, t, self.dim))
+        return hidden + torch.tanh(self.gate) * out
 
 
 def hooks_outside_checkpoint(layer: nn.Module) -> bool:
@@ -160,7 +200,7 @@ class AdapterHook:
     ) -> None:
         self.layer, self.slot, self.projector, self.adapter = layer, slot, projector, adapter
 
-    def _kv(self, tokens: Tensor) -> KV:
+    def _kv(self, tokens: Tensor) -> VisualKV:
         return self.adapter.visual_kv(self.projector(tokens))
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]):
@@ -175,6 +215,8 @@ class AdapterHook:
                 "checkpointing with GraftedLM.gradient_checkpointing_enable(), which exempts it"
             )
         hidden = args[0] if args else kwargs["hidden_states"]
+        if not context.decode_steps and hidden.shape[1] == 1:
+            return None
         kv = context.kv(self.layer, hidden.shape[0], self._kv)
         hidden = self.adapter(hidden, kv)
         if args:

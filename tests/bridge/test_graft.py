@@ -189,3 +189,39 @@ def test_beam_search_and_sampling_options_expand_visual_tokens_per_item():
         ]
         assert len(pairs) == len(set(pairs))  # no_repeat_ngram_size=2 holds
         assert g.visual_token_id not in seq
+
+
+def test_skipping_adapters_on_decode_steps_changes_generation():
+    """The paper's bug as an ablation: adapters skipped after the prompt give other tokens."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from graftkit.bridge import GraftConfig, graft
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
+    glm = graft(
+        model,
+        GraftConfig(
+            visual_dim=8, num_zones=4, num_heads=2, xattn_heads=4, num_classes=3, jepa_dim=8
+        ),
+    )
+    for name, p in glm.named_parameters():
+        if name.endswith("gate"):
+            torch.nn.init.constant_(p, 3.0)
+    visual = torch.randn(1, 4, 32) * 5
+    ids = torch.randint(0, 60, (1, 6))
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    every = glm.generate(visual_tokens=visual, input_ids=ids, **kw)
+    skipped = glm.generate(visual_tokens=visual, input_ids=ids, xattn_on_decode=False, **kw)
+    assert every[0, 6] == skipped[0, 6]  # the first new token comes from the prompt pass: same
+    assert not torch.equal(every, skipped)

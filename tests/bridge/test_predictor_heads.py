@@ -77,3 +77,23 @@ def test_heads_against_brute_force():
     torch.testing.assert_close(heads.llm_cls(hidden), heads.llm_classifier(hidden))
     with pytest.raises(ValueError, match=r"heads\.mil"):
         heads.mil(torch.randn(3, 16))
+
+
+def test_folded_cross_attention_equals_multi_head_attention():
+    from graftkit.bridge import GatedCrossAttention
+
+    torch.manual_seed(0)
+    xattn = GatedCrossAttention(24, num_heads=4, kv_dim=16).eval()
+    with torch.no_grad():
+        xattn.gate.fill_(0.8)
+    hidden, visual = torch.randn(2, 5, 24), torch.randn(2, 7, 16)
+    want = xattn.reference(hidden, visual)
+    for fold in (True, False):
+        kv = xattn.visual_kv(visual, fold=fold)
+        assert kv.folded is fold
+        torch.testing.assert_close(xattn(hidden, kv), want, atol=1e-5, rtol=1e-5)
+    assert xattn.visual_kv(visual).folded is False  # 2·7·3 = 42 >= 24: folding would cost more
+    assert xattn.visual_kv(visual[:1, :2]).folded is True  # 1·2·3 = 6 < 24
+    with torch.no_grad():
+        xattn.gate.zero_()
+    assert torch.equal(xattn(hidden, xattn.visual_kv(visual)), hidden)

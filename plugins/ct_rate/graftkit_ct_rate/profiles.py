@@ -16,6 +16,12 @@ def _phase(n: int, **fields) -> dict:
 
 TINY = {
     "data.synth": {"n_train": 800, "n_valid": 200, "dim": 64, "seed": 0},
+    "model.prior.vocab_size": 768,
+    "model.prior.hidden_size": 96,
+    "model.prior.intermediate_size": 256,
+    "model.prior.num_hidden_layers": 3,
+    "model.prior.max_length": 192,
+    "model.prior.steps": 150,
     "bridge.num_heads": 4,
     "bridge.xattn_heads": 4,
     "bridge.jepa_dim": 64,
