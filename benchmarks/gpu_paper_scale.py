@@ -312,6 +312,7 @@ def run(
         "date": time.strftime("%Y-%m-%d"),
         "shapes": dict(shapes, batch=batch, num_zones=k),
         "parameters_base": sum(p.numel() for p in model.parameters()),
+        "parameter_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "build_s": round(build_s, 2),
     }
 

@@ -148,6 +148,11 @@ class ZoneCompressor(nn.Module):
         )
         self.dim, self.num_zones, self.num_heads = dim, num_zones, num_heads
         self.queries = nn.Parameter(torch.randn(num_zones, dim) * dim**-0.5)
+        # Per-dimension standardisation of the frozen encoder's embeddings (identity until
+        # fit_input_stats): they are strongly anisotropic, and a shared dominant direction
+        # slows the learning of the small, localised finding directions.
+        self.register_buffer("input_mean", torch.zeros(dim))
+        self.register_buffer("input_scale", torch.ones(dim))
         self.norm_slices = nn.LayerNorm(dim)
         self.norm_queries = nn.LayerNorm(dim)
         self.q_proj = nn.Linear(dim, dim)
@@ -273,7 +278,7 @@ class ZoneCompressor(nn.Module):
         pos = self.positions(z_mm, mask)
         x, pos = (slices.reshape(b * n, d), pos.reshape(-1)) if dense else (slices[mask], pos[mask])
         pe = sinusoidal_position_encoding(pos, d, self.config.max_period)
-        kv = self.kv_proj(self.norm_slices(x + pe.to(x.dtype)))
+        kv = self.kv_proj(self.norm_slices(self.standardize(x) + pe.to(x.dtype)))
         if not dense:
             kv = kv.new_zeros(b, n, 2 * d).masked_scatter(mask.unsqueeze(-1), kv)
         k, v = kv.view(b, n, 2, h, hd).permute(2, 0, 3, 1, 4)  # 2 × [B, H, N, hd]
@@ -293,13 +298,37 @@ class ZoneCompressor(nn.Module):
         return self.norm_out(tokens)
 
     # -- initialisation ----------------------------------------------------------------------
+    def standardize(self, x: Tensor) -> Tensor:
+        """``(s - μ) / σ`` per dimension with the statistics of :meth:`fit_input_stats`."""
+        return (x - self.input_mean.to(x.dtype)) * self.input_scale.to(x.dtype)
+
     @torch.no_grad()
-    def init_queries_from(self, slices: Tensor, mask: Tensor | None = None) -> Tensor:
+    def fit_input_stats(self, slices: Tensor, mask: Tensor | None = None) -> None:
+        """Set the input standardisation from real slice embeddings ``[M, d]`` or ``[B, N, d]``."""
+        flat = (
+            slices[mask.bool()]
+            if (slices.dim() == 3 and mask is not None)
+            else slices.reshape(-1, slices.shape[-1])
+        )
+        if flat.shape[-1] != self.dim or flat.shape[0] < 2:
+            raise ValueError(
+                f"fit_input_stats: need [M >= 2, {self.dim}] slices, got {tuple(flat.shape)}"
+            )
+        flat = flat.double()
+        self.input_mean.copy_(flat.mean(0).to(self.input_mean.dtype))
+        self.input_scale.copy_((1.0 / flat.std(0).clamp_min(1e-6)).to(self.input_scale.dtype))
+
+    @torch.no_grad()
+    def init_queries_from(
+        self, slices: Tensor, mask: Tensor | None = None, fit_stats: bool = True
+    ) -> Tensor:
         """Initialise the K region queries from an SVD of real slice embeddings (DESIGN.md).
 
         ``slices`` is ``[M, d]`` or ``[B, N, d]`` (with optional ``mask[B, N]``). Query k becomes
         ``mean + σ_k/√M · u_k`` — the data mean moved one standard deviation along the k-th
         principal direction — so the queries start spread over the directions the encoder uses.
+        With ``fit_stats`` the input standardisation is fitted first and the SVD is taken of the
+        standardised slices (the space the queries attend in).
         If fewer than K directions exist, the remaining queries are the mean plus small noise.
         Returns the new queries.
         """
@@ -323,6 +352,9 @@ class ZoneCompressor(nn.Module):
         if not bool(torch.isfinite(flat).all()):
             row = int((~torch.isfinite(flat).all(dim=-1)).nonzero()[0, 0])
             raise ValueError(f"init_queries_from: slice embedding row {row} has NaN/Inf")
+        if fit_stats:
+            self.fit_input_stats(flat)
+        flat = self.standardize(flat)
         mean = flat.mean(dim=0)
         _, s, vh = torch.linalg.svd(flat - mean, full_matrices=False)
         r = min(self.num_zones, int((s > s[0] * 1e-6).sum()) if s.numel() else 0)
@@ -360,7 +392,7 @@ def zone_loop_reference(
     out = []
     for b in range(slices.shape[0]):
         valid = mask[b].nonzero().squeeze(1)
-        s = slices[b, valid]
+        s = compressor.standardize(slices[b, valid])
         x = compressor.norm_slices(
             s + sinusoidal_position_encoding(pos[b, valid], d, compressor.config.max_period)
         )

@@ -691,6 +691,22 @@ def load_into(run: Run, checkpoint: Path, groups: list[str] | None = None) -> li
         ) from None
 
 
+def init_compressor(run: Run, volumes: int = 64) -> None:
+    """Fit the compressor's input standardisation and SVD-initialise its region queries from real
+    training slices (DESIGN.md, "Zone-constrained cross-attention"), if the compressor supports it."""
+    from graftkit.data import VolumeDataset
+
+    init = getattr(run.glm.compressor, "init_queries_from", None)
+    if init is None:
+        return
+    data = VolumeDataset(run.dataset, run.train[:volumes], run.cfg.data.max_slices)
+    init(torch.cat([data[i]["slices"] for i in range(len(data))]))
+    echo(
+        run.accelerator,
+        f"compressor: input standardisation and region queries initialised from {len(data)} training volumes",
+    )
+
+
 def run_curriculum(
     run: Run,
     phases: list[int],
@@ -715,6 +731,13 @@ def run_curriculum(
             run.accelerator,
             f"warning: phase {first} starts from a fresh bridge (no phase{first - 1} checkpoint, no --init-from)",
         )
+    fresh = (
+        not done
+        and init_from is None
+        and not (run.run_dir / "checkpoints" / "phase1" / "last").exists()
+    )
+    if first == 1 and fresh:
+        init_compressor(run)
     results = {}
     with progress_bar(disable=is_quiet() or not run.main) as progress:
         for n in todo:

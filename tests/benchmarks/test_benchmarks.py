@@ -119,6 +119,7 @@ def test_gpu_paper_scale_runs_tiny_on_cpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert result["parameter_dtype"] == "bfloat16"
     assert result["tiny"] and result["xattn_layers"] == [1, 2, 3]  # 7/14/21 of 28 -> 4 layers
     assert result["lora_tensors"] == 4 * 7 * 2  # A and B on 7 projections of every layer
     train = result["train"]

@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,7 @@ def test_every_command_of_the_tutorial_runs(tmp_path):
     cwd = session
     written: set[str] = set()
     outputs = []
+    timings = []
     for kind, path, body in tutorial_steps():
         if kind == "file":
             target = cwd / path
@@ -114,6 +116,7 @@ def test_every_command_of_the_tutorial_runs(tmp_path):
             assert plugin_files(cwd) == plugin_files(PLUGIN)
             _install_example(body, env)
             continue
+        start = time.monotonic()
         script = f"set -euo pipefail\n{_smoke_sized(body)}\npwd > {tmp_path / 'cwd'}\n"
         out = subprocess.run(
             ["bash", "-c", script], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
@@ -121,15 +124,16 @@ def test_every_command_of_the_tutorial_runs(tmp_path):
         assert out.returncode == 0, f"$ {body}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
         cwd = Path((tmp_path / "cwd").read_text().strip())
         outputs.append((body, out.stdout))
+        timings.append((round(time.monotonic() - start, 1), body.strip().splitlines()[-1]))
 
+    print("seconds per block:", timings)
     by_command = {body.strip().splitlines()[0]: stdout for body, stdout in outputs}
     # graftkit plugins lists what the entry point registered
     listing = by_command["graftkit plugins"]
     for name in ("digits-rows", "digits-rules", "digits-tiny", "digits-smoke"):
         assert name in listing
     # graftkit label: row a = both loops, b = the bar only, c = nothing
-    labels = next(out for body, out in outputs if "graftkit label" in body)
-    rows = [line.split(",") for line in labels.strip().splitlines()]
+    rows = [line.split(",") for line in (cwd / "labels.csv").read_text().strip().splitlines()]
     header, values = rows[0], {row[0]: row[1:] for row in rows[1:]}
     classes = header[1:]
     assert values["a"] == ["1" if c in ("Upper loop", "Lower loop") else "0" for c in classes]

@@ -21,7 +21,6 @@ TINY = {
     "bridge.xattn_heads": 4,
     "bridge.jepa_dim": 32,
     "bridge.whitening_components": 32,
-    "model.prior.vocab_size": 300,
     "model.prior.hidden_size": 64,
     "model.prior.intermediate_size": 128,
     "model.prior.num_hidden_layers": 4,
