@@ -44,8 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"graftkit {__version__}")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+    )
 
-    p = sub.add_parser("run", help="run curriculum phases on a dataset, then evaluate")
+    p = sub.add_parser(
+        "run", parents=[common], help="run curriculum phases on a dataset, then evaluate"
+    )
     p.add_argument("dataset", help="registered dataset name, e.g. ct_rate")
     p.add_argument("--phases", default="1-4", help="phase range: 1-4, 3, 2-3 (default 1-4)")
     p.add_argument("--output-dir", type=Path, help="run directory (default runs/DATASET-PROFILE)")
@@ -71,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     _add_common_run_options(p)
 
-    p = sub.add_parser("eval", help="evaluate a run: generation F1, ablations, report")
+    p = sub.add_parser(
+        "eval", parents=[common], help="evaluate a run: generation F1, ablations, report"
+    )
     p.add_argument("run_dir", type=Path)
     p.add_argument("--split", default=None, help="split to evaluate (default from config: valid)")
     p.add_argument("--extractor", help="registered label extractor (default: the dataset's)")
@@ -86,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", help="phase checkpoint to evaluate (default: the last phase run)"
     )
 
-    p = sub.add_parser("generate", help="write one report for one case")
+    p = sub.add_parser("generate", parents=[common], help="write one report for one case")
     p.add_argument("run_dir", type=Path)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--embeddings", type=Path, help="slice embeddings (.npy or .npz)")
@@ -100,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--greedy", action="store_true", help="greedy decoding instead of the eval protocol"
     )
 
-    p = sub.add_parser("embed", help="turn volumes into per-slice embeddings with an encoder")
+    p = sub.add_parser(
+        "embed", parents=[common], help="turn volumes into per-slice embeddings with an encoder"
+    )
     p.add_argument("encoder", help="registered encoder name, e.g. lejepa-ct")
     p.add_argument("--input", required=True, nargs="+", type=Path, help="folder(s) or files")
     p.add_argument("--output", required=True, type=Path)
@@ -130,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="encoder option, e.g. dtype=bfloat16, image_size=252, allow_random_weights=true",
     )
 
-    p = sub.add_parser("label", help="extract the label columns from report texts")
+    p = sub.add_parser(
+        "label", parents=[common], help="extract the label columns from report texts"
+    )
     p.add_argument(
         "--extractor", required=True, help="registered label extractor, e.g. ct_rate-rules"
     )
@@ -148,12 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="extractor option, e.g. weights=PATH",
     )
 
-    p = sub.add_parser("plan", help="inventory per phase on the meta device (no weights)")
+    p = sub.add_parser(
+        "plan", parents=[common], help="inventory per phase on the meta device (no weights)"
+    )
     p.add_argument("dataset")
     p.add_argument("--json", action="store_true")
     _add_common_run_options(p)
 
-    p = sub.add_parser("synth", help="write a synthetic cohort in the dataset's own layout")
+    p = sub.add_parser(
+        "synth", parents=[common], help="write a synthetic cohort in the dataset's own layout"
+    )
     p.add_argument("dataset")
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--n-train", type=int)
@@ -161,12 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int)
     p.add_argument("--seed", type=int)
 
-    p = sub.add_parser("study", help="the paper's key comparisons on the synthetic cohort")
+    p = sub.add_parser(
+        "study", parents=[common], help="the paper's key comparisons on the synthetic cohort"
+    )
     p.add_argument("dataset")
     p.add_argument("--output", type=Path, default=Path("docs/reproduction.md"))
     _add_common_run_options(p)
 
-    p = sub.add_parser("plugins", help="list installed plugins, their hooks and versions")
+    p = sub.add_parser(
+        "plugins", parents=[common], help="list installed plugins, their hooks and versions"
+    )
     p.add_argument("--json", action="store_true")
     return parser
 

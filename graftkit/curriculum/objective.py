@@ -75,13 +75,16 @@ class StepState:
 
 
 def _llm_cls(s: StepState) -> torch.Tensor:
-    """3.0·LLM-cls: the classifier on the last hidden state at the last prompt token."""
+    """3.0·LLM-cls: the classifier on the last layer's hidden state at the sequence's last token.
+
+    The end of the sequence (the response's end-of-turn token), not the last prompt token: there
+    the same state predicts the first response token, and a classifier pulling on it was measured
+    to wreck the first generated word (digits example: generation F1 0.42 -> 0.70 when moved).
+    """
     hidden = s.lm_output.hidden_states[-1]
-    labels = s.batch["labels_lm"]
-    first_response = (labels != -100).float().argmax(dim=1)
-    position = (first_response - 1).clamp_min(0)
-    last_prompt = hidden[torch.arange(hidden.shape[0], device=hidden.device), position]
-    return weighted_bce(s.glm.heads.llm_cls(last_prompt), s.batch["labels"], s.objective.pos_weight)
+    last = s.batch["attention_mask"].long().sum(dim=1) - 1  # right-padded
+    state = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    return weighted_bce(s.glm.heads.llm_cls(state), s.batch["labels"], s.objective.pos_weight)
 
 
 def _jepa(s: StepState) -> torch.Tensor:

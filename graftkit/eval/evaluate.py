@@ -160,7 +160,10 @@ def linear_probes(run, volumes: list[Volume]) -> dict[str, Any]:
     labels = label_matrix(volumes)
     out = {
         "raw": linear_probe(
-            _probe_features(run, volumes, raw=True), labels, folds=run.cfg.eval.probe_folds
+            _probe_features(run, volumes, raw=True),
+            labels,
+            folds=run.cfg.eval.probe_folds,
+            class_names=run.dataset.class_names,
         )
     }
     current = {k: v.clone() for k, v in run.glm.bridge_state_dict().items()}
@@ -170,7 +173,10 @@ def linear_probes(run, volumes: list[Volume]) -> dict[str, Any]:
             tensors, _ = load_checkpoint(path)
             run.glm.load_bridge_state_dict(tensors["model"])
             out[f"p{n}"] = linear_probe(
-                _probe_features(run, volumes, raw=False), labels, folds=run.cfg.eval.probe_folds
+                _probe_features(run, volumes, raw=False),
+                labels,
+                folds=run.cfg.eval.probe_folds,
+                class_names=run.dataset.class_names,
             )
     run.glm.load_bridge_state_dict(current)
     return out

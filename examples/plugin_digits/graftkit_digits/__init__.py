@@ -34,8 +34,8 @@ def register_label_extractors(register):
 def register_compressors(register):
     from graftkit.builtin import zone_compressor
 
-    # Rows sit 1 unit apart and an image is 8 units tall: a shorter longest period than CT's
-    # 10,000 mm spreads the row position over every pair of the sinusoidal encoding.
+    # Rows sit 1 unit apart and an image is 8 units tall: a longest period of 64 instead of CT's
+    # 10,000 mm puts the row position into more channel pairs of the sinusoidal encoding.
     register("digits-rows", partial(zone_compressor, max_period=64.0))
 
 
