@@ -105,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             metrics = evaluate(run, progress=progress)
         _print_summary(run_dir, metrics)
     run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
     return 0
 
 

@@ -81,9 +81,15 @@ class Run:
         return self.accelerator.is_main_process
 
     def history(self, row: dict[str, Any]) -> None:
+        """Append one epoch's metrics to ``RUN/history.jsonl`` (and TensorBoard when installed)."""
         if self.main:
             with (self.run_dir / "history.jsonl").open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
+        if self.accelerator.trackers:
+            numbers = {
+                f"phase{row['phase']}/{k}": v for k, v in row.items() if isinstance(v, int | float)
+            }
+            self.accelerator.log(numbers, step=int(row["phase"]) * 1000 + int(row["epoch"]))
 
     def read_metrics(self) -> dict[str, Any]:
         path = self.run_dir / "metrics.json"
@@ -103,24 +109,33 @@ class Run:
         os.replace(tmp, self.run_dir / "metrics.json")
 
 
-def make_accelerator(cfg: RunConfig) -> Accelerator:
+def make_accelerator(cfg: RunConfig, run_dir: Path | None = None) -> Accelerator:
+    """An ``Accelerator`` for the run's launch config; TensorBoard tracking when it is installed."""
+    import importlib.util
+
     cpu = (
         cfg.launch.use_cpu
         or not torch.cuda.is_available()
         or os.environ.get("ACCELERATE_USE_CPU") == "true"
     )
-    return Accelerator(
+    tensorboard = run_dir is not None and importlib.util.find_spec("tensorboard") is not None
+    accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=cfg.launch.mixed_precision if not cpu else "no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        log_with="tensorboard" if tensorboard else None,
+        project_dir=str(run_dir / "tensorboard") if tensorboard else None,
     )
+    if tensorboard:
+        accelerator.init_trackers("graftkit")
+    return accelerator
 
 
 def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None) -> Run:
     """Dataset, language prior (or ``--llm``), text space and grafted model; fails before training."""
     from graftkit.lm import build_or_load_prior, load_llm
 
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, run_dir)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

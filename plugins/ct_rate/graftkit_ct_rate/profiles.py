@@ -16,12 +16,14 @@ def _phase(n: int, **fields) -> dict:
 
 TINY = {
     "data.synth": {"n_train": 800, "n_valid": 200, "dim": 64, "seed": 0},
-    "model.prior.vocab_size": 768,
-    "model.prior.hidden_size": 96,
-    "model.prior.intermediate_size": 256,
-    "model.prior.num_hidden_layers": 3,
-    "model.prior.max_length": 192,
-    "model.prior.steps": 150,
+    # A prior of 150 steps at hidden 96 wrote garbled words (generation F1 0.04); this one is
+    # about 1M training tokens (~5 passes over the cohort's reports).
+    "model.prior.vocab_size": 1024,
+    "model.prior.hidden_size": 128,
+    "model.prior.intermediate_size": 384,
+    "model.prior.num_hidden_layers": 4,
+    "model.prior.max_length": 256,
+    "model.prior.steps": 500,
     "bridge.num_heads": 4,
     # Measured on the synthetic cohort: at this scale the global layer slows phase-1 learning
     # (validation MIL F1 after 5 epochs 0.61 without, 0.46 with); the paper profile keeps 1.
@@ -39,7 +41,7 @@ TINY = {
     **_phase(
         3, epochs=8, batch_size=16, lr=2e-3, lora_freeze_epoch=6, **{"early_stopping.patience": 4}
     ),
-    **_phase(4, epochs=2, batch_size=16, lr=1e-4),
+    **_phase(4, epochs=1, batch_size=16),  # the paper's lr 5e-7 with EWC: a light touch
 }
 
 SMOKE = {
