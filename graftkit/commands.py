@@ -247,7 +247,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.explain:
         for sentence, zones in explain_sentences(run, tokens[0], text):
             print(
-                f"- {sentence}\n    zones (apex=1 .. base={tokens.shape[1]}): {', '.join(str(z + 1) for z in zones)}"
+                f"- {sentence}\n    zones (1 = first .. {tokens.shape[1]} = last along z): {', '.join(str(z + 1) for z in zones)}"
             )
     return 0
 

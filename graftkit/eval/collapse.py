@@ -42,6 +42,22 @@ def _check_f1(value: Any, name: str) -> float:
     return value
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """JSON-lines objects of ``path`` (blank lines skipped); errors name the file and line."""
+    rows = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {row!r}")
+        rows.append(row)
+    return rows
+
+
 class CollapseMonitor:
     """Tracks generation F1 with real vs zeroed visual tokens and warns about posterior collapse.
 
@@ -126,21 +142,11 @@ class CollapseMonitor:
         ``reliance_floor`` defaults to the floor stored in the file's last row (0.2 if empty).
         """
         path = Path(path)
-        rows: list[dict[str, Any]] = []
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object, got {row!r}")
-                missing = [f for f in _ROW_FIELDS if f not in row]
-                if missing:
-                    raise ValueError(f"{path}:{lineno}: collapse row lacks fields {missing}")
-                rows.append(row)
+        rows = read_jsonl(path)
+        for lineno, row in enumerate(rows, start=1):
+            missing = [f for f in _ROW_FIELDS if f not in row]
+            if missing:
+                raise ValueError(f"{path}:{lineno}: collapse row lacks fields {missing}")
         floor = (
             reliance_floor
             if reliance_floor is not None

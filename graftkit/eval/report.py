@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from graftkit.eval import plots
-from graftkit.eval.collapse import CollapseMonitor
+from graftkit.eval.collapse import CollapseMonitor, read_jsonl
 
 PLOT_NAMES = (
     "loss_curves",
@@ -60,24 +60,9 @@ def _load_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
 
 
-def _load_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object, got {row!r}")
-        rows.append(row)
-    return rows
-
-
 def load_history(path: Path) -> list[dict[str, Any]]:
     """``history.jsonl`` rows; each needs an integer ``phase``."""
-    rows = _load_jsonl(path)
+    rows = read_jsonl(path)
     for lineno, row in enumerate(rows, start=1):
         phase = row.get("phase")
         if isinstance(phase, bool) or not isinstance(phase, int):
