@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -96,7 +97,9 @@ def run_study(cfg: RunConfig, output: Path, run_dir: Path | None = None) -> dict
         "xattn_skipped_in_decoding": skipped,
         "minutes": round((time.time() - started) / 60, 1),
     }
-    command = f"graftkit study {cfg.dataset} --profile {cfg.profile}"
+    command = (
+        " ".join(["graftkit", *sys.argv[1:]]) if sys.argv[1:2] else f"graftkit study {cfg.dataset}"
+    )
     lines = [
         "# Reproduction study on the synthetic cohort",
         "",
