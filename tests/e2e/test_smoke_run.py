@@ -120,3 +120,43 @@ def test_corrupted_checkpoint_is_reported_not_used(smoke_run, e2e_cache, tmp_pat
     )
     assert out.returncode == 2
     assert "phase2" in out.stderr and "checkpoint" in out.stderr
+
+
+def test_checkpoint_from_another_architecture_is_refused_before_training(
+    smoke_run, e2e_cache, tmp_path
+):
+    out = run_graftkit(
+        e2e_cache,
+        "run",
+        "ct_rate",
+        "--profile",
+        "smoke",
+        "--phases",
+        "3",
+        "--output-dir",
+        str(tmp_path / "other"),
+        "--init-from",
+        str(smoke_run / "phase2"),
+        "--set",
+        "bridge.num_zones=4",
+    )
+    assert out.returncode == 2
+    assert "different architecture" in out.stderr
+    assert not (tmp_path / "other" / "history.jsonl").exists()
+
+
+def test_missing_init_from_is_one_clear_line(e2e_cache, tmp_path):
+    out = run_graftkit(
+        e2e_cache,
+        "run",
+        "ct_rate",
+        "--profile",
+        "smoke",
+        "--phases",
+        "3",
+        "--output-dir",
+        str(tmp_path / "x"),
+        "--init-from",
+        str(tmp_path / "nope"),
+    )
+    assert out.returncode == 2 and "no such checkpoint" in out.stderr
