@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PARAMETER_GROUPS = ("compressor", "predictor", "calibrator", "projectors", "xattn", "lora", "heads")
 
@@ -114,12 +114,6 @@ class BridgeConfig(Strict):
     xattn_heads: int = Field(8, gt=0)
     jepa_dim: int = Field(256, gt=0)
     whitening_components: int = Field(256, gt=0)
-
-
-class LossWeights(Strict):
-    """Loss name -> weight for one phase. Names are keys of ``graftkit.curriculum.losses.LOSSES``."""
-
-    model_config = ConfigDict(extra="allow")
 
 
 class EarlyStopping(Strict):
@@ -246,10 +240,6 @@ class RunConfig(Strict):
     phases: PhasesConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> RunConfig:
-        return self
 
     def save(self, path: Path) -> None:
         """Write the resolved config; ``graftkit run --config PATH`` repeats the run from it alone."""
