@@ -106,6 +106,7 @@ class BridgeConfig(Strict):
     num_zones: int = Field(32, gt=0)
     num_heads: int = Field(16, gt=0)
     num_global_layers: int = Field(1, ge=0)
+    position_scale: float = Field(1.0, ge=0, description="β in s + β·PE(z) of the compressor")
     dropout: float = Field(0.1, ge=0, lt=1)
     predictor_dropout: float = Field(0.1, ge=0, lt=1)
     xattn_layers: list[int] | None = Field(None, description="None = paper layers mapped by depth")

@@ -2,7 +2,8 @@
 
 A sequence of N slice embeddings ``S ∈ R^{N×d}`` becomes K region tokens ``V ∈ R^{K×d}``:
 
-1. ``s'_i = s_i + PE(z_i)`` (sinusoidal encoding of the physical z position, mm);
+1. ``s'_i = s_i + β·PE(z_i)`` (sinusoidal encoding of the physical z position, mm; β =
+   ``position_scale``, 1 in the paper);
 2. K learnable region queries attend, in one batched attention, to the slices of their own zone
    ``Z_k = {i : floor(k·N/K) ≤ i < floor((k+1)·N/K)}`` (block mask × padding mask);
 3. ``num_global_layers`` Transformer encoder layers mix the K tokens.
@@ -96,6 +97,11 @@ class ZoneCompressorConfig(BaseModel):
     dropout: float = Field(0.0, ge=0, lt=1)
     ff_mult: int = Field(4, gt=0, description="feed-forward width of the global layers, × dim")
     max_period: float = Field(10000.0, gt=1, description="longest PE period in mm (÷ 2π)")
+    position_scale: float = Field(
+        1.0,
+        ge=0,
+        description="β in s + β·PE(z): below 1 when a unit-size PE drowns weak, localised signals",
+    )
     relative_z: bool = Field(
         True,
         description="encode z relative to each volume's first valid slice (scanner origin free)",
@@ -134,6 +140,7 @@ class ZoneCompressor(nn.Module):
         ff_mult: int = 4,
         max_period: float = 10000.0,
         relative_z: bool = True,
+        position_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.config = ZoneCompressorConfig(
@@ -145,6 +152,7 @@ class ZoneCompressor(nn.Module):
             ff_mult=ff_mult,
             max_period=max_period,
             relative_z=relative_z,
+            position_scale=position_scale,
         )
         self.dim, self.num_zones, self.num_heads = dim, num_zones, num_heads
         self.queries = nn.Parameter(torch.randn(num_zones, dim) * dim**-0.5)
@@ -277,7 +285,9 @@ class ZoneCompressor(nn.Module):
         dense = bool(mask.all())
         pos = self.positions(z_mm, mask)
         x, pos = (slices.reshape(b * n, d), pos.reshape(-1)) if dense else (slices[mask], pos[mask])
-        pe = sinusoidal_position_encoding(pos, d, self.config.max_period)
+        pe = self.config.position_scale * sinusoidal_position_encoding(
+            pos, d, self.config.max_period
+        )
         kv = self.kv_proj(self.norm_slices(self.standardize(x) + pe.to(x.dtype)))
         if not dense:
             kv = kv.new_zeros(b, n, 2 * d).masked_scatter(mask.unsqueeze(-1), kv)
@@ -393,9 +403,8 @@ def zone_loop_reference(
     for b in range(slices.shape[0]):
         valid = mask[b].nonzero().squeeze(1)
         s = compressor.standardize(slices[b, valid])
-        x = compressor.norm_slices(
-            s + sinusoidal_position_encoding(pos[b, valid], d, compressor.config.max_period)
-        )
+        pe = sinusoidal_position_encoding(pos[b, valid], d, compressor.config.max_period)
+        x = compressor.norm_slices(s + compressor.config.position_scale * pe)
         tokens = []
         for k, (start, end) in enumerate(zone_bounds(int(valid.numel()), compressor.num_zones)):
             kz, vz = (

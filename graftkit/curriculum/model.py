@@ -47,6 +47,7 @@ def build_grafted(
         num_heads=b.num_heads,
         num_global_layers=b.num_global_layers,
         dropout=b.dropout,
+        position_scale=b.position_scale,
     )
     gcfg = graft_config(cfg, visual_dim, num_classes, jepa_dim)
     return graft(llm, gcfg, tokenizer=tokenizer, compressor=compressor)

@@ -145,6 +145,21 @@ def test_z_position_is_encoded_relative_to_first_slice():
     assert (base - stretched).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("scale", [0.0, 0.1, 1.0])
+def test_position_scale_weighs_the_z_encoding(scale):
+    comp = _compressor(position_scale=scale)
+    slices = torch.randn(1, 20, 16)
+    z = torch.arange(20.0).unsqueeze(0) * 1.25
+    with torch.no_grad():
+        change = (comp(slices, z) - comp(slices, z * 2.4)).abs().max()
+        reference = zone_loop_reference(comp, slices, z * 2.4)
+        torch.testing.assert_close(comp(slices, z * 2.4), reference, atol=1e-5, rtol=1e-5)
+    if scale == 0:
+        assert change < 1e-5  # geometry-free: only slice content and zone membership count
+    else:
+        assert change > 1e-3
+
+
 def test_bad_input_names_the_batch_item():
     comp = _compressor()
     slices = torch.randn(3, 10, 16)
