@@ -37,7 +37,7 @@ from graftkit.bridge.xattn import (
     identity_projector,
     match_batch,
 )
-from graftkit.bridge.zones import ZoneCompressor
+from graftkit.bridge.zones import ZoneCompressor, ZoneCompressorConfig
 
 __all__ = [
     "BRIDGE_GROUPS",
@@ -595,6 +595,9 @@ class GraftedLM(nn.Module):
             "compressor_class": compressor_class,
             "lora": _is_peft(self.llm),
         }
+        if isinstance(getattr(self.compressor, "config", None), ZoneCompressorConfig):
+            # the compressor's own options (z-encoding scale and period, ...) beyond GraftConfig's
+            meta["compressor_config"] = self.compressor.config.model_dump(mode="json")
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         groups = [g for g in BRIDGE_GROUPS if g != "lora"]
         state = {
@@ -630,6 +633,10 @@ class GraftedLM(nn.Module):
             raise ValueError(
                 f"GraftedLM.from_pretrained: {directory} was saved with compressor {meta['compressor_class']}; "
                 "pass compressor= built the same way"
+            )
+        if compressor is None and "compressor_config" in meta:
+            compressor = ZoneCompressor.from_config(
+                ZoneCompressorConfig.model_validate(meta["compressor_config"])
             )
         if tokenizer is None and (directory / TOKENIZER_DIR).exists():
             from transformers import AutoTokenizer

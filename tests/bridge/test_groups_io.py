@@ -12,6 +12,7 @@ from graftkit.bridge import (
     BRIDGE_GROUPS,
     GraftConfig,
     GraftedLM,
+    ZoneCompressor,
     expand_visual_placeholders,
     find_decoder_layers,
     graft,
@@ -205,6 +206,17 @@ def test_save_and_load_reproduce_logits_and_lora_loads_alone(tmp_path):
     enc = g.tokenizer(["w1 w2 w3"], return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(peft_alone(**enc).logits, g(**enc).logits)
+
+
+def test_save_and_load_keep_the_compressor_options(tmp_path):
+    compressor = ZoneCompressor(16, num_zones=4, num_heads=2, position_scale=0.1, max_period=64.0)
+    g = graft(make_model("llama"), small_graft_config(lora=None), compressor=compressor).eval()
+    g.save_pretrained(tmp_path)
+    loaded = GraftedLM.from_pretrained(tmp_path, make_model("llama")).eval()
+    assert loaded.compressor.config == compressor.config
+    slices, z = torch.randn(2, 30, 16), torch.arange(30.0).expand(2, 30) * 1.5
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(slices, z)[1], g.encode(slices, z)[1])
 
 
 def test_save_and_load_without_lora_or_tokenizer(tmp_path):
