@@ -63,6 +63,8 @@ class PriorConfig(Strict):
 
 
 class LoraConfig(Strict):
+    """peft LoRA on the LLM (paper: r=16, α=32 on q,k,v,o,gate,up,down of every layer)."""
+
     r: int = Field(16, gt=0)
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)

@@ -38,6 +38,7 @@ from graftkit.bridge.xattn import (
     match_batch,
 )
 from graftkit.bridge.zones import ZoneCompressor, ZoneCompressorConfig
+from graftkit.config import LoraConfig
 
 __all__ = [
     "BRIDGE_GROUPS",
@@ -59,25 +60,9 @@ TOKENIZER_DIR = "tokenizer"
 _DEFAULT_COMPRESSOR = f"{ZoneCompressor.__module__}.{ZoneCompressor.__qualname__}"
 
 
-class LoraSettings(BaseModel):
-    """peft LoRA on the LLM (paper: r=16, α=32 on q,k,v,o,gate,up,down of every layer)."""
-
-    model_config = ConfigDict(extra="forbid", from_attributes=True)
-
-    r: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(
-        default_factory=lambda: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-    )
+#: peft LoRA on the LLM (paper: r=16, α=32 on q,k,v,o,gate,up,down of every layer): the same
+#: schema as a run's ``model.lora``.
+LoraSettings = LoraConfig
 
 
 class GraftConfig(BaseModel):

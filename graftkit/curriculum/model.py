@@ -12,7 +12,6 @@ from graftkit.config import RunConfig
 def graft_config(cfg: RunConfig, visual_dim: int, num_classes: int, jepa_dim: int) -> GraftConfig:
     """Map the run's ``bridge``/``model.lora`` sections onto the bridge's own config."""
     b = cfg.bridge
-    lora = cfg.model.lora
     return GraftConfig(
         visual_dim=visual_dim,
         num_zones=b.num_zones,
@@ -26,12 +25,7 @@ def graft_config(cfg: RunConfig, visual_dim: int, num_classes: int, jepa_dim: in
         xattn_heads=b.xattn_heads,
         num_classes=num_classes,
         jepa_dim=jepa_dim,
-        lora={
-            "r": lora.r,
-            "alpha": lora.alpha,
-            "dropout": lora.dropout,
-            "target_modules": lora.target_modules,
-        },
+        lora=cfg.model.lora,
     )
 
 
