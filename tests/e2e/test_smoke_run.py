@@ -25,12 +25,17 @@ def _finite(tree, path=""):
         yield path, tree
 
 
+def smoke(cache, run_dir, *extra: str):
+    """``graftkit run ct_rate --profile smoke --output-dir RUN_DIR [extra]`` in a subprocess."""
+    return run_graftkit(
+        cache, "run", "ct_rate", "--profile", "smoke", "--output-dir", str(run_dir), *extra
+    )
+
+
 @pytest.fixture(scope="module")
 def smoke_run(e2e_cache, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    out = run_graftkit(
-        e2e_cache, "run", "ct_rate", "--profile", "smoke", "--output-dir", str(run_dir)
-    )
+    out = smoke(e2e_cache, run_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     return run_dir
 
@@ -54,9 +59,7 @@ def test_metrics_file_is_complete_and_finite(smoke_run):
 
 
 def test_rerun_into_a_finished_run_dir_is_refused(smoke_run, e2e_cache):
-    out = run_graftkit(
-        e2e_cache, "run", "ct_rate", "--profile", "smoke", "--output-dir", str(smoke_run)
-    )
+    out = smoke(e2e_cache, smoke_run)
     assert out.returncode == 2 and "--resume" in out.stderr
 
 
@@ -75,9 +78,7 @@ def test_killed_run_resumes_to_the_same_metrics(smoke_run, e2e_cache, tmp_path):
     proc.wait()
     assert not (run_dir / "phase3" / "manifest.json").exists()
 
-    out = run_graftkit(
-        e2e_cache, "run", "ct_rate", "--profile", "smoke", "--output-dir", str(run_dir), "--resume"
-    )
+    out = smoke(e2e_cache, run_dir, "--resume")
     assert out.returncode == 0, out.stderr[-3000:]
     want = json.loads((smoke_run / "metrics.json").read_text())
     got = json.loads((run_dir / "metrics.json").read_text())
@@ -105,19 +106,7 @@ def test_corrupted_checkpoint_is_reported_not_used(smoke_run, e2e_cache, tmp_pat
     (run_dir / "metrics.json").unlink()
     weights = run_dir / "phase2" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
-    out = run_graftkit(
-        e2e_cache,
-        "run",
-        "ct_rate",
-        "--profile",
-        "smoke",
-        "--phases",
-        "3",
-        "--output-dir",
-        str(run_dir),
-        "--init-from",
-        str(run_dir / "phase2"),
-    )
+    out = smoke(e2e_cache, run_dir, "--phases", "3", "--init-from", str(run_dir / "phase2"))
     assert out.returncode == 2
     assert "phase2" in out.stderr and "checkpoint" in out.stderr
 
@@ -125,16 +114,11 @@ def test_corrupted_checkpoint_is_reported_not_used(smoke_run, e2e_cache, tmp_pat
 def test_checkpoint_from_another_architecture_is_refused_before_training(
     smoke_run, e2e_cache, tmp_path
 ):
-    out = run_graftkit(
+    out = smoke(
         e2e_cache,
-        "run",
-        "ct_rate",
-        "--profile",
-        "smoke",
+        tmp_path / "other",
         "--phases",
         "3",
-        "--output-dir",
-        str(tmp_path / "other"),
         "--init-from",
         str(smoke_run / "phase2"),
         "--set",
@@ -146,17 +130,5 @@ def test_checkpoint_from_another_architecture_is_refused_before_training(
 
 
 def test_missing_init_from_is_one_clear_line(e2e_cache, tmp_path):
-    out = run_graftkit(
-        e2e_cache,
-        "run",
-        "ct_rate",
-        "--profile",
-        "smoke",
-        "--phases",
-        "3",
-        "--output-dir",
-        str(tmp_path / "x"),
-        "--init-from",
-        str(tmp_path / "nope"),
-    )
+    out = smoke(e2e_cache, tmp_path / "x", "--phases", "3", "--init-from", str(tmp_path / "nope"))
     assert out.returncode == 2 and "no such checkpoint" in out.stderr
