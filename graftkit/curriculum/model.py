@@ -42,6 +42,8 @@ def build_grafted(
         num_global_layers=b.num_global_layers,
         dropout=b.dropout,
         position_scale=b.position_scale,
+        query_residual=b.query_residual,
+        slice_norm=b.slice_norm,
     )
     gcfg = graft_config(cfg, visual_dim, num_classes, jepa_dim)
     return graft(llm, gcfg, tokenizer=tokenizer, compressor=compressor)
