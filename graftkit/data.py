@@ -109,17 +109,21 @@ class GraftDataset(ABC):
         rng.shuffle(segments)
         return " ".join(segments)
 
+    def canonical_findings_segments(self, volume: Volume) -> list[tuple[int, str]]:
+        """``(class, sentence)`` of the canonical text: :meth:`class_text` of each positive class,
+        in class order."""
+        positives = np.flatnonzero(np.asarray(volume.labels) > 0)
+        return [(int(c), self.class_text(int(c))) for c in positives]
+
     def canonical_findings_text(self, volume: Volume) -> str:
-        """Low-entropy phase-3 text: :meth:`class_text` of each positive class, in class order.
+        """Low-entropy phase-3 text: the :meth:`canonical_findings_segments` joined.
 
         The wording is fixed, so the LM loss falls on *which* findings are named, not on how a
         radiologist phrased them (the text kind ``canonical_findings``). No positive class:
         :attr:`normal_text`.
         """
-        positives = np.flatnonzero(np.asarray(volume.labels) > 0)
-        if not positives.size:
-            return self.normal_text
-        return " ".join(self.class_text(int(c)) for c in positives)
+        segments = self.canonical_findings_segments(volume)
+        return " ".join(text for _, text in segments) if segments else self.normal_text
 
     def narrative_text(self, volume: Volume) -> str:
         """Phase 4 text: the raw report."""

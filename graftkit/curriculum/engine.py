@@ -381,6 +381,14 @@ class PhaseRunner:
             run.cfg.seed,
             max_length=run.cfg.model.prior.max_length if run.cfg.model.llm is None else None,
             finding_weight=self.cfg.finding_weight,
+            class_weights=(
+                positive_weights(
+                    torch.as_tensor(np.stack([v.labels for v in run.train]), dtype=torch.float32),
+                    max_weight=self.cfg.finding_weight,
+                )
+                if self.cfg.finding_balance and needs_tokens
+                else None
+            ),
         )
         acc = run.accelerator
         return make_loader(

@@ -48,6 +48,24 @@ def test_metrics_file_is_complete_and_finite(smoke_run):
     assert set(metrics["phases"]) == {"1", "2", "3", "4"}
     assert {"real", "zero", "shuffle", "random"} <= set(metrics["ablation"])
     assert 0.0 < metrics["oracle"]["macro_f1"] <= 1.0
+    stages = [row["stage"] for row in metrics["ladder"]]
+    assert stages == [
+        "cohort oracle",
+        "MIL probe: raw zone means",
+        "MIL probe: compressor tokens",
+        "bridge head: cls",
+        "bridge head: MIL",
+        "bridge head: LLM-cls",
+        "generation: real",
+        "generation: zero",
+        "generation: shuffle",
+        "generation: random",
+        "generation: oracle",
+    ]
+    for row in metrics["ladder"]:
+        assert 0.0 <= row["macro_f1"] <= 1.0, row
+    real = next(r for r in metrics["ladder"] if r["stage"] == "generation: real")
+    assert real["macro_f1"] == metrics["eval"]["macro_f1"]
     bad = [p for p, v in _finite(metrics) if not math.isfinite(v) and "nll" not in p]
     assert not bad, bad
     for n in (1, 2, 3, 4):
