@@ -522,7 +522,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise CLIError("--volume needs --encoder NAME")
         if not args.volume.exists():
             raise CLIError(f"--volume {args.volume}: no such file or folder")
-        encoder = plugins.get("encoder", args.encoder)(weights=args.weights)
+        encoder_cls = plugins.get("encoder", args.encoder)
+        try:
+            encoder = encoder_cls(weights=args.weights)
+        except (ValueError, OSError, TypeError, ValidationError) as err:
+            raise CLIError(f"encoder {args.encoder}: {_one_line_error(err)}") from None
         try:
             encoded = encoder.encode(args.volume)
         except (ValueError, OSError) as err:

@@ -40,9 +40,12 @@ class SkipLog:
     """Every sample a run could not use, with the reason. Nothing is dropped silently."""
 
     entries: list[tuple[str, str, str]] = field(default_factory=list)  # (split, name, reason)
+    _seen: set[tuple[str, str]] = field(default_factory=set, repr=False, compare=False)
 
     def skip(self, split: str, name: str, reason: str) -> None:
-        if not any(s == split and n == name for s, n, _ in self.entries):
+        """Record one unusable sample; a sample already recorded keeps its first reason."""
+        if (split, name) not in self._seen:
+            self._seen.add((split, name))
             self.entries.append((split, name, reason))
 
     def summary(self) -> dict[str, Any]:

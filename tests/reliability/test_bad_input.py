@@ -533,3 +533,28 @@ def test_a_forged_safetensors_header_is_refused_naming_the_file(tmp_path):
     (ckpt / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match=r"model\.safetensors is not a readable safetensors"):
         load_checkpoint(ckpt)
+
+
+def test_resume_records_an_allowed_change_and_says_it_rebuilds_a_corrupted_phase(
+    damaged_run, tmp_path, capsys
+):
+    from graftkit.config import load_yaml
+
+    run_dir = shutil.copytree(damaged_run[0], tmp_path / "run")
+    weights = run_dir / "phase1" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"corrupt!")
+    argv = damaged_run_argv(damaged_run[1], damaged_run[0])[1:]  # not --quiet: the echo matters
+    argv[argv.index("--output-dir") + 1] = str(run_dir)
+    argv += ["--resume", "--set", "eval.limit=2", "--allow-config-change", "eval.*"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"resume: checkpoint {run_dir / 'phase1'} is corrupted" in out
+    assert "phase 1 is run again from checkpoints/phase1/last" in out
+    events = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert events[-1] == {
+        "phase": 1,
+        "event": "config_change",
+        "changes": {"eval.limit": [None, 2]},
+    }
+    assert load_yaml(run_dir / "config.yaml")["eval"]["limit"] == 2
+    assert json.loads((run_dir / "metrics.json").read_text())["eval"]["volumes"] == 2
