@@ -4,21 +4,27 @@ DESIGN.md, "CT-RATE, as its own files lay it out" (paths in :mod:`graftkit_ct_ra
 With no ``data_dir`` the embedded default synthesises a cohort in the same layout
 (:mod:`graftkit_ct_rate.synth`), cached under ``cache_dir`` by a hash of its options.
 
-Bad input (nothing is dropped silently; every skip is in ``self.skips`` with its reason):
+Bad input (nothing is dropped silently; every skip is in ``self.skips`` with its reason, every
+fallback in ``self.warnings``; docs/ct-rate.md has the full table):
 
+- a CSV that is absent, empty, not UTF-8 (the line and byte offset are named), unparsable, or
+  missing a required column stops with :class:`~graftkit.data.DataError` naming the file;
 - a volume listed without an embedding file: skipped, ``missing embedding``;
 - an unreadable file, a non-float dtype, a shape other than ``(N, d)``/``(N, T, d)``, a ``d`` other
   than the dataset's (the most common ``d`` of the first files read, unless given), NaN/Inf in the
-  embeddings: that volume is skipped with its file named. Header checks read no data; the
-  NaN/Inf scan reads each file once, a slice block at a time, and is remembered in
-  ``workdir/ct_rate_scan.json`` by path, size and modification time;
-- a file that turns non-finite after the scan is caught when loaded: :meth:`load` records the skip
-  and raises :class:`~graftkit_ct_rate.embeddings.EmbeddingError` naming the file;
-- a labels CSV missing one of the 18 columns (or a CSV missing ``VolumeName``/``Findings_EN``):
-  stops with the missing column named; a label cell other than 0/1: that volume is skipped;
-- a volume in only one of the reports and labels CSVs, or listed twice: skipped;
-- no metadata file, no ``ZSpacing`` column or an unusable ``ZSpacing`` value: positions fall back
-  to the slice index (1 mm per slice) with a warning naming the volumes.
+  embeddings, an ``.npz`` ``z_mm`` of the wrong length or with NaN/Inf: that volume is skipped with
+  its file named. Header checks read no data; the value scan reads each file once, a slice block
+  at a time, and is remembered in ``workdir/ct_rate_scan.json`` by path, size and modification
+  time;
+- a file that turns bad after the scan is caught when loaded: :meth:`load` raises
+  :class:`~graftkit_ct_rate.embeddings.EmbeddingError` naming the file (training skips it);
+- a label cell other than 0/1, an empty ``Findings_EN``, a ``VolumeName`` that is a path leaving
+  the embeddings folder, a ``ZSpacing`` outside (0, 20] mm or two metadata rows disagreeing on it:
+  that volume is skipped;
+- a volume in only one of the reports and labels CSVs, or listed twice: skipped (every row of it);
+- no metadata file, no ``ZSpacing`` column or a missing ``ZSpacing`` value: positions fall back
+  to the slice index (1 mm per slice) with a warning naming the volumes;
+- embedding files that no CSV row names are counted in a warning.
 """
 
 from __future__ import annotations
