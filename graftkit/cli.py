@@ -272,23 +272,23 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def set_threads(threads: int | None) -> tuple[int, str]:
-    """Apply ``--threads`` (or ``OMP_NUM_THREADS``) to torch; returns (threads, where it came from).
+def set_threads(threads: int | None) -> str:
+    """Apply ``--threads`` to torch (through ``OMP_NUM_THREADS`` when torch is not imported yet,
+    so an error path stays fast); returns where the thread count comes from.
 
     torch's default is one thread per core, which on a machine shared with other processes can
     be many times slower than one thread (docs/ct-rate.md, "Threads").
     """
-    import torch
-
     if threads is not None:
         if threads < 1:
             raise CLIError(f"--threads {threads}: must be at least 1")
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        torch.set_num_threads(threads)
-        return threads, "--threads"
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+        return "--threads"
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        return torch.get_num_threads(), "OMP_NUM_THREADS"
-    return torch.get_num_threads(), "torch default"
+        return "OMP_NUM_THREADS"
+    return "torch default"
 
 
 def _one_line(err: BaseException) -> str:
@@ -301,21 +301,28 @@ def _one_line(err: BaseException) -> str:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input or environment, not a bug."""
+    """Exception types that mean bad input or environment, not a bug.
+
+    Types of modules that were never imported cannot have been raised, so they are not imported
+    here (that would load torch on every usage error).
+    """
     from graftkit.config import ConfigError
-    from graftkit.curriculum.checkpoint import CheckpointError
-    from graftkit.data import DataError
     from graftkit.plugins import PluginError, UnknownNameError
 
-    return (
+    errors: list[type[BaseException]] = [
         CLIError,
         ConfigError,
-        CheckpointError,
         UnknownNameError,
         PluginError,
-        DataError,
         OSError,
-    )
+    ]
+    for module, name in (
+        ("graftkit.data", "DataError"),
+        ("graftkit.curriculum.checkpoint", "CheckpointError"),
+    ):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -325,8 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_quiet(args.quiet)
     debug = args.debug or os.environ.get("GRAFTKIT_DEBUG", "") not in ("", "0")
     try:
-        if args.threads is not None or args.verb not in ("plugins",):
-            args.threads_used = set_threads(args.threads)
+        args.threads_source = set_threads(args.threads)
         return COMMANDS[args.verb](args)
     except user_errors() as err:
         if debug:

@@ -186,10 +186,7 @@ def _launch_if_needed(cfg: RunConfig, run_dir: Path) -> int | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from graftkit.curriculum.checkpoint import CheckpointError, verify_checkpoint
-    from graftkit.curriculum.engine import prepare_run, run_curriculum
     from graftkit.curriculum.phases import parse_phase_range
-    from graftkit.eval.evaluate import evaluate
     from graftkit.progress import is_quiet, progress_bar
 
     started = time.time()
@@ -208,6 +205,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if path is not None and not path.exists():
             raise CLIError(f"{flag} {path}: no such checkpoint")
     if args.init_from is not None:
+        from graftkit.curriculum.checkpoint import CheckpointError, verify_checkpoint
+
         try:
             verify_checkpoint(args.init_from)
         except CheckpointError as err:
@@ -223,11 +222,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     launched = _launch_if_needed(cfg, run_dir)
     if launched is not None:
         return launched
-    threads, source = getattr(args, "threads_used", (None, ""))
+    # imported once the arguments are checked: a usage error is reported without loading torch
+    from graftkit.curriculum.engine import prepare_run, run_curriculum
+    from graftkit.eval.evaluate import evaluate
+
     if not is_quiet() and "LOCAL_RANK" not in os.environ:
+        import torch
+
         print(
             f"graftkit run {cfg.dataset} (profile {cfg.profile or 'none'}) -> {run_dir}; "
-            f"phases {'-'.join(map(str, (phases[0], phases[-1])))}; torch threads {threads} ({source})",
+            f"phases {'-'.join(map(str, (phases[0], phases[-1])))}; "
+            f"torch threads {torch.get_num_threads()} "
+            f"({getattr(args, 'threads_source', 'torch default')})",
             flush=True,
         )
     with progress_bar(disable=is_quiet()) as progress:
