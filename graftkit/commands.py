@@ -29,6 +29,11 @@ from graftkit.config import (
     parse_overrides,
 )
 
+#: What an evaluation writes into a run directory: ``metrics.json`` sections and files. Cleared
+#: before the run's own evaluation is written again, so no part of an earlier one survives.
+EVALUATION_KEYS = ("eval", "classifier", "ablation", "probe")
+EVALUATION_FILES = ("generations.jsonl", "grounding.json")
+
 #: Config keys ``--resume --allow-config-change`` may accept: they change how a run is evaluated
 #: or loaded, not what its checkpoints hold (a trailing ``.`` is a whole section).
 RESUME_SAFE_KEYS = ("eval.", "data.num_workers")
@@ -158,6 +163,21 @@ def check_resume_config(cfg: RunConfig, run_dir: Path, allowed: list[str]) -> di
     return changed
 
 
+def clear_evaluation(run_dir: Path) -> None:
+    """Remove an earlier evaluation from ``run_dir`` (its ``metrics.json`` sections and files)."""
+    path = run_dir / "metrics.json"
+    if path.is_file():
+        metrics = json.loads(path.read_text())
+        if any(key in metrics for key in EVALUATION_KEYS):
+            for key in EVALUATION_KEYS:
+                metrics.pop(key, None)
+            tmp = run_dir / ".metrics.json.tmp"
+            tmp.write_text(json.dumps(metrics, indent=2))
+            os.replace(tmp, path)
+    for name in EVALUATION_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
 def ensure_dir(path: Path, flag: str) -> Path:
     """Create ``path`` (and parents) and check it is writable; one line naming it otherwise."""
     try:
@@ -249,6 +269,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if not args.no_eval and run.main:
         run.summary["checkpoint"] = checkpoint_info(run_dir, run_dir / f"phase{phases[-1]}")
+        clear_evaluation(run_dir)
         with progress_bar(disable=is_quiet()) as progress:
             metrics = evaluate(run, progress=progress)
         _print_summary(run_dir, metrics)
@@ -467,6 +488,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     out = _eval_folder(args, cfg, dataset_cls)
     run = _open_run(args.run_dir, args.checkpoint)
+    if out == args.run_dir:
+        clear_evaluation(out)
     with progress_bar(disable=is_quiet()) as progress:
         metrics = evaluate(
             run,

@@ -757,7 +757,7 @@ def init_compressor(run: Run, volumes: int = 64) -> None:
     init(torch.cat([item["slices"] for item in items]))
     echo(
         run.accelerator,
-        f"compressor: input standardisation and region queries initialised from {len(data)} training volumes",
+        f"compressor: input standardisation and region queries initialised from {len(items)} training volumes",
     )
 
 

@@ -558,3 +558,21 @@ def test_resume_records_an_allowed_change_and_says_it_rebuilds_a_corrupted_phase
     }
     assert load_yaml(run_dir / "config.yaml")["eval"]["limit"] == 2
     assert json.loads((run_dir / "metrics.json").read_text())["eval"]["volumes"] == 2
+
+
+def test_rewriting_the_runs_own_evaluation_leaves_nothing_of_the_old_one(tmp_path):
+    """Before the run's own evaluation is written again (e.g. after ``--resume
+    --allow-config-change eval.ablations``), the earlier one is removed, not merged into."""
+    from graftkit.commands import clear_evaluation
+
+    metrics = {"data": {"train": 3}, "phases": {"1": {}}, "eval": {"macro_f1": 0.2}}
+    metrics |= {"ablation": {"zero_drop": 0.5}, "probe": {}, "classifier": {}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    for name in ("generations.jsonl", "grounding.json", "history.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+    clear_evaluation(tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {
+        "data": {"train": 3},
+        "phases": {"1": {}},
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.jsonl", "metrics.json"]
