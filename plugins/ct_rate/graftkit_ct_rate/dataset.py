@@ -200,12 +200,16 @@ class CTRateDataset(GraftDataset):
         }
         duplicates: set[str] = set()
         for name, count in label_counts.items():
-            if count > 1:
+            if count > 1 and not _unsafe_name(name):
                 duplicates.add(name)
                 self.skips.skip(split, name, f"duplicate: listed {count} times in {labels_path}")
         candidates = []
         for row in reports.itertuples(index=False):
             name = row.VolumeName
+            bad_name = _unsafe_name(name)
+            if bad_name:
+                self.skips.skip(split, name, f"bad name: VolumeName {bad_name}")
+                continue
             if name in duplicates:
                 continue
             if report_counts[name] > 1:
@@ -227,10 +231,6 @@ class CTRateDataset(GraftDataset):
                 self.skips.skip(
                     split, name, f"empty report: Findings_EN is empty in {reports_path}"
                 )
-                continue
-            bad_name = _unsafe_name(name)
-            if bad_name:
-                self.skips.skip(split, name, f"bad name: VolumeName {bad_name}")
                 continue
             if name in spacing_conflicts:
                 values_seen = " and ".join(f"{z:g}" for z in spacing_conflicts[name])
@@ -488,6 +488,8 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(f"{path} is missing column(s): {', '.join(missing)}")
+    if "VolumeName" in frame.columns:
+        frame["VolumeName"] = frame["VolumeName"].fillna("")  # an empty cell: skipped by name
     return frame
 
 
