@@ -619,11 +619,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
         check_unique_outputs(inputs[: args.limit], args.output)
     except ValueError as err:
         raise CLIError(f"--input: {err}") from None
-    ensure_dir(args.output, "--output")
     try:
         encoder = encoder_cls(weights=args.weights, device=args.device, **options)
     except (ValueError, OSError, TypeError, ValidationError) as err:
         raise CLIError(f"encoder {args.encoder}: {_one_line_error(err)}") from None
+    ensure_dir(args.output, "--output")
     with progress_bar(disable=is_quiet()) as progress:
         total = len(inputs) if args.limit is None else min(args.limit, len(inputs))
         task = progress.add_task(f"embed ({args.encoder})", total=total, info="")
@@ -646,9 +646,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def _one_line_error(err: BaseException) -> str:
     if isinstance(err, ValidationError):
-        return "; ".join(
-            f"option {'.'.join(map(str, e['loc'])) or '?'}: {e['msg']}" for e in err.errors()
-        )
+        parts = []
+        for e in err.errors():
+            msg = e["msg"].removeprefix("Value error, ")
+            where = ".".join(map(str, e["loc"]))
+            parts.append(f"option {where}: {msg}" if where else msg)
+        return "; ".join(parts)
     return str(err)
 
 
