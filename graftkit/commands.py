@@ -309,10 +309,13 @@ def checkpoint_info(run_dir: Path, ckpt: Path) -> dict[str, Any]:
             if row.get("phase") == phase and "epoch" in row:
                 rows.append(row)
     if rows:
-        info["epochs_run"] = max(int(r["epoch"]) for r in rows)
+        shift = (
+            1 if min(int(r["epoch"]) for r in rows) == 0 else 0
+        )  # older runs logged 0-based epochs
+        info["epochs_run"] = max(int(r["epoch"]) for r in rows) + shift
         best = [r["epoch"] for r in rows if r.get("best") == state.get("best")]
         if best:
-            info["epoch"] = int(best[0])
+            info["epoch"] = int(best[0]) + shift
     return info
 
 

@@ -587,6 +587,7 @@ class PhaseRunner:
                 f"({acc.num_processes} process(es) x {c.batch_size})",
             )
         mode = c.early_stopping.mode
+        stopped_early = False
         for epoch in range(start, c.epochs):
             t0 = time.time()
             torch.manual_seed(run.cfg.seed * 7919 + self.number * 101 + epoch)
@@ -637,11 +638,12 @@ class PhaseRunner:
                     f"(no {c.early_stopping.metric} improvement for {bad_epochs} epochs; "
                     f"best {best:.4f})",
                 )
+                stopped_early = True
                 break
         if best_state is not None:
             run.glm.load_bridge_state_dict(best_state)
         self.save_final(best, ewc)
-        return {"best": best, "metric": c.early_stopping.metric}
+        return {"best": best, "metric": c.early_stopping.metric, "stopped_early": stopped_early}
 
     def _recalibrate(self) -> None:
         """Periodic ``NormCalibrator.recalibrate()`` on a fixed sample of training volumes."""
