@@ -251,7 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print(
             f"graftkit run {cfg.dataset} (profile {cfg.profile or 'none'}) -> {run_dir}; "
-            f"phases {'-'.join(map(str, (phases[0], phases[-1])))}; "
+            f"phases {args.phases}; "
             f"torch threads {torch.get_num_threads()} "
             f"({getattr(args, 'threads_source', 'torch default')})",
             flush=True,
