@@ -94,7 +94,9 @@ class PhaseCollator:
             )
         self.epoch = 0
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+        if all(item is None for item in items):
+            return None  # every volume of this batch failed to load; the loop skips it
         batch = collate_volumes(items)
         indices = batch["index"].tolist()
         if self.targets is not None:
@@ -215,7 +217,9 @@ def make_loader(
         shard = shard[: len(shard) - len(shard) % batch_size]
     collator.epoch = epoch
     return torch.utils.data.DataLoader(
-        torch.utils.data.Subset(VolumeDataset(dataset, volumes, max_slices), shard),
+        torch.utils.data.Subset(
+            VolumeDataset(dataset, volumes, max_slices, skip_unloadable=True), shard
+        ),
         batch_size=batch_size,
         shuffle=False,
         collate_fn=collator,
