@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from graftkit.lm import encode_chat, pad_batch, train_tokenizer
 
 class _Texts(GraftDataset):
     name = "texts"
-    class_names = ["alpha", "beta", "gamma"]
+    class_names: ClassVar[list[str]] = ["alpha", "beta", "gamma"]
     normal_text = "Nothing found."
     embedding_dim = 4
 
