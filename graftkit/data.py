@@ -121,11 +121,16 @@ class GraftDataset(ABC):
         rng.shuffle(segments)
         return " ".join(segments)
 
+    def finding_phrase(self, class_index: int) -> str:
+        """The shortest text that names one class (its sentence in the ``canonical_findings``
+        text): the class name unless the dataset's label extractor needs other words."""
+        return self.class_names[class_index]
+
     def canonical_findings_segments(self, volume: Volume) -> list[tuple[int, str]]:
-        """``(class, sentence)`` of the canonical text: :meth:`class_text` of each positive class,
-        in class order."""
+        """``(class, sentence)`` of the canonical text: :meth:`finding_phrase` of each positive
+        class, in class order, as one sentence each."""
         positives = np.flatnonzero(np.asarray(volume.labels) > 0)
-        return [(int(c), self.class_text(int(c))) for c in positives]
+        return [(int(c), f"{self.finding_phrase(int(c))}.") for c in positives]
 
     def canonical_findings_text(self, volume: Volume) -> str:
         """Low-entropy phase-3 text: the :meth:`canonical_findings_segments` joined.

@@ -17,7 +17,7 @@ from graftkit.lm import encode_chat, pad_batch, train_tokenizer
 
 class _Texts(GraftDataset):
     name = "texts"
-    class_names: ClassVar[list[str]] = ["alpha", "beta", "gamma"]
+    class_names: ClassVar[list[str]] = ["Alpha", "Beta", "Gamma"]
     normal_text = "Nothing found."
     embedding_dim = 4
 
@@ -33,6 +33,9 @@ class _Texts(GraftDataset):
     def class_text(self, c):
         return ["Alpha is seen.", "There is beta.", "Gamma is present."][c]
 
+    def finding_phrase(self, c):
+        return "Gamma ray" if c == 2 else super().finding_phrase(c)
+
 
 def _volume(labels) -> Volume:
     return Volume("v", "train", np.asarray(labels), "")
@@ -45,13 +48,13 @@ def dataset():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    corpus = ["Alpha is seen. There is beta. Gamma is present.", "Nothing found."] * 20
+    corpus = ["Alpha. Beta. Gamma ray.", "Nothing found."] * 20
     return train_tokenizer(corpus, vocab_size=320, min_frequency=1)
 
 
 def test_canonical_text_names_positive_classes_in_class_order(dataset):
-    assert dataset.canonical_findings_text(_volume([0, 1, 1])) == "There is beta. Gamma is present."
-    assert dataset.canonical_findings_text(_volume([1, 0, 0])) == "Alpha is seen."
+    assert dataset.canonical_findings_text(_volume([0, 1, 1])) == "Beta. Gamma ray."
+    assert dataset.canonical_findings_text(_volume([1, 0, 0])) == "Alpha."
     assert dataset.canonical_findings_text(_volume([0, 0, 0])) == "Nothing found."
 
 
@@ -74,8 +77,8 @@ def test_class_span_weights_follow_each_class_sentence(dataset, tokenizer):
     for position in (labels != -100).nonzero().flatten().tolist():
         piece = tokenizer.decode([int(labels[position])])
         spoken.setdefault(float(weights[position]), []).append(piece)
-    assert "".join(spoken[2.0]).strip() == "Alpha is seen."
-    assert "".join(spoken[4.0]).strip() == "Gamma is present."
+    assert "".join(spoken[2.0]).strip() == "Alpha."
+    assert "".join(spoken[4.0]).strip() == "Gamma ray."
     assert 9.0 not in spoken  # beta is absent from this report
     assert (weights[labels == -100] == 1).all()
 

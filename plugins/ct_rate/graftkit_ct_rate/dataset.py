@@ -55,6 +55,7 @@ from graftkit_ct_rate.embeddings import (
 )
 from graftkit_ct_rate.text import (
     CLASS_TEMPLATES,
+    FINDING_PHRASES,
     NORMAL_TEXT,
     condition_segments,
     condition_sentences,
@@ -442,6 +443,9 @@ class CTRateDataset(GraftDataset):
 
     def class_text(self, class_index: int) -> str:
         return CLASS_TEMPLATES[class_index]
+
+    def finding_phrase(self, class_index: int) -> str:
+        return FINDING_PHRASES.get(class_index, CLASSES[class_index])
 
     def positive_findings_text(self, volume: Volume, rng: random.Random) -> str:
         return positive_findings_text(self._condition_sentences(volume), rng, self.normal_text)

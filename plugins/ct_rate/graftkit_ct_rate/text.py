@@ -4,6 +4,8 @@
   (:func:`condition_sentences`, :func:`condition_segments`), with :data:`CLASS_TEMPLATES` as the canonical class anchors.
 - Phases 2-3: positive-findings-only text (:func:`positive_findings_text`): the segments in a random
   order per sample; a normal volume gets :data:`NORMAL_TEXT`.
+- ``canonical_findings`` (the tiny profile's phase 3): the positive class names in class order,
+  one sentence each (:data:`FINDING_PHRASES` where a name alone is not recognised).
 - Phase 4: the raw narrative (:func:`narrative_text`), ``Findings_EN`` optionally with
   ``Impressions_EN``.
 """
@@ -40,6 +42,10 @@ CLASS_TEMPLATES: list[str] = [
     "There is interlobular septal thickening.",
 ]
 assert len(CLASS_TEMPLATES) == len(CLASSES)
+
+#: Where a class name alone is not a finding a reader (or ``ct_rate-rules``) recognises, the words
+#: the ``canonical_findings`` text uses instead; every other class is named by its class name.
+FINDING_PHRASES: dict[int, str] = {0: "Medical material: catheter"}
 
 SentenceAssigner = Callable[[str], dict[int, list[str]]]
 
