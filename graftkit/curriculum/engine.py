@@ -104,9 +104,9 @@ class Run:
                 metrics[key].update(value)
             else:
                 metrics[key] = value
-        tmp = self.run_dir / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2))
-        os.replace(tmp, self.run_dir / "metrics.json")
+        from graftkit.io import atomic_write_text
+
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
 
 
 def make_accelerator(cfg: RunConfig, run_dir: Path | None = None) -> Accelerator:

@@ -39,6 +39,7 @@ import yaml
 
 from graftkit.eval import plots
 from graftkit.eval.collapse import CollapseMonitor, read_jsonl
+from graftkit.io import atomic_write_bytes, atomic_write_text
 
 PLOT_NAMES = (
     "loss_curves",
@@ -222,8 +223,7 @@ class _Figures:
         if fig is None:
             return None
         png = plots.figure_png(fig)
-        self.plot_dir.mkdir(parents=True, exist_ok=True)
-        (self.plot_dir / f"{name}.png").write_bytes(png)
+        atomic_write_bytes(self.plot_dir / f"{name}.png", png)
         data = base64.b64encode(png).decode("ascii")
         self.figures[name] = {
             "src": f"data:image/png;base64,{data}",
@@ -607,5 +607,5 @@ def write_report(run_dir: str | Path) -> Path:
         "collapse_warnings": [w for row in collapse for w in row.get("warnings", [])],
     }
     out = run / "report.html"
-    out.write_text(_template().render(**context), encoding="utf-8")
+    atomic_write_text(out, _template().render(**context))
     return out
