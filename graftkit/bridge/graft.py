@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,19 @@ _DEFAULT_COMPRESSOR = f"{ZoneCompressor.__module__}.{ZoneCompressor.__qualname__
 #: peft LoRA on the LLM (paper: r=16, α=32 on q,k,v,o,gate,up,down of every layer): the same
 #: schema as a run's ``model.lora``.
 LoraSettings = LoraConfig
+
+
+@contextmanager
+def _peft_checkpointing_probe():
+    """Around peft's ``PeftModel`` construction only: silence transformers' FutureWarning for the
+    deprecated ``is_gradient_checkpointing`` property, which peft (0.21) reads on every wrap
+    (``peft_model.py``: ``getattr(model, "is_gradient_checkpointing", True)``). The read is
+    peft's, not graftkit's; nothing else is filtered, and only for the duration of the call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 class GraftConfig(BaseModel):
@@ -215,21 +230,23 @@ class GraftedLM(nn.Module):
         if lora_dir is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(lora_dir), is_trainable=True)
+            with _peft_checkpointing_probe():
+                model = PeftModel.from_pretrained(model, str(lora_dir), is_trainable=True)
         elif config.lora is not None:
             from peft import LoraConfig, get_peft_model
 
             lora = config.lora
-            model = get_peft_model(
-                model,
-                LoraConfig(
-                    task_type="CAUSAL_LM",
-                    r=lora.r,
-                    lora_alpha=lora.alpha,
-                    lora_dropout=lora.dropout,
-                    target_modules=list(lora.target_modules),
-                ),
-            )
+            with _peft_checkpointing_probe():
+                model = get_peft_model(
+                    model,
+                    LoraConfig(
+                        task_type="CAUSAL_LM",
+                        r=lora.r,
+                        lora_alpha=lora.alpha,
+                        lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules),
+                    ),
+                )
         self.llm = model
         self.hidden_size = hidden
 
