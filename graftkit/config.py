@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+#: The bridge's named parameter sets, which a phase lists in ``trainable`` (the bridge re-exports
+#: this tuple as ``graftkit.bridge.BRIDGE_GROUPS``).
 PARAMETER_GROUPS = ("compressor", "predictor", "calibrator", "projectors", "xattn", "lora", "heads")
 
 

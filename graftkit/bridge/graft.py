@@ -40,7 +40,7 @@ from graftkit.bridge.xattn import (
     match_batch,
 )
 from graftkit.bridge.zones import ZoneCompressor, ZoneCompressorConfig
-from graftkit.config import LoraConfig
+from graftkit.config import PARAMETER_GROUPS, LoraConfig
 
 __all__ = [
     "BRIDGE_GROUPS",
@@ -55,7 +55,8 @@ __all__ = [
 ]
 
 VISUAL_TOKEN = "<|visual_region|>"
-BRIDGE_GROUPS = ("compressor", "predictor", "calibrator", "projectors", "xattn", "lora", "heads")
+#: the named parameter sets a phase trains or freezes (one definition: graftkit.config)
+BRIDGE_GROUPS = PARAMETER_GROUPS
 CONFIG_FILE = "graft_config.json"
 BRIDGE_FILE = "bridge.safetensors"
 TOKENIZER_DIR = "tokenizer"

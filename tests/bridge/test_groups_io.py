@@ -301,3 +301,10 @@ def test_grafting_with_lora_prints_no_deprecation_warning(tmp_path):
         warnings.warn("still reported", FutureWarning, stacklevel=1)
     messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
     assert messages == ["still reported"]
+
+
+def test_the_parameter_group_list_is_defined_once():
+    from graftkit.bridge import BRIDGE_GROUPS
+    from graftkit.config import PARAMETER_GROUPS
+
+    assert BRIDGE_GROUPS is PARAMETER_GROUPS
