@@ -486,6 +486,11 @@ def write_report(run_dir: str | Path) -> Path:
 
     eval_ = _section_dict(metrics, "eval", metrics_path) or {}
     phases = _section_dict(metrics, "phases", metrics_path)
+    for key, value in (phases or {}).items():
+        if not str(key).isdigit() or not isinstance(value, Mapping):
+            raise ValueError(
+                f"{metrics_path}: phases.{key} must be an object keyed by phase number"
+            )
     ablation = _section_dict(metrics, "ablation", metrics_path)
     probe = _section_dict(metrics, "probe", metrics_path)
     oracle = _section_dict(metrics, "oracle", metrics_path) or {}

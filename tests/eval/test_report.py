@@ -459,6 +459,11 @@ def test_malformed_history_and_metrics_name_file_and_line(tmp_path):
         write_report(run)
     (run / "history.jsonl").unlink()
     metrics = json.loads((run / "metrics.json").read_text())
+    metrics["phases"]["2"] = 0.4
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(ValueError, match=r"phases.2 must be an object"):
+        write_report(run)
+    metrics["phases"]["2"] = {"best": 0.4}
     metrics["eval"]["per_class"]["Cardiomegaly"] = {"precision": 0.3}
     (run / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(ValueError, match=r"eval.per_class.Cardiomegaly.f1"):
