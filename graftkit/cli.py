@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint", help="phase checkpoint to evaluate (default: the last phase run)"
     )
+    p.add_argument(
+        "--tokens",
+        choices=("real", "oracle"),
+        default="real",
+        help="visual tokens to generate from: the compressor's (real) or label-token oracle "
+        "tokens built from the true labels (the decoder's ceiling on the same data and text)",
+    )
 
     p = sub.add_parser("generate", parents=[common], help="write one report for one case")
     p.add_argument("run_dir", type=Path)

@@ -132,6 +132,12 @@ def _print_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
             )
         )
         print(f"  zeroing the visual tokens removes {100 * a['zero_drop']:.1f}% of generation F1")
+    if full.get("ladder"):
+        print("  quality ladder (macro F1; where the signal is lost):")
+        for row in full["ladder"]:
+            share = row.get("fraction_of_oracle")
+            tail = f"  ({share:.2f} x oracle)" if share is not None else ""
+            print(f"    {row['stage']:<34} {row['macro_f1']:.3f}{tail}")
     print(f"  run directory: {run_dir}  (report: {run_dir / 'report.html'})")
 
 
@@ -182,6 +188,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             ablations=args.ablations,
             limit=args.limit,
             progress=progress,
+            token_source=args.tokens,
         )
     _print_summary(args.run_dir, metrics)
     return 0

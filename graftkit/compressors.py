@@ -7,14 +7,15 @@ tokens. A plugin registers a **builder**::
 
 ``dim`` is the slice-embedding width d_v; ``bridge`` is the run's ``bridge`` section, from which
 the builder reads the compressor settings (:data:`COMPRESSOR_SETTINGS`): ``num_zones`` (the K
-its module must output), ``num_heads``, ``num_global_layers``, ``dropout``, ``position_scale``.
+its module must output), ``num_heads``, ``num_global_layers``, ``dropout``, ``position_scale``,
+``query_residual``, ``slice_norm``.
 A builder reads what it uses and ignores the rest, so new bridge fields never break it.
 
 A **preset** (:class:`CompressorPreset`) is a builder with some *architecture* settings fixed
 (:data:`ARCHITECTURE_SETTINGS`: ``num_zones``, ``num_heads``, ``num_global_layers``, what a
 checkpoint's shapes depend on), so that its name stands for one architecture (CT-RATE's
 ``ct_rate-32``: the paper's 32 zones, 16 heads, one global layer). The run still chooses the
-training-time settings (``dropout``, ``position_scale``). A run whose config sets a fixed setting
+other settings (``dropout``, ``position_scale``, ``query_residual``, ``slice_norm``). A run whose config sets a fixed setting
 to another value stops with a :class:`~graftkit.config.ConfigError` naming both values: a preset
 is never silently overridden, and never silently overrides the run.
 """
@@ -30,7 +31,15 @@ if TYPE_CHECKING:
     from graftkit.config import BridgeConfig
 
 #: the ``bridge`` fields a compressor builder reads
-COMPRESSOR_SETTINGS = ("num_zones", "num_heads", "num_global_layers", "dropout", "position_scale")
+COMPRESSOR_SETTINGS = (
+    "num_zones",
+    "num_heads",
+    "num_global_layers",
+    "dropout",
+    "position_scale",
+    "query_residual",
+    "slice_norm",
+)
 #: the settings a preset may fix: the compressor's architecture
 ARCHITECTURE_SETTINGS = ("num_zones", "num_heads", "num_global_layers")
 
@@ -50,6 +59,8 @@ def zone_compressor(dim: int, bridge: BridgeConfig, **module_options: Any) -> nn
         num_global_layers=bridge.num_global_layers,
         dropout=bridge.dropout,
         position_scale=bridge.position_scale,
+        query_residual=bridge.query_residual,
+        slice_norm=bridge.slice_norm,
         **module_options,
     )
 
@@ -66,7 +77,7 @@ class CompressorPreset:
         if unknown:
             raise ValueError(
                 f"a compressor preset may fix only {list(ARCHITECTURE_SETTINGS)}, not {unknown}: "
-                "training-time settings stay with the run"
+                "the other settings stay with the run"
             )
         if not fixed:
             raise ValueError("a compressor preset must fix at least one setting")

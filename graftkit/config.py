@@ -111,6 +111,8 @@ class BridgeConfig(Strict):
     num_heads: int = Field(16, gt=0)
     num_global_layers: int = Field(1, ge=0)
     position_scale: float = Field(1.0, ge=0, description="β in s + β·PE(z) of the compressor")
+    query_residual: bool = Field(True, description="compressor token = query + attention output")
+    slice_norm: bool = Field(True, description="compressor LayerNorms each slice before K/V")
     dropout: float = Field(0.1, ge=0, lt=1)
     predictor_dropout: float = Field(0.1, ge=0, lt=1)
     xattn_layers: list[int] | None = Field(None, description="None = paper layers mapped by depth")
@@ -135,7 +137,7 @@ class PhaseConfig(Strict):
     name: str
     trainable: list[str]
     losses: dict[str, float]
-    text: Literal["conditions", "positive_findings", "narrative"]
+    text: Literal["conditions", "positive_findings", "canonical_findings", "narrative"]
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     lr: float = Field(gt=0)
@@ -155,6 +157,11 @@ class PhaseConfig(Strict):
     ewc_lambda: float = Field(0.0, ge=0)
     ewc_fisher: bool = False
     monitor_collapse: bool = False
+    finding_weight: float = Field(
+        1.0,
+        ge=1,
+        description="LM-loss weight of the response tokens that state findings (1 = the paper's plain LM loss)",
+    )
 
     @field_validator("trainable")
     @classmethod

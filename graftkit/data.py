@@ -109,6 +109,18 @@ class GraftDataset(ABC):
         rng.shuffle(segments)
         return " ".join(segments)
 
+    def canonical_findings_text(self, volume: Volume) -> str:
+        """Low-entropy phase-3 text: :meth:`class_text` of each positive class, in class order.
+
+        The wording is fixed, so the LM loss falls on *which* findings are named, not on how a
+        radiologist phrased them (the text kind ``canonical_findings``). No positive class:
+        :attr:`normal_text`.
+        """
+        positives = np.flatnonzero(np.asarray(volume.labels) > 0)
+        if not positives.size:
+            return self.normal_text
+        return " ".join(self.class_text(int(c)) for c in positives)
+
     def narrative_text(self, volume: Volume) -> str:
         """Phase 4 text: the raw report."""
         if getattr(self.config, "include_impressions", False) and volume.impressions:

@@ -106,6 +106,14 @@ class ZoneCompressorConfig(BaseModel):
         True,
         description="encode z relative to each volume's first valid slice (scanner origin free)",
     )
+    query_residual: bool = Field(
+        True,
+        description="token k = q_k + attention output (a per-zone offset); False: the output alone",
+    )
+    slice_norm: bool = Field(
+        True,
+        description="LayerNorm each slice before K/V; False keeps a finding's amplitude in the slice",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ZoneCompressorConfig:
@@ -141,6 +149,8 @@ class ZoneCompressor(nn.Module):
         max_period: float = 10000.0,
         relative_z: bool = True,
         position_scale: float = 1.0,
+        query_residual: bool = True,
+        slice_norm: bool = True,
     ) -> None:
         super().__init__()
         self.config = ZoneCompressorConfig(
@@ -153,6 +163,8 @@ class ZoneCompressor(nn.Module):
             max_period=max_period,
             relative_z=relative_z,
             position_scale=position_scale,
+            query_residual=query_residual,
+            slice_norm=slice_norm,
         )
         self.dim, self.num_zones, self.num_heads = dim, num_zones, num_heads
         self.queries = nn.Parameter(torch.randn(num_zones, dim) * dim**-0.5)
@@ -161,7 +173,7 @@ class ZoneCompressor(nn.Module):
         # slows the learning of the small, localised finding directions.
         self.register_buffer("input_mean", torch.zeros(dim))
         self.register_buffer("input_scale", torch.ones(dim))
-        self.norm_slices = nn.LayerNorm(dim)
+        self.norm_slices = nn.LayerNorm(dim) if slice_norm else nn.Identity()
         self.norm_queries = nn.LayerNorm(dim)
         self.q_proj = nn.Linear(dim, dim)
         self.kv_proj = nn.Linear(dim, 2 * dim)
@@ -302,7 +314,9 @@ class ZoneCompressor(nn.Module):
         attn = F.scaled_dot_product_attention(
             q.expand(b, -1, -1, -1), k, v, attn_mask=allowed, dropout_p=drop
         )
-        tokens = self.queries + self.out_proj(attn.transpose(1, 2).reshape(b, self.num_zones, d))
+        tokens = self.out_proj(attn.transpose(1, 2).reshape(b, self.num_zones, d))
+        if self.config.query_residual:
+            tokens = self.queries + tokens
         for layer in self.global_layers:
             tokens = layer(tokens)
         return self.norm_out(tokens)
@@ -413,7 +427,10 @@ def zone_loop_reference(
             qz = q_all[k].view(h, 1, hd)
             weights = torch.softmax(qz @ kz.transpose(-1, -2) / math.sqrt(hd), dim=-1)
             tokens.append((weights @ vz).reshape(d))
-        out.append(compressor.queries + compressor.out_proj(torch.stack(tokens)))
+        zone_tokens = compressor.out_proj(torch.stack(tokens))
+        out.append(
+            compressor.queries + zone_tokens if compressor.config.query_residual else zone_tokens
+        )
     result = torch.stack(out)
     for layer in compressor.global_layers:
         result = layer(result)

@@ -54,10 +54,18 @@ def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
     return random.Random((seed * 1_000_003 + epoch) * 1_000_003 + index)
 
 
+#: The response text of each text kind a phase may declare (``PhaseConfig.text``).
+RESPONSE_TEXTS = {
+    "positive_findings": lambda dataset, volume, rng: dataset.positive_findings_text(volume, rng),
+    "canonical_findings": lambda dataset, volume, rng: dataset.canonical_findings_text(volume),
+    "narrative": lambda dataset, volume, rng: dataset.narrative_text(volume),
+}
+
+
 def response_text(dataset: GraftDataset, volume: Volume, kind: str, rng: random.Random) -> str:
-    if kind == "narrative":
-        return dataset.narrative_text(volume)
-    return dataset.positive_findings_text(volume, rng)
+    """The target text of ``volume`` for a phase of text kind ``kind`` (:data:`RESPONSE_TEXTS`);
+    ``conditions`` phases train no LM and fall back to the positive-findings text."""
+    return RESPONSE_TEXTS.get(kind, RESPONSE_TEXTS["positive_findings"])(dataset, volume, rng)
 
 
 class PhaseCollator:
@@ -73,10 +81,12 @@ class PhaseCollator:
         num_visual_tokens: int,
         seed: int,
         max_length: int | None = None,
+        finding_weight: float = 1.0,
     ):
         self.dataset, self.volumes, self.targets = dataset, volumes, targets
         self.tokenizer, self.text_kind = tokenizer, text_kind
         self.k, self.seed, self.max_length = num_visual_tokens, seed, max_length
+        self.finding_weight = finding_weight
         self.epoch = 0
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -85,7 +95,7 @@ class PhaseCollator:
         if self.targets is not None:
             batch.update(self.targets.batch(indices))
         if self.tokenizer is not None:
-            encodings = []
+            encodings, findings = [], []
             for i in indices:
                 text = response_text(
                     self.dataset,
@@ -93,6 +103,7 @@ class PhaseCollator:
                     self.text_kind,
                     sample_rng(self.seed, self.epoch, i),
                 )
+                findings.append(text != self.dataset.normal_text)
                 encodings.append(
                     encode_chat(
                         self.tokenizer,
@@ -106,7 +117,25 @@ class PhaseCollator:
             batch["input_ids"] = padded["input_ids"]
             batch["attention_mask"] = padded["attention_mask"]
             batch["labels_lm"] = padded["labels"]
+            if self.finding_weight != 1.0:
+                batch["lm_weights"] = finding_weights(
+                    padded["labels"], torch.tensor(findings), self.finding_weight
+                )
         return batch
+
+
+def finding_weights(labels: torch.Tensor, findings: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-token LM loss weights ``[B, T]``: ``weight`` on the response tokens that state findings.
+
+    A response that is not the normal text states findings in every token but its last (the
+    end-of-turn token, the decision to stop); those tokens get ``weight``, the rest 1. Missing a
+    finding then costs more than naming one that is absent, as ``pos_weight`` does for the BCE
+    heads: the model's stop decisions shift towards recall (``PhaseConfig.finding_weight``).
+    """
+    target = labels != -100
+    last = target.long().cumsum(dim=1) == target.long().sum(dim=1, keepdim=True)
+    stated = target & ~(last & target) & findings.unsqueeze(1)
+    return torch.where(stated, torch.tensor(float(weight)), torch.tensor(1.0))
 
 
 def make_loader(

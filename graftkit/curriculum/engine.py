@@ -386,6 +386,7 @@ class PhaseRunner:
             run.glm.num_visual_tokens,
             run.cfg.seed,
             max_length=run.cfg.model.prior.max_length if run.cfg.model.llm is None else None,
+            finding_weight=self.cfg.finding_weight,
         )
         acc = run.accelerator
         return make_loader(

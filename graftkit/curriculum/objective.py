@@ -87,6 +87,22 @@ def _llm_cls(s: StepState) -> torch.Tensor:
     return weighted_bce(s.glm.heads.llm_cls(state), s.batch["labels"], s.objective.pos_weight)
 
 
+def _lm(s: StepState) -> torch.Tensor:
+    """The response-only LM loss; weighted per token when the batch carries ``lm_weights``
+    (:func:`graftkit.curriculum.batches.finding_weights`): Σ w·CE / Σ w over response tokens."""
+    weights = s.batch.get("lm_weights")
+    if weights is None:
+        return s.lm_output.loss
+    logits = s.lm_output.logits[:, :-1].float()
+    target = s.batch["labels_lm"][:, 1:].to(logits.device)
+    # the model masks the placeholder positions of its labels; they never hold response tokens
+    ce = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none"
+    ).view_as(target)
+    w = weights[:, 1:].to(ce.device) * (target != -100)
+    return (w * ce).sum() / w.sum().clamp_min(1e-6)
+
+
 def _jepa(s: StepState) -> torch.Tensor:
     """JEPA: 1 - cos(z_v, z_t) between the predicted and the whitened text embedding."""
     z_v = s.glm.heads.jepa(s.tokens)
@@ -106,7 +122,7 @@ LOSSES: dict[str, Callable[[StepState], torch.Tensor]] = {
     ),
     "infonce": lambda s: s.objective.infonce(s.glm.heads.jepa(s.tokens), s.batch["text_emb"]),
     "jepa": _jepa,
-    "lm": lambda s: s.lm_output.loss,
+    "lm": lambda s: _lm(s),
     "llm_cls": _llm_cls,
 }
 

@@ -24,7 +24,9 @@ from graftkit.eval.generation import (
     generate_reports,
     generation_scores,
     label_matrix,
+    label_token_oracle,
     visual_tokens,
+    zone_features,
 )
 from graftkit.lm import encode_chat, pad_batch
 
@@ -182,6 +184,112 @@ def linear_probes(run, volumes: list[Volume]) -> dict[str, Any]:
     return out
 
 
+@torch.inference_mode()
+def llm_cls_on_reports(run, texts: list[str], tokens: torch.Tensor, batch_size: int = 32):
+    """LLM-cls probabilities ``[n, C]`` read at the end of each volume's own generated report
+    (where phase 3 trains the head: the end-of-turn state of prompt + response)."""
+    glm, tok = run.glm, run.tokenizer
+    k = tokens.shape[1]
+    out = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        encs = [encode_chat(tok, run.dataset.prompt, t or " ", k) for t in chunk]
+        batch = pad_batch(encs, tok.pad_token_id, side="right")
+        hidden = glm(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            visual_tokens=tokens[start : start + batch_size],
+            output_hidden_states=True,
+        ).hidden_states[-1]
+        last = batch["attention_mask"].sum(dim=1) - 1
+        state = hidden[torch.arange(hidden.shape[0]), last.to(hidden.device)]
+        out.append(torch.sigmoid(glm.heads.llm_cls(state)).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def quality_ladder(
+    run,
+    volumes: list[Volume],
+    tokens: torch.Tensor,
+    texts: dict[str, list[str]],
+    scores: dict[str, dict[str, Any]],
+    head_scores: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """One row per stage on the same volumes, from what the cohort allows to what the model
+    writes (issue 14): where between the encoder's output and the generated text signal is lost.
+
+    ``scores`` holds generation scores per token mode (``real``, ``zero``, ``shuffle``,
+    ``random``, ``oracle``); ``head_scores`` the bridge heads' scores at threshold 0.5.
+    """
+    from graftkit.eval.probe import mil_probe
+
+    cfg = run.cfg
+    classes = run.dataset.class_names
+    train_labels, labels = label_matrix(run.train), label_matrix(volumes)
+    probes = {}
+    for raw in (True, False):
+        features = [
+            zone_features(run.glm, run.dataset, vols, raw, max_slices=cfg.data.max_slices)
+            for vols in (run.train, volumes)
+        ]
+        probes[raw] = mil_probe(
+            features[0], train_labels, features[1], labels, seed=cfg.seed, class_names=classes
+        )
+    rows = []
+    oracle = run.dataset.oracle()
+    if oracle and oracle.get("macro_f1") is not None:
+        rows.append(
+            {
+                "stage": "cohort oracle",
+                "macro_f1": float(oracle["macro_f1"]),
+                "detail": "the cohort generator's own detector: the best achievable",
+            }
+        )
+    rows += [
+        {
+            "stage": "MIL probe: raw zone means",
+            **_triple(probes[True]),
+            "detail": "linear head on each of the K zone means of the raw slices, max over "
+            "zones; fitted on train, thresholds from train",
+        },
+        {
+            "stage": "MIL probe: compressor tokens",
+            **_triple(probes[False]),
+            "detail": "the same probe on the compressor's K tokens",
+        },
+    ]
+    rows += [
+        {"stage": f"bridge head: {name}", **_triple(head_scores[key]), "detail": detail}
+        for key, name, detail in (
+            ("cls", "cls", "classifier on the mean visual token, threshold 0.5"),
+            ("mil", "MIL", "classifier on each visual token, max over tokens, threshold 0.5"),
+            ("llm_cls", "LLM-cls", "LLM-cls head at the end of the model's own report, 0.5"),
+        )
+        if key in head_scores
+    ]
+    details = {
+        "real": "the model's report from the real visual tokens",
+        "zero": "visual tokens zeroed",
+        "shuffle": "another patient's visual tokens",
+        "random": "Gaussian tokens of the same norms",
+        "oracle": "label-token oracle: tokens = E[tokens | true labels] (least squares on "
+        "train): the decoder's ceiling on this text",
+    }
+    rows += [
+        {"stage": f"generation: {mode}", **_triple(scores[mode]), "detail": details[mode]}
+        for mode in ("real", "zero", "shuffle", "random", "oracle")
+        if mode in scores
+    ]
+    if oracle and oracle.get("macro_f1"):
+        for row in rows:
+            row["fraction_of_oracle"] = row["macro_f1"] / float(oracle["macro_f1"])
+    return rows
+
+
+def _triple(scores: dict[str, Any]) -> dict[str, float]:
+    return {k: float(scores[k]) for k in ("macro_f1", "macro_precision", "macro_recall")}
+
+
 def evaluate(
     run,
     split: str | None = None,
@@ -189,8 +297,14 @@ def evaluate(
     ablations: bool | None = None,
     limit: int | None = None,
     progress: Any = None,
+    token_source: str = "real",
 ) -> dict[str, Any]:
-    """Evaluate the run's current model on ``split``; returns and writes the metrics."""
+    """Evaluate the run's current model on ``split``; returns and writes the metrics.
+
+    ``token_source="oracle"`` generates every report (and its ablations) from label-token-oracle
+    tokens (:func:`~graftkit.eval.generation.label_token_oracle`) instead of the compressor's:
+    the decoder's ceiling for this recipe on the same data and text.
+    """
     from graftkit import plugins
     from graftkit.eval.metrics import multilabel_scores, optimise_thresholds
     from graftkit.eval.report import write_report
@@ -209,16 +323,32 @@ def evaluate(
     if not gen["do_sample"]:
         gen.pop("temperature"), gen.pop("top_p")
 
-    tokens = visual_tokens(run.glm, run.dataset, volumes, cfg.batch_size, run.cfg.data.max_slices)
+    if token_source not in ("real", "oracle"):
+        raise ValueError(f"unknown token source {token_source!r}; choose 'real' or 'oracle'")
+    real_tokens = visual_tokens(
+        run.glm, run.dataset, volumes, cfg.batch_size, run.cfg.data.max_slices
+    )
+    oracle_tokens = None
+    if ablations or token_source == "oracle":
+        train_zones = zone_features(
+            run.glm, run.dataset, run.train, raw=False, max_slices=run.cfg.data.max_slices
+        )
+        oracle_tokens = label_token_oracle(
+            run.glm, train_zones, label_matrix(run.train), label_matrix(volumes)
+        )
+    tokens = oracle_tokens if token_source == "oracle" else real_tokens
     texts = {}
     scores = {}
-    modes = ABLATIONS if ablations else ("real",)
+    modes = list(ABLATIONS if ablations else ("real",))
+    if ablations and token_source == "real":
+        modes.append("oracle")
     for mode in modes:
+        chosen = oracle_tokens if mode == "oracle" else ablate(tokens, mode, seed=run.cfg.seed)
         texts[mode] = generate_reports(
             run.glm,
             run.tokenizer,
             run.dataset.prompt,
-            ablate(tokens, mode, seed=run.cfg.seed),
+            chosen,
             gen,
             cfg.batch_size,
             seed=run.cfg.seed,
@@ -238,6 +368,7 @@ def evaluate(
     metrics: dict[str, Any] = {
         "eval": {
             **scores["real"],
+            "tokens": "label-token oracle" if token_source == "oracle" else "real",
             "split": split,
             "volumes": len(volumes),
             "extractor": name,
@@ -260,6 +391,18 @@ def evaluate(
             mode: {k: scores[mode][k] for k in ("macro_f1", "macro_precision", "macro_recall")}
             for mode in modes
         }
+        with torch.inference_mode():
+            mil = torch.sigmoid(run.glm.heads.mil(tokens)).numpy()
+        head_scores = {
+            "cls": head,
+            "mil": multilabel_scores(truth, (mil >= 0.5).astype(np.int64), classes),
+            "llm_cls": multilabel_scores(
+                truth,
+                (llm_cls_on_reports(run, texts["real"], tokens) >= 0.5).astype(np.int64),
+                classes,
+            ),
+        }
+        metrics["ladder"] = quality_ladder(run, volumes, tokens, texts, scores, head_scores)
         metrics["ablation"]["zero_drop"] = (
             (real - scores["zero"]["macro_f1"]) / real if real > 0 else 0.0
         )

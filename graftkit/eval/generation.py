@@ -37,6 +37,56 @@ def visual_tokens(
     return torch.cat(out)
 
 
+@torch.inference_mode()
+def zone_features(
+    glm,
+    dataset: GraftDataset,
+    volumes: Sequence[Volume],
+    raw: bool,
+    batch_size: int = 64,
+    max_slices: int | None = None,
+) -> torch.Tensor:
+    """``[n, K, d_v]`` per volume: the compressor's K zone tokens, or (``raw``) the mean raw slice
+    embedding of each of the same K zones (DESIGN.md zone formula): what a reader of the encoder's
+    output could have had before any training."""
+    from graftkit.bridge.zones import zone_mask
+
+    glm.eval()
+    data = VolumeDataset(dataset, list(volumes), max_slices)
+    out = []
+    for start in range(0, len(data), batch_size):
+        batch = collate_volumes([data[i] for i in range(start, min(start + batch_size, len(data)))])
+        if raw:
+            zones = zone_mask(batch["mask"], glm.num_visual_tokens).float()
+            out.append(zones @ batch["slices"].float() / zones.sum(-1, keepdim=True))
+        else:
+            out.append(glm.compressor(batch["slices"], batch["z_mm"], batch["mask"]).float().cpu())
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def label_token_oracle(
+    glm, train_zones: torch.Tensor, train_labels: np.ndarray, labels: np.ndarray
+) -> torch.Tensor:
+    """Visual tokens built from ground-truth labels: the decoder's ceiling on the same text.
+
+    A least-squares map from a label vector (plus a bias) to the K zone tokens is fitted on the
+    training split (``train_zones [n, K, d_v]``); the oracle zone tokens of a volume are that map
+    applied to its true ``labels``: E[zone tokens | labels], with none of the noise, severity or
+    patient variation of real tokens, in the space the trained decoder reads. They pass through
+    the predictor and calibrator like real ones. Returns ``[m, K, d_l]``.
+    """
+    glm.eval()
+    n, k, d = train_zones.shape
+    design = torch.cat([torch.ones(n, 1), torch.as_tensor(train_labels, dtype=torch.float32)], 1)
+    coef = torch.linalg.lstsq(design.double(), train_zones.reshape(n, k * d).double()).solution
+    query = torch.as_tensor(labels, dtype=torch.float64)
+    zones = (torch.cat([torch.ones(len(query), 1, dtype=torch.float64), query], 1) @ coef).float()
+    weight = next(glm.predictor.parameters())
+    zones = zones.view(len(query), k, d).to(device=weight.device, dtype=weight.dtype)
+    return glm.calibrator(glm.predictor(zones)).float().cpu()
+
+
 def ablate(tokens: torch.Tensor, mode: str, seed: int = 0) -> torch.Tensor:
     """Apply one of :data:`ABLATIONS` to a stack of visual tokens ``[n, K, d]``."""
     if mode == "real":

@@ -13,10 +13,11 @@ from graftkit.hookspecs import hookimpl
 
 def test_zone_takes_every_compressor_setting_from_the_run():
     bridge = BridgeConfig(num_zones=8, num_heads=2, num_global_layers=0, dropout=0.2)
-    module = build_compressor("zone", 16, bridge.model_copy(update={"position_scale": 0.1}))
+    update = {"position_scale": 0.1, "query_residual": False, "slice_norm": False}
+    module = build_compressor("zone", 16, bridge.model_copy(update=update))
     c = module.config
     assert (c.num_zones, c.num_heads, c.num_global_layers) == (8, 2, 0)
-    assert (c.dropout, c.position_scale) == (0.2, 0.1)
+    assert (c.dropout, c.position_scale, c.query_residual, c.slice_norm) == (0.2, 0.1, False, False)
     assert module(torch.randn(2, 5, 16)).shape == (2, 8, 16)
 
 
@@ -24,7 +25,7 @@ def test_ct_rate_32_fixes_the_papers_architecture_and_refuses_another():
     paper = BridgeConfig(compressor="ct_rate-32", dropout=0.05, position_scale=0.5)
     c = build_compressor("ct_rate-32", 32, paper).config
     assert (c.num_zones, c.num_heads, c.num_global_layers) == (32, 16, 1)
-    assert (c.dropout, c.position_scale) == (0.05, 0.5)  # training-time settings: the run's
+    assert (c.dropout, c.position_scale) == (0.05, 0.5)  # non-architecture settings: the run's
     # `--set bridge.num_zones=8` used to give an 8-zone "ct_rate-32" that was just `zone`
     with pytest.raises(ConfigError) as err:
         build_compressor("ct_rate-32", 32, paper.model_copy(update={"num_zones": 8}))

@@ -28,7 +28,7 @@ def register_compressors(register):
     from graftkit.compressors import CompressorPreset, zone_compressor
 
     # The paper's architecture: 32 zones, 16 heads, one global layer. A run that sets any of them
-    # otherwise stops with an error; dropout and position_scale stay with the run.
+    # otherwise stops with an error; the other compressor settings stay with the run.
     register(
         "ct_rate-32",
         CompressorPreset(
