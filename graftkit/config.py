@@ -123,6 +123,21 @@ class BridgeConfig(Strict):
     whitening_components: int = Field(256, gt=0)
 
 
+class ObjectiveConfig(Strict):
+    """Constants of the loss terms; the defaults are the paper's (DESIGN.md "Four-phase curriculum")."""
+
+    infonce_init_temperature: float = Field(
+        0.1, gt=0, description="τ0, initial value of InfoNCE's learned temperature (phase 2)"
+    )
+    mmd_gamma: float = Field(
+        5.0, gt=0, description="γ of the IMQ kernel, α = 4γ/(2D−3) (MMD, phases 1-2)"
+    )
+    focal_gamma: float = Field(2.0, ge=0, description="focusing γ of the focal loss (phases 3-4)")
+    pos_weight_cap: float = Field(
+        10.0, gt=0, description="BCE pos_weight of class c = min(n_neg,c / n_pos,c, cap) (phase 1)"
+    )
+
+
 class EarlyStopping(Strict):
     """``metric``: ``loss`` (= validation total loss), any logged column, e.g. ``gen_f1``."""
 
@@ -249,6 +264,7 @@ class RunConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     bridge: BridgeConfig = Field(default_factory=BridgeConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     phases: PhasesConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)

@@ -174,11 +174,17 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None) -> Run:
         cfg, llm, tokenizer, dataset.embedding_dim, len(dataset.class_names), textspace.dim
     )
     labels = np.stack([v.labels for v in train])
+    constants = cfg.objective
     objective = Objective(
         glm,
-        InfoNCE(init_temperature=0.1),
-        torch.as_tensor(positive_weights(torch.as_tensor(labels, dtype=torch.float32))),
-        imq_alpha(gamma=5.0, dim=textspace.dim),
+        InfoNCE(init_temperature=constants.infonce_init_temperature),
+        torch.as_tensor(
+            positive_weights(
+                torch.as_tensor(labels, dtype=torch.float32), max_weight=constants.pos_weight_cap
+            )
+        ),
+        imq_alpha(gamma=constants.mmd_gamma, dim=textspace.dim),
+        focal_gamma=constants.focal_gamma,
     )
     targets = {
         "train": TextTargets(dataset, train, textspace),

@@ -12,6 +12,13 @@ def test_paper_defaults_carry_the_paper_numbers():
     assert cfg.phases.p3.lora_freeze_epoch == 6 and cfg.phases.p4.ewc_lambda == 100.0
     assert cfg.phases.p4.lr == 5e-7 and cfg.phases.p4.trainable == ["lora"]
     assert cfg.eval.generation.temperature == 0.6 and cfg.eval.generation.max_new_tokens == 384
+    o = cfg.objective  # the loss constants that used to be literals in engine.py / align
+    assert (o.infonce_init_temperature, o.mmd_gamma, o.focal_gamma, o.pos_weight_cap) == (
+        0.1,
+        5.0,
+        2.0,
+        10.0,
+    )
 
 
 def test_dotted_override_reaches_the_field():
