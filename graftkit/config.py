@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 #: The bridge's named parameter sets, which a phase lists in ``trainable`` (the bridge re-exports
 #: this tuple as ``graftkit.bridge.BRIDGE_GROUPS``).
@@ -169,14 +176,27 @@ class PhaseConfig(Strict):
         None, ge=1, description="NormCalibrator.recalibrate() every N epochs"
     )
     projector_lr_scale: tuple[float, float] | None = Field(None, description="LARS-style bounds")
-    ewc_lambda: float = Field(0.0, ge=0)
-    ewc_fisher: bool = False
+    ewc_lambda: float = Field(0.0, ge=0, description="λ of the L2-SP/EWC penalty (phase 4)")
     monitor_collapse: bool = False
     finding_weight: float = Field(
         1.0,
         ge=1,
         description="LM-loss weight of the response tokens that state findings (1 = the paper's plain LM loss)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_fields(cls, data: Any) -> Any:
+        # ``ewc_fisher`` was never read (the penalty is L2-SP, Fisher = 1): configs saved by older
+        # runs still hold ``ewc_fisher: false`` and load; asking for a Fisher-weighted EWC fails.
+        if isinstance(data, dict) and "ewc_fisher" in data:
+            data = dict(data)
+            if data.pop("ewc_fisher"):
+                raise ValueError(
+                    "ewc_fisher is not supported: the phase-4 penalty is L2-SP (ewc_lambda · "
+                    "Σ(θ − θ_P3)², Fisher = 1); remove the setting"
+                )
+        return data
 
     @field_validator("trainable")
     @classmethod

@@ -57,3 +57,10 @@ def test_phase_ranges(spec, expected):
 def test_bad_phase_ranges_are_refused(spec):
     with pytest.raises(ConfigError, match="--phases"):
         parse_phase_range(spec)
+
+
+def test_removed_ewc_fisher_loads_from_old_configs_and_is_refused_when_asked_for():
+    cfg = build_config("ct_rate", overrides={"phases.p4.ewc_fisher": False})  # old config.yaml
+    assert "ewc_fisher" not in cfg.phases.p4.model_dump()
+    with pytest.raises(ConfigError, match="ewc_fisher is not supported"):
+        build_config("ct_rate", overrides={"phases.p4.ewc_fisher": True})
