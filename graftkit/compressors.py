@@ -8,16 +8,17 @@ tokens. A plugin registers a **builder**::
 ``dim`` is the slice-embedding width d_v; ``bridge`` is the run's ``bridge`` section, from which
 the builder reads the compressor settings (:data:`COMPRESSOR_SETTINGS`): ``num_zones`` (the K
 its module must output), ``num_heads``, ``num_global_layers``, ``dropout``, ``position_scale``,
-``query_residual``, ``slice_norm``.
-A builder reads what it uses and ignores the rest, so new bridge fields never break it.
+``query_residual``, ``slice_norm``. A builder reads what it uses and ignores the rest, so new
+bridge fields never break it.
 
 A **preset** (:class:`CompressorPreset`) is a builder with some *architecture* settings fixed
-(:data:`ARCHITECTURE_SETTINGS`: ``num_zones``, ``num_heads``, ``num_global_layers``, what a
-checkpoint's shapes depend on), so that its name stands for one architecture (CT-RATE's
-``ct_rate-32``: the paper's 32 zones, 16 heads, one global layer). The run still chooses the
-other settings (``dropout``, ``position_scale``, ``query_residual``, ``slice_norm``). A run whose config sets a fixed setting
-to another value stops with a :class:`~graftkit.config.ConfigError` naming both values: a preset
-is never silently overridden, and never silently overrides the run.
+(:data:`ARCHITECTURE_SETTINGS`: ``num_zones``, ``num_heads``, ``num_global_layers``,
+``slice_norm``: what a checkpoint's tensors depend on), so that its name stands for one
+architecture (CT-RATE's ``ct_rate-32``: the paper's 32 zones, 16 heads, one global layer). The
+run chooses every setting the preset does not fix (always ``dropout``, ``position_scale`` and
+``query_residual``). A run whose config sets a fixed setting to another value stops with a
+:class:`~graftkit.config.ConfigError` naming both values: a preset is never silently overridden,
+and never silently overrides the run.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ COMPRESSOR_SETTINGS = (
     "slice_norm",
 )
 #: the settings a preset may fix: the compressor's architecture
-ARCHITECTURE_SETTINGS = ("num_zones", "num_heads", "num_global_layers")
+ARCHITECTURE_SETTINGS = ("num_zones", "num_heads", "num_global_layers", "slice_norm")
 
 CompressorBuilder = Callable[[int, "BridgeConfig"], "nn.Module"]
 

@@ -36,7 +36,7 @@ def test_a_preset_may_fix_only_the_architecture():
     def build(dim, bridge):
         return torch.nn.Identity()
 
-    assert ARCHITECTURE_SETTINGS == ("num_zones", "num_heads", "num_global_layers")
+    assert ARCHITECTURE_SETTINGS == ("num_zones", "num_heads", "num_global_layers", "slice_norm")
     with pytest.raises(ValueError, match=r"not \['dropout'\]"):
         CompressorPreset(build, dropout=0.0)
     with pytest.raises(ValueError, match="at least one"):
