@@ -1,13 +1,16 @@
 """The ``graftkit`` command line: run, eval, generate, embed, label, plan, synth, study, plugins.
 
-Unknown registered names (dataset, encoder, extractor, profile) print one line listing the
-registered names and exit with code 2; so do invalid configs and bad inputs the verbs detect.
+Every error caused by the user's input or environment (an unknown registered name, an invalid
+config, a bad or missing file, a folder that cannot be written, a refused checkpoint) is printed
+as one line naming the file or value, with exit code 2. A traceback means a bug; ``--debug`` (or
+``GRAFTKIT_DEBUG=1``) shows the traceback for any error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,10 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"graftkit {__version__}")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of any error (GRAFTKIT_DEBUG=1)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads (default: OMP_NUM_THREADS if set, else torch's default)",
+    )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    common.add_argument(
+        "--threads", type=int, metavar="N", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
 
     p = sub.add_parser(
@@ -72,7 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue a killed run from its last complete checkpoint",
+        help="continue a killed run from its last complete checkpoint (same config only)",
+    )
+    p.add_argument(
+        "--allow-config-change",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="with --resume: config keys that may differ from the run's (only eval.* and "
+        "data.num_workers; a trailing .* covers a section); recorded in history.jsonl",
     )
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     _add_common_run_options(p)
@@ -99,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="real",
         help="visual tokens to generate from: the compressor's (real) or label-token oracle "
         "tokens built from the true labels (the decoder's ceiling on the same data and text)",
+    )
+    p.add_argument(
+        "--name",
+        help="write to RUN/eval/NAME (default: the run directory for the run's own evaluation, "
+        "RUN/eval/<what differs> for any other)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing RUN/eval/NAME evaluation"
     )
 
     p = sub.add_parser("generate", parents=[common], help="write one report for one case")
@@ -164,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extractor option, e.g. weights=PATH",
+        help="extractor option, e.g. model_dir=PATH for ct_rate-radbert",
     )
 
     p = sub.add_parser(
@@ -188,7 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
         "study", parents=[common], help="the paper's key comparisons on the synthetic cohort"
     )
     p.add_argument("dataset")
-    p.add_argument("--output", type=Path, default=Path("docs/reproduction.md"))
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="markdown report (default: runs/study-DATASET-PROFILE/reproduction.md)",
+    )
     _add_common_run_options(p)
 
     p = sub.add_parser(
@@ -214,7 +252,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for row in info:
         provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in row["provides"].items())
         table.add_row(row["name"], row["version"], ", ".join(row["hooks"]), provides)
-    Console().print(table)
+    # a file or a pipe gets the whole table, not one cut at 80 columns
+    Console(width=None if sys.stdout.isatty() else 400).print(table)
     return 0
 
 
@@ -240,18 +279,72 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def set_threads(threads: int | None) -> str:
+    """Apply ``--threads`` to torch (through ``OMP_NUM_THREADS`` when torch is not imported yet,
+    so an error path stays fast); returns where the thread count comes from.
+
+    torch's default is one thread per core, which on a machine shared with other processes can
+    be many times slower than one thread (docs/ct-rate.md, "Threads").
+    """
+    if threads is not None:
+        if threads < 1:
+            raise CLIError(f"--threads {threads}: must be at least 1")
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+        return "--threads"
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return "OMP_NUM_THREADS"
+    return "torch default"
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as one line; an ``OSError`` as ``PATH: reason``."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    else:
+        text = str(err) or type(err).__name__
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input or environment, not a bug.
+
+    Types of modules that were never imported cannot have been raised, so they are not imported
+    here (that would load torch on every usage error).
+    """
     from graftkit.config import ConfigError
-    from graftkit.curriculum.checkpoint import CheckpointError
     from graftkit.plugins import PluginError, UnknownNameError
+
+    errors: list[type[BaseException]] = [
+        CLIError,
+        ConfigError,
+        UnknownNameError,
+        PluginError,
+        OSError,
+    ]
+    for module, name in (
+        ("graftkit.data", "DataError"),
+        ("graftkit.curriculum.checkpoint", "CheckpointError"),
+    ):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     from graftkit.progress import set_quiet
 
     args = build_parser().parse_args(argv)
     set_quiet(args.quiet)
+    debug = args.debug or os.environ.get("GRAFTKIT_DEBUG", "") not in ("", "0")
     try:
+        args.threads_source = set_threads(args.threads)
         return COMMANDS[args.verb](args)
-    except (CLIError, ConfigError, CheckpointError, UnknownNameError, PluginError) as err:
-        print(f"graftkit {args.verb}: error: {err}", file=sys.stderr)
+    except user_errors() as err:
+        if debug:
+            raise
+        print(f"graftkit {args.verb}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
 
 

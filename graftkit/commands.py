@@ -4,18 +4,39 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from graftkit import plugins
 from graftkit.cli import CLIError
-from graftkit.config import RunConfig, build_config, default_config_path, load_yaml, parse_overrides
+from graftkit.config import (
+    ConfigError,
+    RunConfig,
+    build_config,
+    default_config_path,
+    load_yaml,
+    parse_overrides,
+)
+
+#: What an evaluation writes into a run directory: ``metrics.json`` sections and files. Cleared
+#: before the run's own evaluation is written again, so no part of an earlier one survives.
+EVALUATION_KEYS = ("eval", "classifier", "ablation", "probe", "ladder")
+EVALUATION_FILES = ("generations.jsonl", "grounding.json")
+
+#: Config keys ``--resume --allow-config-change`` may accept: they change how a run is evaluated
+#: or loaded, not what its checkpoints hold (a trailing ``.`` is a whole section).
+RESUME_SAFE_KEYS = ("eval.", "data.num_workers")
 
 
 def _options(pairs: list[str]) -> dict[str, Any]:
@@ -42,8 +63,130 @@ def resolve_config(args: argparse.Namespace, extra: dict[str, Any] | None = None
     if profile_name:
         overrides["profile"] = profile_name
     overrides.update(extra or {})
-    overrides.update(parse_overrides(args.overrides))
+    user = parse_overrides(args.overrides)
+    for key in user:
+        _check_key(key)
+    overrides.update(user)
     return build_config(args.dataset, base, overrides)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside a field annotation (``X``, ``X | None``), else ``None``."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _config_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for name, info in model.model_fields.items():
+        keys.append(prefix + name)
+        sub = _model_of(info.annotation)
+        if sub is not None:
+            keys += _config_keys(sub, f"{prefix}{name}.")
+    return keys
+
+
+def _check_key(key: str) -> None:
+    """Refuse a ``--set`` key no config section has, suggesting the nearest valid keys."""
+    model: type[BaseModel] | None = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if model is None:
+            return  # inside a free-form mapping (e.g. data.synth): the dataset checks it
+        fields = model.model_fields
+        if part not in fields:
+            parent = ".".join(parts[:i])
+            here = [f"{parent}.{f}" if parent else f for f in fields]
+            near = difflib.get_close_matches(key, _config_keys(), n=3, cutoff=0.6)
+            near += [
+                k
+                for k in here
+                if k not in near and k.rsplit(".", 1)[-1] in difflib.get_close_matches(part, fields)
+            ]
+            hint = (
+                f"did you mean {', '.join(near[:3])}?"
+                if near
+                else f"keys here: {', '.join(here[:20])}"
+            )
+            raise ConfigError(f"--set {key}: unknown config key; {hint}")
+        model = _model_of(fields[part].annotation)
+        if model is None and i < len(parts) - 1 and "dict" not in str(fields[part].annotation):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def check_resume_config(cfg: RunConfig, run_dir: Path, allowed: list[str]) -> dict[str, list[Any]]:
+    """Compare the resolved config with ``RUN/config.yaml``; refuse any difference not allowed.
+
+    Returns the allowed changes (``key -> [old, new]``). ``output_dir`` is where the run is, not
+    how it trains, and is not compared.
+    """
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return {}
+    saved = _flat(load_yaml(saved_path))
+    current = _flat(json.loads(cfg.model_dump_json()))
+    changed = {
+        key: [saved.get(key), current.get(key)]
+        for key in sorted(set(saved) | set(current))
+        if key != "output_dir" and saved.get(key) != current.get(key)
+    }
+    for pattern in allowed:
+        if not any(pattern == k or pattern.startswith(k) for k in RESUME_SAFE_KEYS):
+            raise CLIError(
+                f"--allow-config-change {pattern}: only {', '.join(k + '*' if k.endswith('.') else k for k in RESUME_SAFE_KEYS)} "
+                "may change on --resume (the checkpoints were trained with the saved values); "
+                "start a new run with --init-from to change it"
+            )
+
+    def ok(key: str) -> bool:
+        return any(key == p or (p.endswith(".*") and key.startswith(p[:-1])) for p in allowed)
+
+    refused = [k for k in changed if not ok(k)]
+    if refused:
+        shown = "; ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused[:8])
+        more = f" (and {len(refused) - 8} more)" if len(refused) > 8 else ""
+        raise CLIError(
+            f"--resume: the config differs from {saved_path}: {shown}{more}; resume with the "
+            "same settings (or --allow-config-change KEY for eval.* keys)"
+        )
+    return changed
+
+
+def clear_evaluation(run_dir: Path) -> None:
+    """Remove an earlier evaluation from ``run_dir`` (its ``metrics.json`` sections and files)."""
+    path = run_dir / "metrics.json"
+    if path.is_file():
+        metrics = json.loads(path.read_text())
+        if any(key in metrics for key in EVALUATION_KEYS):
+            for key in EVALUATION_KEYS:
+                metrics.pop(key, None)
+            tmp = run_dir / ".metrics.json.tmp"
+            tmp.write_text(json.dumps(metrics, indent=2))
+            os.replace(tmp, path)
+    for name in EVALUATION_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def ensure_dir(path: Path, flag: str) -> Path:
+    """Create ``path`` (and parents) and check it is writable; one line naming it otherwise."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"{flag} {path}: cannot create it ({err.strerror or err})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {path}: not writable")
+    return path
 
 
 def _launch_if_needed(cfg: RunConfig, run_dir: Path) -> int | None:
@@ -63,12 +206,10 @@ def _launch_if_needed(cfg: RunConfig, run_dir: Path) -> int | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from graftkit.curriculum.checkpoint import CheckpointError, verify_checkpoint
-    from graftkit.curriculum.engine import prepare_run, run_curriculum
     from graftkit.curriculum.phases import parse_phase_range
-    from graftkit.eval.evaluate import evaluate
     from graftkit.progress import is_quiet, progress_bar
 
+    started = time.time()
     phases = parse_phase_range(args.phases)
     extra: dict[str, Any] = {}
     if args.data_dir:
@@ -84,6 +225,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if path is not None and not path.exists():
             raise CLIError(f"{flag} {path}: no such checkpoint")
     if args.init_from is not None:
+        from graftkit.curriculum.checkpoint import CheckpointError, verify_checkpoint
+
         try:
             verify_checkpoint(args.init_from)
         except CheckpointError as err:
@@ -92,24 +235,102 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CLIError(
             f"{run_dir} already holds a run; use --resume to continue it or --output-dir for a new one"
         )
+    if args.allow_config_change and not args.resume:
+        raise CLIError("--allow-config-change only applies with --resume")
+    changes = check_resume_config(cfg, run_dir, args.allow_config_change) if args.resume else {}
+    ensure_dir(run_dir, "--output-dir")
     launched = _launch_if_needed(cfg, run_dir)
     if launched is not None:
         return launched
+    # imported once the arguments are checked: a usage error is reported without loading torch
+    from graftkit.curriculum.engine import prepare_run, run_curriculum
+    from graftkit.eval.evaluate import evaluate
+
+    if not is_quiet() and "LOCAL_RANK" not in os.environ:
+        import torch
+
+        print(
+            f"graftkit run {cfg.dataset} (profile {cfg.profile or 'none'}) -> {run_dir}; "
+            f"phases {args.phases}; "
+            f"torch threads {torch.get_num_threads()} "
+            f"({getattr(args, 'threads_source', 'torch default')})",
+            flush=True,
+        )
     with progress_bar(disable=is_quiet()) as progress:
         run = prepare_run(cfg, run_dir, progress=progress)
+    if changes and run.main:
+        with (run_dir / "history.jsonl").open("a") as fh:
+            fh.write(
+                json.dumps({"phase": phases[0], "event": "config_change", "changes": changes})
+                + "\n"
+            )
     run_curriculum(
         run, phases, init_from=args.init_from, warm_bridge=args.warm_bridge, resume=args.resume
     )
     if not args.no_eval and run.main:
+        run.summary["checkpoint"] = checkpoint_info(run_dir, run_dir / f"phase{phases[-1]}")
+        clear_evaluation(run_dir)
         with progress_bar(disable=is_quiet()) as progress:
             metrics = evaluate(run, progress=progress)
         _print_summary(run_dir, metrics)
+    if run.main:
+        run.update_metrics({"timing": {"total_seconds": round(time.time() - started, 1)}})
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
     return 0
 
 
+def checkpoint_info(run_dir: Path, ckpt: Path) -> dict[str, Any]:
+    """Which checkpoint a model came from: its path, phase, and the epoch its weights are from.
+
+    A phase checkpoint keeps the best epoch's bridge; the epoch is read from ``history.jsonl``
+    (the first epoch whose running best equals the checkpoint's best), 1-based as printed.
+    """
+    ckpt = Path(ckpt)
+    try:
+        shown = str(ckpt.resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        shown = str(ckpt)
+    info: dict[str, Any] = {"path": shown}
+    try:
+        state = json.loads((ckpt / "state.json").read_text())
+    except (OSError, ValueError):
+        return info
+    phase = state.get("phase")
+    info["phase"] = phase
+    history = run_dir / "history.jsonl"
+    rows = []
+    if history.is_file():
+        for line in history.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if row.get("phase") == phase and "epoch" in row:
+                rows.append(row)
+    if rows:
+        shift = (
+            1 if min(int(r["epoch"]) for r in rows) == 0 else 0
+        )  # older runs logged 0-based epochs
+        info["epochs_run"] = max(int(r["epoch"]) for r in rows) + shift
+        best = [r["epoch"] for r in rows if r.get("best") == state.get("best")]
+        if best:
+            info["epoch"] = int(best[0]) + shift
+    return info
+
+
+def describe_checkpoint(info: dict[str, Any]) -> str:
+    text = info["path"]
+    if info.get("phase") is not None:
+        text += f" (phase {info['phase']}"
+        if "epoch" in info:
+            text += f", best epoch {info['epoch']} of {info.get('epochs_run', '?')} run"
+        text += ")"
+    return text
+
+
 def _print_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """Print the evaluation written to ``run_dir/metrics.json`` (the run or its eval folder)."""
     from graftkit.progress import is_quiet
 
     if is_quiet():
@@ -117,6 +338,8 @@ def _print_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
     full = json.loads((run_dir / "metrics.json").read_text())
     e = full["eval"]
     print(f"\neval on {e['volumes']} {e['split']} volumes (extractor {e['extractor']}):")
+    if "checkpoint" in e:
+        print(f"  checkpoint {describe_checkpoint(e['checkpoint'])}")
     print(
         f"  generation macro F1 {e['macro_f1']:.3f}  precision {e['macro_precision']:.3f}  recall {e['macro_recall']:.3f}"
     )
@@ -138,39 +361,126 @@ def _print_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
             share = row.get("fraction_of_oracle")
             tail = f"  ({share:.2f} x oracle)" if share is not None else ""
             print(f"    {row['stage']:<34} {row['macro_f1']:.3f}{tail}")
-    print(f"  run directory: {run_dir}  (report: {run_dir / 'report.html'})")
+    print(f"  results: {run_dir}  (report: {run_dir / 'report.html'})")
 
 
-def _open_run(run_dir: Path, checkpoint: str | None = None, **overrides):
-    """Rebuild a finished run's model from its resolved config and load its last phase checkpoint."""
-    from graftkit.config import ConfigError
-    from graftkit.curriculum.checkpoint import CheckpointError, is_complete
-    from graftkit.curriculum.engine import load_into, prepare_run
-
+def _run_config(run_dir: Path, **overrides) -> RunConfig:
+    """A finished run's resolved config (``RUN/config.yaml``)."""
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise CLIError(f"{run_dir}: not a graftkit run directory (no config.yaml)")
     tree = load_yaml(config_path)
     try:
-        cfg = build_config(tree["dataset"], tree, overrides)
+        return build_config(tree["dataset"], tree, overrides)
     except (ConfigError, KeyError) as err:
         raise CLIError(f"{config_path}: {err}") from None
-    if checkpoint:
-        ckpt = Path(checkpoint) if Path(checkpoint).exists() else run_dir / checkpoint
-    else:
-        done = [run_dir / f"phase{n}" for n in (4, 3, 2, 1) if is_complete(run_dir / f"phase{n}")]
-        if not done:
-            raise CLIError(f"{run_dir}: no complete phase checkpoint (phase1..phase4) to evaluate")
-        ckpt = done[0]
+
+
+def _final_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a run's own evaluation uses: its last complete phase."""
+    from graftkit.curriculum.checkpoint import is_complete
+
+    done = [run_dir / f"phase{n}" for n in (4, 3, 2, 1) if is_complete(run_dir / f"phase{n}")]
+    if not done:
+        raise CLIError(f"{run_dir}: no complete phase checkpoint (phase1..phase4) to evaluate")
+    return done[0]
+
+
+def _unfinished_phases(run_dir: Path) -> list[int]:
+    """Phases that were started (``checkpoints/phaseN``) but have no complete ``phaseN/``."""
+    from graftkit.curriculum.checkpoint import is_complete
+
+    return [
+        n
+        for n in (1, 2, 3, 4)
+        if (run_dir / "checkpoints" / f"phase{n}").exists()
+        and not is_complete(run_dir / f"phase{n}")
+    ]
+
+
+def _resolve_checkpoint(run_dir: Path, checkpoint: str | None) -> Path:
+    if not checkpoint:
+        return _final_checkpoint(run_dir)
+    ckpt = Path(checkpoint) if Path(checkpoint).exists() else run_dir / checkpoint
+    if not ckpt.exists():
+        raise CLIError(f"--checkpoint {checkpoint}: no such checkpoint (in {run_dir} or as a path)")
+    return ckpt
+
+
+def _open_run(run_dir: Path, checkpoint: str | None = None, verb: str = "eval", **overrides):
+    """Rebuild a finished run's model from its resolved config and load a phase checkpoint.
+
+    Nothing in the run directory is rewritten. The checkpoint used is named on stderr (and in
+    ``run.summary["checkpoint"]``); a run with a phase started but not finished is warned about,
+    since its last complete phase is an earlier one.
+    """
+    from graftkit.curriculum.checkpoint import CheckpointError
+    from graftkit.curriculum.engine import load_into, prepare_run
     from graftkit.progress import is_quiet, progress_bar
 
+    cfg = _run_config(run_dir, **overrides)
+    ckpt = _resolve_checkpoint(run_dir, checkpoint)
+    info = checkpoint_info(run_dir, ckpt)
+    unfinished = _unfinished_phases(run_dir)
+    if unfinished:
+        info["run_incomplete"] = f"phase(s) {unfinished} started but not finished"
+        print(
+            f"graftkit {verb}: warning: {run_dir} is incomplete (phase(s) {unfinished} started "
+            f"but not finished); using {describe_checkpoint(info)}",
+            file=sys.stderr,
+        )
+    elif not is_quiet():
+        print(f"graftkit {verb}: using {describe_checkpoint(info)}", file=sys.stderr)
     with progress_bar(disable=is_quiet()) as progress:
-        run = prepare_run(cfg, run_dir, progress=progress)
+        run = prepare_run(cfg, run_dir, progress=progress, record=False)
     try:
         load_into(run, ckpt)
     except CheckpointError as err:
         raise CLIError(str(err)) from None
+    run.summary["checkpoint"] = info
     return run
+
+
+def _eval_folder(args: argparse.Namespace, cfg: RunConfig, dataset_cls: Any) -> Path:
+    """Where an evaluation goes: the run directory for the run's own evaluation (its config's
+    split, limit, ablations and extractor, on its final checkpoint), else ``RUN/eval/NAME``.
+
+    A run directory never holds a mix of two evaluations: a differing one gets its own folder,
+    and an existing folder is replaced only with ``--overwrite``.
+    """
+    run_dir = args.run_dir
+    e = cfg.eval
+    default_extractor = e.extractor or dataset_cls.default_extractor
+    parts = []
+    if args.checkpoint:
+        ckpt = _resolve_checkpoint(run_dir, args.checkpoint)
+        if ckpt.resolve() != _final_checkpoint(run_dir).resolve():
+            parts.append(ckpt.name)
+    elif _unfinished_phases(run_dir):
+        parts.append(_final_checkpoint(run_dir).name)
+    if args.split not in (None, e.split):
+        parts.append(args.split)
+    if args.limit not in (None, e.limit):
+        parts.append(f"limit{args.limit}")
+    if args.ablations not in (None, e.ablations):
+        parts.append("ablations" if args.ablations else "no-ablations")
+    if args.extractor not in (None, default_extractor):
+        parts.append(args.extractor)
+    if getattr(args, "tokens", "real") != "real":
+        parts.append(f"{args.tokens}-tokens")
+    if not parts and not args.name:
+        return run_dir
+    folder = run_dir / "eval" / (args.name or "-".join(parts))
+    if folder.resolve().parent != (run_dir / "eval").resolve():
+        raise CLIError(f"--name {args.name}: must be a plain folder name")
+    if folder.exists() and any(folder.iterdir()):
+        if not args.overwrite:
+            raise CLIError(
+                f"{folder} already holds an evaluation; pass --overwrite to replace it or "
+                "--name for another folder"
+            )
+        shutil.rmtree(folder)
+    return ensure_dir(folder, "eval folder")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -179,7 +489,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.extractor:
         plugins.get("extractor", args.extractor)
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit {args.limit}: must be at least 1")
+    cfg = _run_config(args.run_dir)
+    dataset_cls = plugins.get("dataset", cfg.dataset)
+    if args.split is not None and args.split not in dataset_cls.splits:
+        raise CLIError(
+            f"--split {args.split}: dataset {cfg.dataset!r} has splits {list(dataset_cls.splits)}"
+        )
+    out = _eval_folder(args, cfg, dataset_cls)
     run = _open_run(args.run_dir, args.checkpoint)
+    if out == args.run_dir:
+        clear_evaluation(out)
     with progress_bar(disable=is_quiet()) as progress:
         metrics = evaluate(
             run,
@@ -188,28 +509,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
             ablations=args.ablations,
             limit=args.limit,
             progress=progress,
+            output_dir=out,
             token_source=args.tokens,
         )
-    _print_summary(args.run_dir, metrics)
+    _print_summary(out, metrics)
     return 0
 
 
 def _read_embeddings(path: Path):
+    import zipfile
+
     import numpy as np
 
     try:
         if path.suffix == ".npz":
-            with np.load(path) as data:
+            with np.load(path, allow_pickle=False) as data:
+                if "embeddings" not in data.files:
+                    raise CLIError(
+                        f"{path}: no key 'embeddings' in the .npz (keys: {sorted(data.files)})"
+                    )
                 emb = data["embeddings"]
-                z = data.get("z_mm")
+                z = data["z_mm"] if "z_mm" in data.files else None
         else:
-            emb, z = np.load(path), None
-    except (OSError, ValueError, KeyError) as err:
+            emb, z = np.load(path, allow_pickle=False), None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise CLIError(f"{path}: cannot read embeddings ({err})") from None
     if emb.ndim == 3:
         emb = emb[:, 0]
     if emb.ndim != 2:
         raise CLIError(f"{path}: embeddings must be (N, d) or (N, T, d), got shape {emb.shape}")
+    if emb.shape[0] == 0 or emb.shape[1] == 0:
+        raise CLIError(f"{path}: embeddings of shape {emb.shape} hold no slice")
+    if not np.issubdtype(emb.dtype, np.floating):
+        raise CLIError(f"{path}: embeddings have dtype {emb.dtype}, expected floating point")
+    if z is not None:
+        z = np.asarray(z)
+        if z.shape != (emb.shape[0],) or not np.isfinite(z).all():
+            raise CLIError(
+                f"{path}: z_mm must be {emb.shape[0]} finite positions, got shape {z.shape}"
+            )
     return emb.astype("float32"), z
 
 
@@ -223,19 +561,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.volume is not None:
         if not args.encoder:
             raise CLIError("--volume needs --encoder NAME")
-        encoder = plugins.get("encoder", args.encoder)(weights=args.weights)
-        encoded = encoder.encode(args.volume)
-        emb, z = encoded.embeddings, encoded.z_mm
+        if not args.volume.exists():
+            raise CLIError(f"--volume {args.volume}: no such file or folder")
+        encoder_cls = plugins.get("encoder", args.encoder)
+        try:
+            encoder = encoder_cls(weights=args.weights)
+        except (ValueError, OSError, TypeError, ValidationError) as err:
+            raise CLIError(f"encoder {args.encoder}: {_one_line_error(err)}") from None
+        try:
+            encoded = encoder.encode(args.volume)
+        except (ValueError, OSError) as err:
+            raise CLIError(f"--volume {args.volume}: {err}") from None
+        emb, z = np.asarray(encoded.embeddings, dtype=np.float32), encoded.z_mm
+        if emb.ndim != 2 or emb.shape[0] == 0:
+            raise CLIError(f"--volume {args.volume}: the encoder returned no slice embeddings")
     else:
         emb, z = _read_embeddings(args.embeddings)
-    run = _open_run(args.run_dir)
+    if not np.isfinite(emb).all():
+        raise CLIError(f"{args.embeddings or args.volume}: embeddings contain NaN or Inf")
+    run = _open_run(args.run_dir, verb="generate")
     dim = run.dataset.embedding_dim
     if emb.shape[1] != dim:
         raise CLIError(
             f"{args.embeddings or args.volume}: embedding dim {emb.shape[1]} != the run's d_v {dim}"
         )
-    if not np.isfinite(emb).all():
-        raise CLIError(f"{args.embeddings or args.volume}: embeddings contain NaN or Inf")
     slices = torch.from_numpy(emb).unsqueeze(0)
     z_mm = torch.from_numpy(
         np.asarray(z if z is not None else np.arange(len(emb)), dtype=np.float32)
@@ -260,7 +609,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from graftkit.embed import discover_inputs, run_embed
+    from graftkit.embed import VolumeResult, check_unique_outputs, discover_inputs, run_embed
     from graftkit.progress import is_quiet, progress_bar
 
     encoder_cls = plugins.get("encoder", args.encoder)
@@ -268,16 +617,32 @@ def cmd_embed(args: argparse.Namespace) -> int:
     for key in ("rescale", "rescale_slope", "rescale_intercept"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit {args.limit}: must be at least 1")
     try:
-        encoder = encoder_cls(weights=args.weights, device=args.device, **options)
-    except (ValueError, OSError) as err:
-        raise CLIError(f"encoder {args.encoder}: {err}") from None
-    inputs = discover_inputs(args.input, kinds=encoder_cls.input_kinds)
+        inputs = discover_inputs(args.input, kinds=encoder_cls.input_kinds)
+    except FileNotFoundError as err:
+        raise CLIError(f"--input: {err}") from None
     if not inputs:
         raise CLIError(
             f"--input {' '.join(map(str, args.input))}: no NIfTI files or DICOM series found"
         )
+    try:
+        check_unique_outputs(inputs[: args.limit], args.output)
+    except ValueError as err:
+        raise CLIError(f"--input: {err}") from None
+    try:
+        encoder = encoder_cls(weights=args.weights, device=args.device, **options)
+    except (ValueError, OSError, TypeError, ValidationError) as err:
+        raise CLIError(f"encoder {args.encoder}: {_one_line_error(err)}") from None
+    ensure_dir(args.output, "--output")
     with progress_bar(disable=is_quiet()) as progress:
+        total = len(inputs) if args.limit is None else min(args.limit, len(inputs))
+        task = progress.add_task(f"embed ({args.encoder})", total=total, info="")
+
+        def advance(result: VolumeResult) -> None:
+            progress.update(task, advance=1, info=f"{result.name}: {result.status}")
+
         summary = run_embed(
             encoder,
             inputs,
@@ -285,36 +650,77 @@ def cmd_embed(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             limit=args.limit,
             resume=args.resume,
-            progress=progress,
+            progress=advance,
         )
     print(summary.format())
     return summary.exit_code
 
 
+def _one_line_error(err: BaseException) -> str:
+    if isinstance(err, ValidationError):
+        parts = []
+        for e in err.errors():
+            msg = e["msg"].removeprefix("Value error, ")
+            where = ".".join(map(str, e["loc"]))
+            parts.append(f"option {where}: {msg}" if where else msg)
+        return "; ".join(parts)
+    return str(err)
+
+
+def _read_label_input(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """Rows and columns of a UTF-8 CSV (a BOM is dropped); one line naming a bad byte's row."""
+    if path.is_dir():
+        raise CLIError(f"--input {path}: is a directory, expected a CSV file")
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # reports may exceed csv's 131,072 chars
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise CLIError(f"--input {path}: {err.strerror or err}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise CLIError(
+            f"--input {path}: not UTF-8: byte 0x{raw[err.start]:02x} at byte offset {err.start} "
+            f"(line {line}); save the file as UTF-8"
+        ) from None
+    try:
+        reader = csv.DictReader(text.splitlines(keepends=True))
+        rows = list(reader)
+        columns = reader.fieldnames or []
+    except csv.Error as err:
+        raise CLIError(f"--input {path}: not a readable CSV ({err})") from None
+    if not columns:
+        raise CLIError(f"--input {path}: empty file (no header row)")
+    return rows, list(columns)
+
+
 def cmd_label(args: argparse.Namespace) -> int:
     extractor_cls = plugins.get("extractor", args.extractor)
-    try:
-        with args.input.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            columns = reader.fieldnames or []
-    except OSError as err:
-        raise CLIError(f"--input {args.input}: {err}") from None
+    rows, columns = _read_label_input(args.input)
     if args.text_column not in columns:
         raise CLIError(f"{args.input}: no column {args.text_column!r}; columns are {columns}")
     id_column = args.id_column or columns[0]
     if id_column not in columns:
         raise CLIError(f"{args.input}: no id column {id_column!r}; columns are {columns}")
-    extractor = extractor_cls(**_options(args.option))
+    if args.output.is_dir():
+        raise CLIError(f"--output {args.output}: is a directory, expected a file name")
+    ensure_dir(args.output.parent, "--output")
+    try:
+        extractor = extractor_cls(**_options(args.option))
+    except (ValueError, TypeError, OSError, ValidationError) as err:
+        raise CLIError(f"extractor {args.extractor}: {_one_line_error(err)}") from None
     labels = extractor.extract([row[args.text_column] or "" for row in rows])
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(args.output.suffix + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([id_column, *extractor.class_names])
-        for row, vec in zip(rows, labels, strict=True):
-            writer.writerow([row[id_column], *map(int, vec)])
-    os.replace(tmp, args.output)
+    tmp = args.output.with_name(f".{args.output.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow([id_column, *extractor.class_names])
+            for row, vec in zip(rows, labels, strict=True):
+                writer.writerow([row[id_column], *map(int, vec)])
+        os.replace(tmp, args.output)
+    finally:
+        tmp.unlink(missing_ok=True)
     print(f"labelled {len(rows)} rows with {args.extractor} -> {args.output}")
     return 0
 
@@ -340,10 +746,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
+    if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
+        raise CLIError(
+            f"--output {args.output}: exists and is not an empty folder; choose a new folder"
+        )
     try:
         info = dataset_cls.synthesize(args.output, **options)
     except NotImplementedError as err:
         raise CLIError(str(err)) from None
+    except (ValueError, ValidationError) as err:
+        raise CLIError(f"synth {args.dataset}: {_one_line_error(err)}") from None
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -352,5 +764,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     from graftkit.eval.study import run_study
 
     cfg = resolve_config(args)
-    run_study(cfg, args.output)
+    output = args.output or (
+        Path("runs") / f"study-{cfg.dataset}-{cfg.profile or 'default'}" / "reproduction.md"
+    )
+    ensure_dir(output.parent, "--output")
+    run_study(cfg, output)
+    print(f"study written to {output}")
     return 0

@@ -183,6 +183,10 @@ class PhaseConfig(Strict):
         ge=1,
         description="LM-loss weight of the response tokens that state findings (1 = the paper's plain LM loss)",
     )
+    finding_balance: bool = Field(
+        False,
+        description="per-class finding weights min(n_neg/n_pos, finding_weight) (canonical_findings text)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -18,6 +18,11 @@ import numpy as np
 import torch
 
 
+class DataError(ValueError):
+    """An input file the run cannot use as a whole (absent, empty, undecodable, a required column
+    missing). The message names the file; the CLI prints it as one line and exits with code 2."""
+
+
 @dataclass
 class Volume:
     """One usable sample: its name, split, labels ``[C]`` and report text."""
@@ -35,9 +40,13 @@ class SkipLog:
     """Every sample a run could not use, with the reason. Nothing is dropped silently."""
 
     entries: list[tuple[str, str, str]] = field(default_factory=list)  # (split, name, reason)
+    _seen: set[tuple[str, str]] = field(default_factory=set, repr=False, compare=False)
 
     def skip(self, split: str, name: str, reason: str) -> None:
-        self.entries.append((split, name, reason))
+        """Record one unusable sample; a sample already recorded keeps its first reason."""
+        if (split, name) not in self._seen:
+            self._seen.add((split, name))
+            self.entries.append((split, name, reason))
 
     def summary(self) -> dict[str, Any]:
         kinds = Counter(reason.split(":")[0] for _, _, reason in self.entries)
@@ -76,6 +85,9 @@ class GraftDataset(ABC):
         self.config = config
         self.workdir = Path(workdir)
         self.skips = SkipLog()
+        #: Things the run should know that are not skips (e.g. a positional fallback), one line
+        #: each; recorded in ``metrics.json`` as ``data.warnings``.
+        self.warnings: list[str] = []
 
     def prepare(self, progress: Any = None) -> None:  # noqa: B027 - optional hook
         """Materialise the data if needed (e.g. synthesise a cohort); called once per run."""
@@ -109,17 +121,21 @@ class GraftDataset(ABC):
         rng.shuffle(segments)
         return " ".join(segments)
 
+    def canonical_findings_segments(self, volume: Volume) -> list[tuple[int, str]]:
+        """``(class, sentence)`` of the canonical text: :meth:`class_text` of each positive class,
+        in class order."""
+        positives = np.flatnonzero(np.asarray(volume.labels) > 0)
+        return [(int(c), self.class_text(int(c))) for c in positives]
+
     def canonical_findings_text(self, volume: Volume) -> str:
-        """Low-entropy phase-3 text: :meth:`class_text` of each positive class, in class order.
+        """Low-entropy phase-3 text: the :meth:`canonical_findings_segments` joined.
 
         The wording is fixed, so the LM loss falls on *which* findings are named, not on how a
         radiologist phrased them (the text kind ``canonical_findings``). No positive class:
         :attr:`normal_text`.
         """
-        positives = np.flatnonzero(np.asarray(volume.labels) > 0)
-        if not positives.size:
-            return self.normal_text
-        return " ".join(self.class_text(int(c)) for c in positives)
+        segments = self.canonical_findings_segments(volume)
+        return " ".join(text for _, text in segments) if segments else self.normal_text
 
     def narrative_text(self, volume: Volume) -> str:
         """Phase 4 text: the raw report."""
@@ -137,17 +153,37 @@ class GraftDataset(ABC):
 
 
 class VolumeDataset(torch.utils.data.Dataset):
-    """Torch view over a list of :class:`Volume`: loads embeddings lazily, one volume per item."""
+    """Torch view over a list of :class:`Volume`: loads embeddings lazily, one volume per item.
 
-    def __init__(self, dataset: GraftDataset, volumes: list[Volume], max_slices: int | None = None):
+    With ``skip_unloadable`` (training), a volume whose file fails to load now although it passed
+    the data scan (changed since) is recorded in ``dataset.skips`` by name and comes back as
+    ``None``, which :func:`collate_volumes` leaves out: one file does not end the run. Without it
+    (evaluation, where every volume must be scored) the :class:`DataError` naming the file
+    propagates.
+    """
+
+    def __init__(
+        self,
+        dataset: GraftDataset,
+        volumes: list[Volume],
+        max_slices: int | None = None,
+        skip_unloadable: bool = False,
+    ):
         self.dataset, self.volumes, self.max_slices = dataset, volumes, max_slices
+        self.skip_unloadable = skip_unloadable
 
     def __len__(self) -> int:
         return len(self.volumes)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
         volume = self.volumes[index]
-        slices, z_mm = self.dataset.load(volume)
+        try:
+            slices, z_mm = self.dataset.load(volume)
+        except DataError as err:
+            if not self.skip_unloadable:
+                raise
+            self.dataset.skips.skip(volume.split, volume.name, f"failed at load: {err}")
+            return None
         if self.max_slices and slices.shape[0] > self.max_slices:
             keep = torch.linspace(0, slices.shape[0] - 1, self.max_slices).round().long()
             slices, z_mm = slices[keep], z_mm[keep]
@@ -159,8 +195,14 @@ class VolumeDataset(torch.utils.data.Dataset):
         }
 
 
-def collate_volumes(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Pad slice sequences to the longest in the batch; ``mask`` marks real slices."""
+def collate_volumes(items: list[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
+    """Pad slice sequences to the longest in the batch; ``mask`` marks real slices.
+
+    ``None`` items (volumes skipped at load, see :class:`VolumeDataset`) are left out.
+    """
+    items = [item for item in items if item is not None]
+    if not items:
+        raise DataError("every volume of this batch failed to load (see the skipped volumes)")
     n_max = max(item["slices"].shape[0] for item in items)
     dim = items[0]["slices"].shape[1]
     batch = len(items)

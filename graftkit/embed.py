@@ -261,7 +261,7 @@ def run_embed(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     inputs = [Path(p) for p in inputs][: limit if limit is not None else None]
-    _check_unique_outputs(inputs, output)
+    check_unique_outputs(inputs, output)
     if hasattr(encoder, "batch_size"):
         encoder.batch_size = batch_size
     rank, world = dist_rank_world()
@@ -307,7 +307,8 @@ def _embed_one(encoder: Encoder, path: Path, output: Path, dim: int, resume: boo
     )
 
 
-def _check_unique_outputs(inputs: list[Path], output: Path) -> None:
+def check_unique_outputs(inputs: list[Path], output: Path) -> None:
+    """Raise ``ValueError`` naming both inputs when two would write the same output file."""
     seen: dict[Path, Path] = {}
     for path in inputs:
         target = output_file(output, path)

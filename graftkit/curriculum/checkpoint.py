@@ -105,12 +105,23 @@ def verify_checkpoint(directory: Path) -> dict[str, str]:
 def load_checkpoint(directory: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """Verify, then return ``(tensor groups, state)``."""
     files = verify_checkpoint(directory)
-    groups = {
-        fname.removesuffix(".safetensors"): load_file(str(Path(directory) / fname))
-        for fname in files
-        if fname.endswith(".safetensors") and "/" not in fname
-    }
-    state = json.loads((Path(directory) / "state.json").read_text())
+    groups = {}
+    for fname in files:
+        if not fname.endswith(".safetensors") or "/" in fname:
+            continue
+        try:
+            groups[fname.removesuffix(".safetensors")] = load_file(str(Path(directory) / fname))
+        except Exception as err:  # safetensors raises its own error type for a bad header
+            raise CheckpointError(
+                f"checkpoint {directory}: {fname} is not a readable safetensors file "
+                f"({type(err).__name__}: {err})"
+            ) from None
+    try:
+        state = json.loads((Path(directory) / "state.json").read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {directory}: unreadable state.json: {err}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {directory}: state.json does not hold an object")
     return groups, state
 
 

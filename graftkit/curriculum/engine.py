@@ -36,6 +36,7 @@ from graftkit.curriculum.checkpoint import (
     load_checkpoint,
     save_checkpoint,
     unflatten_state,
+    verify_checkpoint,
 )
 from graftkit.curriculum.model import build_grafted, resolve_llm_path, text_embedding_layer
 from graftkit.curriculum.objective import NEEDS_TEXT_TARGETS, NEEDS_TOKENS, Objective
@@ -131,8 +132,12 @@ def make_accelerator(cfg: RunConfig, run_dir: Path | None = None) -> Accelerator
     return accelerator
 
 
-def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None) -> Run:
-    """Dataset, language prior (or ``--llm``), text space and grafted model; fails before training."""
+def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: bool = True) -> Run:
+    """Dataset, language prior (or ``--llm``), text space and grafted model; fails before training.
+
+    ``record=False`` (``graftkit eval``/``generate`` on an existing run) leaves the run's
+    ``config.yaml`` and ``metrics.json`` as they are.
+    """
     from graftkit.lm import build_or_load_prior, load_llm
 
     accelerator = make_accelerator(cfg, run_dir)
@@ -158,6 +163,7 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None) -> Run:
         raise ConfigError(f"dataset {cfg.dataset!r} has zero usable {dataset.splits[1]} samples")
 
     llm_path = resolve_llm_path(cfg.model.llm)
+    t_prior = time.time()
     if llm_path is None:
         cache = cache_root(cfg) / "prior"
         if accelerator.is_main_process:
@@ -168,6 +174,7 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None) -> Run:
         if not accelerator.is_main_process:
             llm_path = build_or_load_prior(dataset.corpus(), cfg.model.prior, cache)
     llm, tokenizer = load_llm(llm_path, dtype=cfg.model.dtype)
+    prior_seconds = round(time.time() - t_prior, 1)
 
     textspace = _text_space(cfg, run_dir, dataset, train, valid, llm, tokenizer, accelerator)
     glm = build_grafted(
@@ -205,14 +212,25 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None) -> Run:
         llm_path,
     )
     run.summary = {
-        "data": {"train": len(train), "valid": len(valid), **skips},
+        "data": {
+            "train": len(train),
+            "valid": len(valid),
+            **skips,
+            "warnings": list(dataset.warnings),
+        },
         "llm": str(llm_path),
         "textspace": textspace.stats,
         "inventory": glm.inventory(),
     }
-    if run.main:
+    if run.main and record:
         cfg.save(run_dir / "config.yaml")
-        run.update_metrics({"data": run.summary["data"], "textspace": textspace.stats})
+        run.update_metrics(
+            {
+                "data": run.summary["data"],
+                "textspace": textspace.stats,
+                "timing": {"prior_seconds": prior_seconds},
+            }
+        )
         oracle = dataset.oracle()
         if oracle is not None:
             run.update_metrics({"oracle": oracle})
@@ -225,6 +243,8 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None) -> Run:
             accelerator,
             f"data: skipped {skips['skipped']} volume(s): {skips['by_reason']} (see metrics.json data.items)",
         )
+    for warning in dataset.warnings:
+        echo(accelerator, f"data: warning: {warning}")
     return run
 
 
@@ -393,6 +413,14 @@ class PhaseRunner:
             run.cfg.seed,
             max_length=run.cfg.model.prior.max_length if run.cfg.model.llm is None else None,
             finding_weight=self.cfg.finding_weight,
+            class_weights=(
+                positive_weights(
+                    torch.as_tensor(np.stack([v.labels for v in run.train]), dtype=torch.float32),
+                    max_weight=self.cfg.finding_weight,
+                )
+                if self.cfg.finding_balance and needs_tokens
+                else None
+            ),
         )
         acc = run.accelerator
         return make_loader(
@@ -440,6 +468,8 @@ class PhaseRunner:
             else None
         )
         for batch in loader:
+            if batch is None:  # every volume of it failed to load (recorded in dataset.skips)
+                continue
             terms = model(batch)
             loss = terms["total"]
             if ewc is not None and self.cfg.ewc_lambda > 0:
@@ -483,6 +513,8 @@ class PhaseRunner:
         run.objective.eval()
         sums, n = {}, 0
         for batch in self._loader("valid", 0, shuffle=False):
+            if batch is None:
+                continue
             terms = run.objective(batch)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * batch["labels"].shape[0]
@@ -548,9 +580,16 @@ class PhaseRunner:
 
         start, best, bad_epochs, best_state = 0, None, 0, None
         if resume and is_complete(self.ckpt_dir / "last"):
-            last_epoch, best, bad_epochs, best_state = self._restore_epoch(
-                optimizer, scheduler, ewc
-            )
+            try:
+                last_epoch, best, bad_epochs, best_state = self._restore_epoch(
+                    optimizer, scheduler, ewc
+                )
+            except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+                # checksums pass but the content does not fit (a forged or foreign checkpoint)
+                raise CheckpointError(
+                    f"checkpoint {self.ckpt_dir / 'last'} does not fit this run "
+                    f"({type(err).__name__}: {err}); refusing to resume from it"
+                ) from None
             start = last_epoch + 1
             echo(acc, f"phase {self.number}: resumed after epoch {start}")
         elif resume and (self.ckpt_dir / "last").exists():
@@ -569,6 +608,7 @@ class PhaseRunner:
                 f"({acc.num_processes} process(es) x {c.batch_size})",
             )
         mode = c.early_stopping.mode
+        stopped_early = False
         for epoch in range(start, c.epochs):
             t0 = time.time()
             torch.manual_seed(run.cfg.seed * 7919 + self.number * 101 + epoch)
@@ -583,7 +623,7 @@ class PhaseRunner:
                 self._recalibrate()
             row = {
                 "phase": self.number,
-                "epoch": epoch,
+                "epoch": epoch + 1,  # 1-based, as printed
                 **self._train_epoch(model, optimizer, scheduler, epoch, ewc, progress),
             }
             row.update(self._valid_loss())
@@ -612,16 +652,19 @@ class PhaseRunner:
             stop = c.early_stopping.patience is not None and bad_epochs >= c.early_stopping.patience
             self._save_epoch(epoch, optimizer, scheduler, best_state, best, bad_epochs, ewc)
             acc.wait_for_everyone()
-            if stop:
+            if stop and epoch + 1 < c.epochs:
                 echo(
                     acc,
-                    f"phase {self.number}: early stop after epoch {epoch + 1} (best {c.early_stopping.metric} {best:.4f})",
+                    f"phase {self.number}: stopped early after epoch {epoch + 1} of {c.epochs} "
+                    f"(no {c.early_stopping.metric} improvement for {bad_epochs} epochs; "
+                    f"best {best:.4f})",
                 )
+                stopped_early = True
                 break
         if best_state is not None:
             run.glm.load_bridge_state_dict(best_state)
         self.save_final(best, ewc)
-        return {"best": best, "metric": c.early_stopping.metric}
+        return {"best": best, "metric": c.early_stopping.metric, "stopped_early": stopped_early}
 
     def _recalibrate(self) -> None:
         """Periodic ``NormCalibrator.recalibrate()`` on a fixed sample of training volumes."""
@@ -629,7 +672,10 @@ class PhaseRunner:
 
         run = self.run
         data = VolumeDataset(
-            run.dataset, run.train[: min(64, len(run.train))], run.cfg.data.max_slices
+            run.dataset,
+            run.train[: min(64, len(run.train))],
+            run.cfg.data.max_slices,
+            skip_unloadable=True,
         )
         batch = collate_volumes([data[i] for i in range(len(data))])
         was_training = run.glm.training
@@ -685,7 +731,7 @@ class PhaseRunner:
 def _format_row(row: dict[str, Any]) -> str:
     keys = [k for k in row if k not in ("phase", "epoch")]
     parts = [f"{k}={row[k]:.4f}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys]
-    return f"phase {row['phase']} epoch {row['epoch'] + 1}: " + " ".join(parts)
+    return f"phase {row['phase']} epoch {row['epoch']}: " + " ".join(parts)
 
 
 def _extractor(run: Run):
@@ -727,11 +773,14 @@ def init_compressor(run: Run, volumes: int = 64) -> None:
     init = getattr(run.glm.compressor, "init_queries_from", None)
     if init is None:
         return
-    data = VolumeDataset(run.dataset, run.train[:volumes], run.cfg.data.max_slices)
-    init(torch.cat([data[i]["slices"] for i in range(len(data))]))
+    data = VolumeDataset(
+        run.dataset, run.train[:volumes], run.cfg.data.max_slices, skip_unloadable=True
+    )
+    items = [item for item in (data[i] for i in range(len(data))) if item is not None]
+    init(torch.cat([item["slices"] for item in items]))
     echo(
         run.accelerator,
-        f"compressor: input standardisation and region queries initialised from {len(data)} training volumes",
+        f"compressor: input standardisation and region queries initialised from {len(items)} training volumes",
     )
 
 
@@ -746,6 +795,20 @@ def run_curriculum(
     first = phases[0]
     done = [n for n in phases if resume and is_complete(run.run_dir / f"phase{n}")]
     todo = [n for n in phases if n not in done]
+    for n in todo:
+        if resume and (run.run_dir / f"phase{n}").exists():
+            try:
+                verify_checkpoint(run.run_dir / f"phase{n}")
+            except CheckpointError as err:
+                echo(
+                    run.accelerator,
+                    f"resume: {err}; phase {n} is run again"
+                    + (
+                        f" from checkpoints/phase{n}/last"
+                        if is_complete(run.run_dir / "checkpoints" / f"phase{n}" / "last")
+                        else ""
+                    ),
+                )
     if done:
         load_into(run, run.run_dir / f"phase{done[-1]}")
         echo(run.accelerator, f"resume: phases {done} already complete")
@@ -786,4 +849,13 @@ def run_curriculum(
             result["seconds"] = round(time.time() - t0, 1)
             results[str(n)] = result
             run.update_metrics({"phases": {str(n): result}})
+    skips = run.dataset.skips.summary()
+    if skips["skipped"] != run.summary.get("data", {}).get("skipped", skips["skipped"]):
+        run.summary["data"].update(skips)
+        run.update_metrics({"data": run.summary["data"]})
+        echo(
+            run.accelerator,
+            f"data: {skips['skipped']} volume(s) skipped in all, some at load time: "
+            f"{skips['by_reason']} (see metrics.json data.items)",
+        )
     return results

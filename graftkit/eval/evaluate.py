@@ -297,9 +297,14 @@ def evaluate(
     ablations: bool | None = None,
     limit: int | None = None,
     progress: Any = None,
+    output_dir: Path | None = None,
     token_source: str = "real",
 ) -> dict[str, Any]:
     """Evaluate the run's current model on ``split``; returns and writes the metrics.
+
+    ``output_dir`` (default: the run directory) receives ``metrics.json``, ``generations.jsonl``,
+    ``grounding.json`` and ``report.html``. Another folder gets a fresh ``metrics.json`` holding
+    this evaluation and the run's data summary only, so no file mixes two evaluations.
 
     ``token_source="oracle"`` generates every report (and its ablations) from label-token-oracle
     tokens (:func:`~graftkit.eval.generation.label_token_oracle`) instead of the compressor's:
@@ -365,6 +370,7 @@ def evaluate(
     head = multilabel_scores(truth, (probs >= 0.5).astype(np.int64), classes)
     thresholds, tuned = optimise_thresholds(truth, probs, upper_bound=True)
 
+    out = Path(output_dir) if output_dir is not None else Path(run.run_dir)
     metrics: dict[str, Any] = {
         "eval": {
             **scores["real"],
@@ -372,6 +378,7 @@ def evaluate(
             "split": split,
             "volumes": len(volumes),
             "extractor": name,
+            **({"checkpoint": run.summary["checkpoint"]} if "checkpoint" in run.summary else {}),
             "extractor_on_reference": {
                 k: reference_scores[k] for k in ("macro_f1", "macro_precision", "macro_recall")
             },
@@ -425,9 +432,9 @@ def evaluate(
         metrics["probe"] = linear_probes(run, volumes)
         grounding = zone_grounding(run, volumes, tokens)
         if run.main:
-            (run.run_dir / "grounding.json").write_text(json.dumps(grounding, indent=2))
+            (out / "grounding.json").write_text(json.dumps(grounding, indent=2))
     if run.main:
-        with (run.run_dir / "generations.jsonl").open("w") as fh:
+        with (out / "generations.jsonl").open("w") as fh:
             predicted = extractor.extract(texts["real"])
             for i, v in enumerate(volumes):
                 row = {
@@ -440,8 +447,12 @@ def evaluate(
                 if ablations:
                     row["generated_zero"] = texts["zero"][i]
                 fh.write(json.dumps(row) + "\n")
-        run.update_metrics(metrics)
-        write_report(run.run_dir)
+        if out == Path(run.run_dir):
+            run.update_metrics(metrics)
+        else:
+            fresh = {"data": run.summary.get("data", {}), **metrics}
+            (out / "metrics.json").write_text(json.dumps(fresh, indent=2))
+        write_report(out)
     return metrics
 
 

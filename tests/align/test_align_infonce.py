@@ -112,7 +112,7 @@ def test_gathered_infonce_matches_single_process(tmp_path: Path) -> None:
          str(HERE / "infonce_ddp_worker.py"), str(tmp_path)],
         check=True, timeout=120, env=env, capture_output=True,
     )  # fmt: skip
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
     spec = importlib.util.spec_from_file_location(
         "infonce_ddp_worker", HERE / "infonce_ddp_worker.py"

@@ -48,6 +48,24 @@ def test_metrics_file_is_complete_and_finite(smoke_run):
     assert set(metrics["phases"]) == {"1", "2", "3", "4"}
     assert {"real", "zero", "shuffle", "random"} <= set(metrics["ablation"])
     assert 0.0 < metrics["oracle"]["macro_f1"] <= 1.0
+    stages = [row["stage"] for row in metrics["ladder"]]
+    assert stages == [
+        "cohort oracle",
+        "MIL probe: raw zone means",
+        "MIL probe: compressor tokens",
+        "bridge head: cls",
+        "bridge head: MIL",
+        "bridge head: LLM-cls",
+        "generation: real",
+        "generation: zero",
+        "generation: shuffle",
+        "generation: random",
+        "generation: oracle",
+    ]
+    for row in metrics["ladder"]:
+        assert 0.0 <= row["macro_f1"] <= 1.0, row
+    real = next(r for r in metrics["ladder"] if r["stage"] == "generation: real")
+    assert real["macro_f1"] == metrics["eval"]["macro_f1"]
     bad = [p for p, v in _finite(metrics) if not math.isfinite(v) and "nll" not in p]
     assert not bad, bad
     for n in (1, 2, 3, 4):
@@ -109,7 +127,7 @@ def test_killed_run_resumes_to_the_same_metrics(smoke_run, e2e_cache, tmp_path):
         return {(r["phase"], r["epoch"]): r for r in rows}
 
     uninterrupted, resumed = last_rows(smoke_run), last_rows(run_dir)
-    for key in [(3, 1), (4, 0)]:
+    for key in [(3, 2), (4, 1)]:  # 1-based epochs, as printed
         for metric in ("train_total", "valid_total"):
             assert resumed[key][metric] == pytest.approx(uninterrupted[key][metric], rel=1e-6), (
                 key,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from graftkit.embed import (
     volume_stem,
 )
 
-from .conftest import ct_small, write_dicom_series
+from .conftest import TINY, ct_phantom, ct_small, write_dicom_series, write_nifti
 
 HERE = Path(__file__).parent
 
@@ -147,6 +148,60 @@ def test_same_stem_twice_is_refused(tmp_path):
     b = make_embedding_inputs(tmp_path / "y", 1)[0]
     with pytest.raises(ValueError, match=r"would both write valid_0_a_1\.npz"):
         run_embed(PrecomputedEncoder(), [a, b], tmp_path / "out")
+
+
+def graftkit_embed(*args: str) -> subprocess.CompletedProcess:
+    """``graftkit embed ARGS`` in a fresh process: the command line exactly as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "graftkit", "--quiet", "embed", *args],
+        capture_output=True, text=True, timeout=300,
+        env=os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+
+
+def test_cli_embeds_with_the_precomputed_encoder_and_resumes(tmp_path):
+    """End to end through the CLI (the progress wiring once broke every CLI run after one file)."""
+    make_embedding_inputs(tmp_path / "in", 4)
+    first = graftkit_embed(
+        "precomputed", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.startswith("embedded 4, skipped 0 (complete), failed 0")
+    assert sorted(os.listdir(tmp_path / "out")) == [f"valid_{i}_a_1.npz" for i in range(4)]
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    again = graftkit_embed(
+        "precomputed", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")
+    )
+    assert again.returncode == 0 and again.stdout.startswith("embedded 0, skipped 4 (complete)")
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == stamps
+
+
+def test_cli_embeds_nifti_and_dicom_with_a_tiny_lejepa_and_resumes(tmp_path):
+    """A tiny random ``lejepa-ct`` on two NIfTI volumes and one DICOM series, in-process through
+    ``graftkit.cli.main`` (non-terminal output: plain progress lines), then a second invocation
+    that finds every output complete."""
+    from graftkit.cli import main
+
+    (tmp_path / "in").mkdir()
+    write_nifti(tmp_path / "in" / "valid_1_a_1.nii.gz", ct_phantom(4, seed=1))
+    write_nifti(tmp_path / "in" / "valid_2_a_1.nii.gz", ct_phantom(3, seed=2))
+    write_dicom_series(tmp_path / "in" / "valid_3_a_1", n=3)
+    options = [
+        f"--option={k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY.items()
+    ]
+    argv = ["embed", "lejepa-ct", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--batch-size", "2", *options]  # fmt: skip
+    assert main(argv) == 0
+    shapes = {
+        p.name: read_embeddings(p).embeddings.shape for p in sorted((tmp_path / "out").iterdir())
+    }
+    assert shapes == {
+        "valid_1_a_1.npz": (4, 32),
+        "valid_2_a_1.npz": (3, 32),
+        "valid_3_a_1.npz": (3, 32),
+    }
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    assert main(argv) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == stamps
 
 
 @pytest.mark.distributed

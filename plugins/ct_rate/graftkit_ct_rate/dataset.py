@@ -4,21 +4,27 @@ DESIGN.md, "CT-RATE, as its own files lay it out" (paths in :mod:`graftkit_ct_ra
 With no ``data_dir`` the embedded default synthesises a cohort in the same layout
 (:mod:`graftkit_ct_rate.synth`), cached under ``cache_dir`` by a hash of its options.
 
-Bad input (nothing is dropped silently; every skip is in ``self.skips`` with its reason):
+Bad input (nothing is dropped silently; every skip is in ``self.skips`` with its reason, every
+fallback in ``self.warnings``; docs/ct-rate.md has the full table):
 
+- a CSV that is absent, empty, not UTF-8 (the line and byte offset are named), unparsable, or
+  missing a required column stops with :class:`~graftkit.data.DataError` naming the file;
 - a volume listed without an embedding file: skipped, ``missing embedding``;
 - an unreadable file, a non-float dtype, a shape other than ``(N, d)``/``(N, T, d)``, a ``d`` other
   than the dataset's (the most common ``d`` of the first files read, unless given), NaN/Inf in the
-  embeddings: that volume is skipped with its file named. Header checks read no data; the
-  NaN/Inf scan reads each file once, a slice block at a time, and is remembered in
-  ``workdir/ct_rate_scan.json`` by path, size and modification time;
-- a file that turns non-finite after the scan is caught when loaded: :meth:`load` records the skip
-  and raises :class:`~graftkit_ct_rate.embeddings.EmbeddingError` naming the file;
-- a labels CSV missing one of the 18 columns (or a CSV missing ``VolumeName``/``Findings_EN``):
-  stops with the missing column named; a label cell other than 0/1: that volume is skipped;
-- a volume in only one of the reports and labels CSVs, or listed twice: skipped;
-- no metadata file, no ``ZSpacing`` column or an unusable ``ZSpacing`` value: positions fall back
-  to the slice index (1 mm per slice) with a warning naming the volumes.
+  embeddings, an ``.npz`` ``z_mm`` of the wrong length or with NaN/Inf: that volume is skipped with
+  its file named. Header checks read no data; the value scan reads each file once, a slice block
+  at a time, and is remembered in ``workdir/ct_rate_scan.json`` by path, size and modification
+  time;
+- a file that turns bad after the scan is caught when loaded: :meth:`load` raises
+  :class:`~graftkit_ct_rate.embeddings.EmbeddingError` naming the file (training skips it);
+- a label cell other than 0/1, an empty ``Findings_EN``, a ``VolumeName`` that is a path leaving
+  the embeddings folder, a ``ZSpacing`` outside (0, 20] mm or two metadata rows disagreeing on it:
+  that volume is skipped;
+- a volume in only one of the reports and labels CSVs, or listed twice: skipped (every row of it);
+- no metadata file, no ``ZSpacing`` column or a missing ``ZSpacing`` value: positions fall back
+  to the slice index (1 mm per slice) with a warning naming the volumes;
+- embedding files that no CSV row names are counted in a warning.
 """
 
 from __future__ import annotations
@@ -30,14 +36,14 @@ import random
 import shutil
 import warnings
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from graftkit.data import GraftDataset, Volume
+from graftkit.data import DataError, GraftDataset, Volume
 from graftkit_ct_rate import layout
 from graftkit_ct_rate.classes import CLASSES
 from graftkit_ct_rate.embeddings import (
@@ -57,6 +63,10 @@ from graftkit_ct_rate.text import (
 )
 
 SCAN_CACHE = "ct_rate_scan.json"
+#: Bumped when the scan checks more: older cache entries are re-scanned.
+SCAN_VERSION = 2
+#: Largest plausible slice spacing in mm (CT-RATE: 0.75-3 mm); larger values are data errors.
+MAX_Z_SPACING = 20.0
 #: How many headers vote on the embedding width when it is not given.
 DIM_VOTE = 64
 
@@ -97,6 +107,7 @@ class CTRateDataset(GraftDataset):
         self._records: dict[str, list[Volume]] = {}
         self._segments: dict[str, list[tuple[int, list[str]]]] = {}
         self._extractor: Any = None
+        self._listed: set[str] = set()  # every VolumeName of the CSVs read so far
 
     # -- where the files are -------------------------------------------------------------------
     def prepare(self, progress: Any = None) -> None:
@@ -171,80 +182,146 @@ class CTRateDataset(GraftDataset):
 
     def _read_split(self, split: str) -> list[Volume]:
         root = self._root()
-        reports = _read_csv(layout.reports_csv(root, split), layout.REQUIRED_REPORT_COLUMNS)
-        labels = _read_csv(layout.labels_csv(root, split), layout.LABEL_COLUMNS)
-        spacing = self._z_spacings(root, split)
+        reports_path, labels_path = layout.reports_csv(root, split), layout.labels_csv(root, split)
+        reports = _read_csv(reports_path, layout.REQUIRED_REPORT_COLUMNS)
+        labels = _read_csv(labels_path, layout.LABEL_COLUMNS)
+        spacing, spacing_conflicts = self._z_spacings(root, split)
         limit = getattr(self.config, f"limit_{split}", None)
 
-        label_rows = {}
-        for name, row in zip(labels["VolumeName"], labels[CLASSES].itertuples(index=False)):
-            if name in label_rows:
-                self.skips.skip(
-                    split, name, f"duplicate: listed twice in {layout.labels_csv(root, split)}"
-                )
-                label_rows[name] = None
-            else:
-                label_rows[name] = row
-        seen: set[str] = set()
+        # A volume listed twice is skipped as a whole (every row of it), once, by name: which of
+        # two differing rows is right cannot be known, and using one of them silently would train
+        # on a row the log says was skipped.
+        label_counts = Counter(labels["VolumeName"])
+        report_counts = Counter(reports["VolumeName"])
+        label_rows = {
+            name: row
+            for name, row in zip(labels["VolumeName"], labels[CLASSES].itertuples(index=False))
+            if label_counts[name] == 1
+        }
+        duplicates: set[str] = set()
+        for name, count in label_counts.items():
+            if count > 1 and not _unsafe_name(name):
+                duplicates.add(name)
+                self.skips.skip(split, name, f"duplicate: listed {count} times in {labels_path}")
         candidates = []
         for row in reports.itertuples(index=False):
             name = row.VolumeName
-            if name in seen:
+            bad_name = _unsafe_name(name)
+            if bad_name:
+                self.skips.skip(split, name, f"bad name: VolumeName {bad_name}")
+                continue
+            if name in duplicates:
+                continue
+            if report_counts[name] > 1:
+                duplicates.add(name)
                 self.skips.skip(
-                    split, name, f"duplicate: listed twice in {layout.reports_csv(root, split)}"
+                    split, name, f"duplicate: listed {report_counts[name]} times in {reports_path}"
                 )
                 continue
-            seen.add(name)
             if name not in label_rows:
-                self.skips.skip(
-                    split, name, f"missing labels: not in {layout.labels_csv(root, split)}"
-                )
-                continue
-            if label_rows[name] is None:
+                self.skips.skip(split, name, f"missing labels: not in {labels_path}")
                 continue
             values = _label_vector(label_rows[name])
             if isinstance(values, str):
                 self.skips.skip(split, name, f"bad labels: {values}")
                 continue
+            if not _text(row.Findings_EN):
+                # an empty target teaches nothing; an empty reference makes every generated
+                # finding a false positive
+                self.skips.skip(
+                    split, name, f"empty report: Findings_EN is empty in {reports_path}"
+                )
+                continue
+            if name in spacing_conflicts:
+                values_seen = " and ".join(f"{z:g}" for z in spacing_conflicts[name])
+                self.skips.skip(
+                    split,
+                    name,
+                    f"bad metadata: ZSpacing {values_seen} in different rows of "
+                    f"{layout.metadata_csv(root, split)}",
+                )
+                continue
+            z = spacing.get(name)
+            if z is not None and not (0 < z <= MAX_Z_SPACING):
+                self.skips.skip(
+                    split,
+                    name,
+                    f"bad metadata: ZSpacing = {z:g} mm in {layout.metadata_csv(root, split)} is "
+                    f"outside (0, {MAX_Z_SPACING:g}] mm",
+                )
+                continue
             impressions = getattr(row, "Impressions_EN", "")
             candidates.append((name, values, row.Findings_EN, impressions))
         for name in label_rows:
-            if name not in seen:
-                self.skips.skip(
-                    split, name, f"missing report: not in {layout.reports_csv(root, split)}"
-                )
+            if name not in report_counts:
+                self.skips.skip(split, name, f"missing report: not in {reports_path}")
 
+        self._listed.update(label_counts)
+        self._listed.update(report_counts)
         volumes = self._attach_embeddings(split, candidates, spacing, limit)
         fallback = [v.name for v in volumes if v.meta["z_source"] == "slice index"]
         if fallback:
             shown = ", ".join(fallback[:5]) + (" ..." if len(fallback) > 5 else "")
-            warnings.warn(
+            message = (
                 f"CT-RATE {split}: no usable ZSpacing for {len(fallback)} volume(s) ({shown}); "
-                "their z positions fall back to the slice index (1 mm per slice)",
-                stacklevel=3,
+                "their z positions fall back to the slice index (1 mm per slice)"
             )
+            self.warnings.append(message)
+            warnings.warn(message, stacklevel=3)
+        if all(s in self._records or s == split for s in self.splits):
+            self._note_unlisted_embeddings()
         return volumes
 
-    def _z_spacings(self, root: Path, split: str) -> dict[str, float]:
+    def _note_unlisted_embeddings(self) -> None:
+        """Count embedding files that no CSV row of either split names (a run-summary warning)."""
+        folder = self.embeddings_dir
+        if not folder.is_dir():
+            return
+        listed = {layout.volume_stem(str(name)) for name in self._listed}
+        unlisted = sorted(
+            str(path.relative_to(folder))
+            for path in folder.rglob("*")
+            if path.suffix in (".npy", ".npz")
+            and not path.name.startswith(".")
+            and path.stem not in listed
+        )
+        if unlisted:
+            shown = ", ".join(unlisted[:5]) + (" ..." if len(unlisted) > 5 else "")
+            self.warnings.append(
+                f"{len(unlisted)} embedding file(s) under {folder} match no VolumeName in the "
+                f"reports or labels CSVs and are not used ({shown})"
+            )
+
+    def _z_spacings(
+        self, root: Path, split: str
+    ) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """``ZSpacing`` by volume, and the volumes whose rows disagree (with every value seen).
+
+        Missing or non-numeric values are left out (the slice-index fallback); numeric values
+        are returned as they are and range-checked by the caller, so a wrong one skips its
+        volume by name instead of silently becoming 1 mm.
+        """
         path = layout.metadata_csv(root, split)
         if not path.exists():
-            warnings.warn(
-                f"CT-RATE metadata {path} not found: z positions use the slice index", stacklevel=4
-            )
-            return {}
-        meta = pd.read_csv(path)
+            message = f"CT-RATE metadata {path} not found: z positions use the slice index"
+            self.warnings.append(message)
+            warnings.warn(message, stacklevel=4)
+            return {}, {}
+        meta = _read_csv(path, [])
         if "VolumeName" not in meta.columns or "ZSpacing" not in meta.columns:
-            warnings.warn(
-                f"{path} has no VolumeName/ZSpacing column: z positions use the slice index",
-                stacklevel=4,
-            )
-            return {}
+            message = f"{path} has no VolumeName/ZSpacing column: z positions use the slice index"
+            self.warnings.append(message)
+            warnings.warn(message, stacklevel=4)
+            return {}, {}
         spacing = pd.to_numeric(meta["ZSpacing"], errors="coerce")
-        return {
-            name: float(z)
-            for name, z in zip(meta["VolumeName"], spacing)
-            if np.isfinite(z) and z > 0
-        }
+        seen: dict[str, list[float]] = {}
+        for name, z in zip(meta["VolumeName"], spacing):
+            if np.isfinite(z):
+                values = seen.setdefault(name, [])
+                if float(z) not in values:
+                    values.append(float(z))
+        conflicts = {name: values for name, values in seen.items() if len(values) > 1}
+        return {name: values[0] for name, values in seen.items()}, conflicts
 
     def _attach_embeddings(
         self, split: str, candidates: list, spacing: dict[str, float], limit: int | None
@@ -276,7 +353,9 @@ class CTRateDataset(GraftDataset):
                         path,
                         f"d = {header.dim}, expected {self._dim} (shape {header.shape})",
                     )
-                bad = scan.check(path, lambda p=path: first_nonfinite(open_embeddings(p)))
+                bad = scan.check(path, lambda p=path: _scan_file(p))
+                if isinstance(bad, str):
+                    raise EmbeddingError("bad positions", path, bad)
                 if bad is not None:
                     raise EmbeddingError("non-finite embedding", path, f"NaN/Inf in slice {bad}")
             except EmbeddingError as err:
@@ -325,10 +404,12 @@ class CTRateDataset(GraftDataset):
         positions = open_positions(path) if volume.meta["z_source"] == "z_mm" else None
         if positions is not None and positions.shape != (slices.shape[0],):
             raise EmbeddingError(
-                "bad shape",
+                "bad positions",
                 path,
                 f"z_mm has shape {positions.shape}, expected ({slices.shape[0]},)",
             )
+        if positions is not None and not np.isfinite(positions).all():
+            raise EmbeddingError("bad positions", path, "z_mm holds NaN/Inf")
         if positions is None:
             positions = np.arange(slices.shape[0]) * volume.meta["z_spacing"]
         return slices, torch.as_tensor(positions, dtype=torch.float32)
@@ -376,15 +457,67 @@ class CTRateDataset(GraftDataset):
 
 
 def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
+    """One CT-RATE CSV, read as UTF-8 (a leading BOM is allowed); every failure names the file.
+
+    A byte that is not UTF-8 stops the run with the line and byte offset, so the file can be
+    fixed; guessing another encoding would change report text silently.
+    """
     if not path.exists():
         raise FileNotFoundError(
             f"CT-RATE file {path} not found (layout: see graftkit_ct_rate.layout)"
         )
-    frame = pd.read_csv(path, dtype={"VolumeName": str}, keep_default_na=True)
+    try:
+        frame = pd.read_csv(
+            path, dtype={"VolumeName": str}, keep_default_na=True, encoding="utf-8-sig"
+        )
+    except UnicodeDecodeError:
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            line = raw[: err.start].count(b"\n") + 1
+            raise DataError(
+                f"{path}: not UTF-8: byte 0x{raw[err.start]:02x} at byte offset {err.start} "
+                f"(line {line}); save the file as UTF-8"
+            ) from None
+        raise
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty (no header row)") from None
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path}: not a readable CSV ({err})") from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path} is missing column(s): {', '.join(missing)}")
+        raise DataError(f"{path} is missing column(s): {', '.join(missing)}")
+    if "VolumeName" in frame.columns:
+        frame["VolumeName"] = frame["VolumeName"].fillna("")  # an empty cell: skipped by name
     return frame
+
+
+def _unsafe_name(name: Any) -> str | None:
+    """Why a ``VolumeName`` cannot name a file inside the embeddings folder, else ``None``."""
+    if not isinstance(name, str) or not name.strip():
+        return f"{name!r} is empty"
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts:
+        return f"{name!r} points outside the embeddings folder"
+    return None
+
+
+def _scan_file(path: Path) -> int | str | None:
+    """The first slice holding NaN/Inf, else a message about the file's ``z_mm``, else ``None``."""
+    bad = first_nonfinite(open_embeddings(path))
+    if bad is not None:
+        return bad
+    positions = open_positions(path)
+    if positions is None:
+        return None
+    n = read_header(path).num_slices
+    if positions.shape != (n,):
+        return f"z_mm has shape {positions.shape}, expected ({n},)"
+    finite = np.isfinite(positions)
+    if not finite.all():
+        return f"z_mm holds NaN/Inf at slice {int(np.flatnonzero(~finite)[0])}"
+    return None
 
 
 def _label_vector(row: tuple) -> np.ndarray | str:
@@ -428,10 +561,10 @@ class _ScanCache:
         key = str(file.resolve())
         stamp = [stat.st_size, stat.st_mtime_ns]
         entry = self.entries.get(key)
-        if entry is not None and entry["stamp"] == stamp:
+        if entry is not None and entry["stamp"] == stamp and entry.get("version") == SCAN_VERSION:
             return entry["bad_slice"]
         bad = scan()
-        self.entries[key] = {"stamp": stamp, "bad_slice": bad}
+        self.entries[key] = {"stamp": stamp, "bad_slice": bad, "version": SCAN_VERSION}
         self.dirty = True
         return bad
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from graftkit.data import DataError
 from graftkit_ct_rate.layout import EMBEDDING_KEY, POSITIONS_KEY
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(DataError):
     """An embedding file the run cannot use. ``kind`` is the skip-reason kind, the message names the file."""
 
     def __init__(self, kind: str, path: Path, detail: str):
@@ -118,10 +119,13 @@ def open_positions(path: Path) -> np.ndarray | None:
     path = Path(path)
     if path.suffix != ".npz":
         return None
-    with np.load(path, allow_pickle=False) as archive:
-        if POSITIONS_KEY not in archive.files:
-            return None
-        return np.asarray(archive[POSITIONS_KEY], dtype=np.float64)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if POSITIONS_KEY not in archive.files:
+                return None
+            return np.asarray(archive[POSITIONS_KEY], dtype=np.float64)
+    except (OSError, ValueError, TypeError, zipfile.BadZipFile, EOFError) as err:
+        raise EmbeddingError("bad positions", path, str(err) or type(err).__name__) from None
 
 
 def first_nonfinite(array: np.ndarray, chunk: int = 256) -> int | None:

@@ -1,0 +1,114 @@
+"""The phase-3 recipe pieces of issue 14: canonical text, finding-weighted LM loss, probes, oracle."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from graftkit.curriculum.batches import class_span_weights, finding_weights
+from graftkit.data import GraftDataset, Volume
+from graftkit.eval.generation import label_token_oracle
+from graftkit.eval.probe import mil_probe
+from graftkit.lm import encode_chat, pad_batch, train_tokenizer
+
+
+class _Texts(GraftDataset):
+    name = "texts"
+    class_names: ClassVar[list[str]] = ["alpha", "beta", "gamma"]
+    normal_text = "Nothing found."
+    embedding_dim = 4
+
+    def records(self, split):
+        return []
+
+    def load(self, volume):
+        raise AssertionError
+
+    def condition_texts(self, volume):
+        return []
+
+    def class_text(self, c):
+        return ["Alpha is seen.", "There is beta.", "Gamma is present."][c]
+
+
+def _volume(labels) -> Volume:
+    return Volume("v", "train", np.asarray(labels), "")
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return _Texts(None, workdir=".")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    corpus = ["Alpha is seen. There is beta. Gamma is present.", "Nothing found."] * 20
+    return train_tokenizer(corpus, vocab_size=320, min_frequency=1)
+
+
+def test_canonical_text_names_positive_classes_in_class_order(dataset):
+    assert dataset.canonical_findings_text(_volume([0, 1, 1])) == "There is beta. Gamma is present."
+    assert dataset.canonical_findings_text(_volume([1, 0, 0])) == "Alpha is seen."
+    assert dataset.canonical_findings_text(_volume([0, 0, 0])) == "Nothing found."
+
+
+def test_finding_weights_spare_the_stop_token_and_normal_reports():
+    labels = torch.tensor([[-100, -100, 5, 6, 7, 2, -100], [-100, 5, 6, 2, -100, -100, -100]])
+    weights = finding_weights(labels, torch.tensor([True, False]), 3.0)
+    assert weights[0].tolist() == [1, 1, 3, 3, 3, 1, 1]  # the end-of-turn token keeps 1
+    assert weights[1].tolist() == [1] * 7  # the normal text states no finding
+
+
+def test_class_span_weights_follow_each_class_sentence(dataset, tokenizer):
+    volume = _volume([1, 0, 1])
+    text = dataset.canonical_findings_text(volume)
+    enc = pad_batch([encode_chat(tokenizer, "p", text, 0)], tokenizer.pad_token_id)
+    labels = enc["labels"][0]
+    weights = class_span_weights(
+        tokenizer, labels, dataset.canonical_findings_segments(volume), torch.tensor([2.0, 9, 4])
+    )
+    spoken = {}
+    for position in (labels != -100).nonzero().flatten().tolist():
+        piece = tokenizer.decode([int(labels[position])])
+        spoken.setdefault(float(weights[position]), []).append(piece)
+    assert "".join(spoken[2.0]).strip() == "Alpha is seen."
+    assert "".join(spoken[4.0]).strip() == "Gamma is present."
+    assert 9.0 not in spoken  # beta is absent from this report
+    assert (weights[labels == -100] == 1).all()
+
+
+def test_label_token_oracle_recovers_a_linear_label_to_token_map():
+    glm = torch.nn.Module()  # the two bridge modules the oracle tokens pass through
+    glm.predictor, glm.calibrator = torch.nn.Linear(6, 6), torch.nn.Identity()
+    with torch.no_grad():
+        glm.predictor.weight.copy_(torch.eye(6))
+        glm.predictor.bias.zero_()
+    rng = np.random.default_rng(0)
+    bias, per_class = rng.normal(size=(2, 6)), rng.normal(size=(3, 2, 6))
+    labels = (rng.random((50, 3)) < 0.4).astype(np.int64)
+    zones = bias + np.einsum("nc,ckd->nkd", labels, per_class)
+    noisy = torch.as_tensor(zones + 0.01 * rng.normal(size=zones.shape), dtype=torch.float32)
+    query = np.array([[1, 0, 1], [0, 0, 0]])
+    oracle = label_token_oracle(glm, noisy, labels, query)
+    expected = bias + np.einsum("nc,ckd->nkd", query, per_class)
+    assert oracle.shape == (2, 2, 6)
+    np.testing.assert_allclose(oracle.numpy(), expected, atol=0.02)
+
+
+def test_mil_probe_finds_a_localised_signal_and_not_noise():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((300, 2)) < 0.3).astype(np.int64)
+    tokens = rng.normal(size=(300, 8, 5))
+    zone = rng.integers(0, 8, size=300)
+    for c in range(2):
+        rows = labels[:, c] == 1
+        tokens[rows, zone[rows], c] += 4.0  # class c: one zone, one direction
+    informative = mil_probe(tokens[:200], labels[:200], tokens[200:], labels[200:], steps=300)
+    blind = mil_probe(
+        rng.normal(size=(200, 8, 5)), labels[:200], tokens[200:], labels[200:], steps=300
+    )
+    assert informative["macro_f1"] > 0.9
+    assert blind["macro_f1"] < 0.6
