@@ -460,11 +460,17 @@ def _template() -> jinja2.Template:
     return env.get_template("report.html.j2")
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Render ``RUN/report.html`` and ``RUN/plots/*.png`` from whatever run outputs exist."""
+def write_report(run_dir: str | Path, training_dir: str | Path | None = None) -> Path:
+    """Render ``RUN/report.html`` and ``RUN/plots/*.png`` from whatever run outputs exist.
+
+    ``training_dir``: where ``history.jsonl``, ``collapse.jsonl`` and ``config.yaml`` live when
+    ``run_dir`` is an evaluation folder of its own (``graftkit eval RUN --output-dir DIR``);
+    default ``run_dir``.
+    """
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} does not exist")
+    training = Path(training_dir) if training_dir is not None else run
 
     metrics_path = run / "metrics.json"
     metrics: Mapping[str, Any] = {}
@@ -473,15 +479,15 @@ def write_report(run_dir: str | Path) -> Path:
         if not isinstance(loaded, Mapping):
             raise ValueError(f"{metrics_path}: expected a JSON object at the top level")
         metrics = loaded
-    history_path = run / "history.jsonl"
+    history_path = training / "history.jsonl"
     history = load_history(history_path) if history_path.exists() else []
-    collapse_path = run / "collapse.jsonl"
+    collapse_path = training / "collapse.jsonl"
     collapse = CollapseMonitor.from_jsonl(collapse_path).history if collapse_path.exists() else []
     grounding_path = run / "grounding.json"
     grounding = load_grounding(grounding_path) if grounding_path.exists() else None
     generations_path = run / "generations.jsonl"
     generations = load_generations(generations_path) if generations_path.exists() else []
-    config_path = run / "config.yaml"
+    config_path = training / "config.yaml"
     config = _load_config(config_path) if config_path.exists() else {}
 
     eval_ = _section_dict(metrics, "eval", metrics_path) or {}

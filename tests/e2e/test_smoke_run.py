@@ -84,11 +84,13 @@ def test_report_draws_every_figure_its_run_wrote_data_for(smoke_run):
 
     text = (smoke_run / "report.html").read_text()
     sections = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.S))
-    assert {"headline", "examples", "loss-curves", "progression", "grounding"} <= set(sections)
+    assert {"headline", "ladder", "examples", "loss-curves", "progression", "grounding"} <= set(
+        sections
+    )
     for anchor, body in sections.items():
         assert 'class="note"' not in body, (anchor, body[:300])
     plots = {p.stem for p in (smoke_run / "plots").glob("*.png")}
-    assert plots == set(PLOT_NAMES) - {"quality_ladder"} or plots == set(PLOT_NAMES)
+    assert plots == set(PLOT_NAMES)
     assert text.count("<img ") == len(plots)
     assert re.search(
         r"<h1>graftkit run report: ct_rate, profile smoke, \d{4}-\d{2}-\d{2}</h1>", text

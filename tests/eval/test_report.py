@@ -468,3 +468,15 @@ def test_malformed_history_and_metrics_name_file_and_line(tmp_path):
     (run / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(ValueError, match=r"eval.per_class.Cardiomegaly.f1"):
         write_report(run)
+
+
+def test_an_evaluation_folder_reads_training_outputs_from_the_run(full_report, tmp_path):
+    """``graftkit eval RUN --output-dir DIR``: the curves and the title come from RUN."""
+    run = full_report[0]
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    for name in ("metrics.json", "generations.jsonl", "grounding.json"):
+        shutil.copy(run / name, folder / name)
+    text, doc = _parse(write_report(folder, training_dir=run))
+    assert doc.section_ids == list(ALL_SECTIONS) and 'class="note"' not in text
+    assert "graftkit run report: ct_rate, profile tiny, " in text
