@@ -281,7 +281,23 @@ def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
             "the measuring stick: the extractor's own error",
         ),
     }
-    skip = {"macro_f1", "macro_precision", "macro_recall", "per_class", "n", "volumes", "split"}
+    checkpoint = ev.get("checkpoint")
+    if isinstance(checkpoint, Mapping) and checkpoint.get("path"):
+        about = f"phase {checkpoint['phase']}" if checkpoint.get("phase") is not None else ""
+        if checkpoint.get("epoch") is not None:
+            run_epochs = checkpoint.get("epochs_run", "?")
+            about += f", best epoch {checkpoint['epoch']} of {run_epochs} run"
+        rows.append(["checkpoint evaluated", str(checkpoint["path"]), about])
+    skip = {
+        "macro_f1",
+        "macro_precision",
+        "macro_recall",
+        "per_class",
+        "n",
+        "volumes",
+        "split",
+        "checkpoint",
+    }
     for key, value in ev.items():
         if key in skip:
             continue

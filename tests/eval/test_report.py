@@ -113,6 +113,7 @@ def write_synthetic_run(run: Path, seed: int = 0) -> Path:
             "split": "valid",
             "volumes": 120,
             "extractor": "ct_rate-rules",
+            "checkpoint": {"path": "phase4", "phase": 4, "epochs_run": 4, "epoch": 3},
             "extractor_on_reference": scores(0.944),
             "thresholded": {"macro_f1": 0.448, "upper_bound": True},
         },
@@ -311,6 +312,10 @@ def test_headline_numbers_are_readable(full_report):
     )
     assert "upper bound" in headline
     assert "600 train / 120 valid" in headline
+    assert (
+        "<td>checkpoint evaluated</td><td>phase4</td><td>phase 4, best epoch 3 of 4 run</td>"
+        in (headline)
+    )
     # no raw metric keys, no seconds printed as floats
     assert "eval." not in headline and "extractor_on" not in headline
     assert "training time</td><td>1 h 12 min</td>" in headline  # 96 + 57.5 + 496 + 3725 s
