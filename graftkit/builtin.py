@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
+from graftkit.compressors import zone_compressor
 from graftkit.hookspecs import hookimpl
 
-
-def zone_compressor(dim: int, **options):
-    """``ZoneCompressor`` with the options of the run's ``bridge`` section."""
-    from graftkit.bridge import ZoneCompressor
-
-    return ZoneCompressor(dim, **options)
+__all__ = ["register_compressors", "zone_compressor"]
 
 
 @hookimpl

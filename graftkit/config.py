@@ -13,8 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+#: The bridge's named parameter sets, which a phase lists in ``trainable`` (the bridge re-exports
+#: this tuple as ``graftkit.bridge.BRIDGE_GROUPS``).
 PARAMETER_GROUPS = ("compressor", "predictor", "calibrator", "projectors", "xattn", "lora", "heads")
 
 
@@ -121,6 +130,21 @@ class BridgeConfig(Strict):
     whitening_components: int = Field(256, gt=0)
 
 
+class ObjectiveConfig(Strict):
+    """Constants of the loss terms; the defaults are the paper's (DESIGN.md "Four-phase curriculum")."""
+
+    infonce_init_temperature: float = Field(
+        0.1, gt=0, description="τ0, initial value of InfoNCE's learned temperature (phase 2)"
+    )
+    mmd_gamma: float = Field(
+        5.0, gt=0, description="γ of the IMQ kernel, α = 4γ/(2D−3) (MMD, phases 1-2)"
+    )
+    focal_gamma: float = Field(2.0, ge=0, description="focusing γ of the focal loss (phases 3-4)")
+    pos_weight_cap: float = Field(
+        10.0, gt=0, description="BCE pos_weight of class c = min(n_neg,c / n_pos,c, cap) (phase 1)"
+    )
+
+
 class EarlyStopping(Strict):
     """``metric``: ``loss`` (= validation total loss), any logged column, e.g. ``gen_f1``."""
 
@@ -152,8 +176,7 @@ class PhaseConfig(Strict):
         None, ge=1, description="NormCalibrator.recalibrate() every N epochs"
     )
     projector_lr_scale: tuple[float, float] | None = Field(None, description="LARS-style bounds")
-    ewc_lambda: float = Field(0.0, ge=0)
-    ewc_fisher: bool = False
+    ewc_lambda: float = Field(0.0, ge=0, description="λ of the L2-SP/EWC penalty (phase 4)")
     monitor_collapse: bool = False
     finding_weight: float = Field(
         1.0,
@@ -164,6 +187,20 @@ class PhaseConfig(Strict):
         False,
         description="per-class finding weights min(n_neg/n_pos, finding_weight) (canonical_findings text)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_fields(cls, data: Any) -> Any:
+        # ``ewc_fisher`` was never read (the penalty is L2-SP, Fisher = 1): configs saved by older
+        # runs still hold ``ewc_fisher: false`` and load; asking for a Fisher-weighted EWC fails.
+        if isinstance(data, dict) and "ewc_fisher" in data:
+            data = dict(data)
+            if data.pop("ewc_fisher"):
+                raise ValueError(
+                    "ewc_fisher is not supported: the phase-4 penalty is L2-SP (ewc_lambda · "
+                    "Σ(θ − θ_P3)², Fisher = 1); remove the setting"
+                )
+        return data
 
     @field_validator("trainable")
     @classmethod
@@ -251,6 +288,7 @@ class RunConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     bridge: BridgeConfig = Field(default_factory=BridgeConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     phases: PhasesConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)

@@ -18,7 +18,7 @@ def register_encoders(register):
 
 @hookspec
 def register_compressors(register):
-    """Register zone compressors: ``register(name, builder)`` with ``builder(dim) -> nn.Module``."""
+    """Register zone compressors: ``register(name, builder)``, ``builder(dim, bridge) -> nn.Module``."""
 
 
 @hookspec

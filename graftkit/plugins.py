@@ -163,7 +163,10 @@ def _registries() -> dict[str, Registry]:
             "encoder", "register_encoders", _subclass_of(Encoder), "an Encoder subclass"
         ),
         "compressor": Registry(
-            "compressor", "register_compressors", callable, "a callable builder(dim) -> nn.Module"
+            "compressor",
+            "register_compressors",
+            callable,
+            "a callable builder(dim, bridge) -> nn.Module (graftkit.compressors)",
         ),
         "extractor": Registry(
             "extractor",

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from graftkit.bridge.xattn import (
     match_batch,
 )
 from graftkit.bridge.zones import ZoneCompressor, ZoneCompressorConfig
-from graftkit.config import LoraConfig
+from graftkit.config import PARAMETER_GROUPS, LoraConfig
 
 __all__ = [
     "BRIDGE_GROUPS",
@@ -53,7 +55,8 @@ __all__ = [
 ]
 
 VISUAL_TOKEN = "<|visual_region|>"
-BRIDGE_GROUPS = ("compressor", "predictor", "calibrator", "projectors", "xattn", "lora", "heads")
+#: the named parameter sets a phase trains or freezes (one definition: graftkit.config)
+BRIDGE_GROUPS = PARAMETER_GROUPS
 CONFIG_FILE = "graft_config.json"
 BRIDGE_FILE = "bridge.safetensors"
 TOKENIZER_DIR = "tokenizer"
@@ -63,6 +66,19 @@ _DEFAULT_COMPRESSOR = f"{ZoneCompressor.__module__}.{ZoneCompressor.__qualname__
 #: peft LoRA on the LLM (paper: r=16, α=32 on q,k,v,o,gate,up,down of every layer): the same
 #: schema as a run's ``model.lora``.
 LoraSettings = LoraConfig
+
+
+@contextmanager
+def _peft_checkpointing_probe():
+    """Around peft's ``PeftModel`` construction only: silence transformers' FutureWarning for the
+    deprecated ``is_gradient_checkpointing`` property, which peft (0.21) reads on every wrap
+    (``peft_model.py``: ``getattr(model, "is_gradient_checkpointing", True)``). The read is
+    peft's, not graftkit's; nothing else is filtered, and only for the duration of the call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 class GraftConfig(BaseModel):
@@ -215,21 +231,23 @@ class GraftedLM(nn.Module):
         if lora_dir is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(lora_dir), is_trainable=True)
+            with _peft_checkpointing_probe():
+                model = PeftModel.from_pretrained(model, str(lora_dir), is_trainable=True)
         elif config.lora is not None:
             from peft import LoraConfig, get_peft_model
 
             lora = config.lora
-            model = get_peft_model(
-                model,
-                LoraConfig(
-                    task_type="CAUSAL_LM",
-                    r=lora.r,
-                    lora_alpha=lora.alpha,
-                    lora_dropout=lora.dropout,
-                    target_modules=list(lora.target_modules),
-                ),
-            )
+            with _peft_checkpointing_probe():
+                model = get_peft_model(
+                    model,
+                    LoraConfig(
+                        task_type="CAUSAL_LM",
+                        r=lora.r,
+                        lora_alpha=lora.alpha,
+                        lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules),
+                    ),
+                )
         self.llm = model
         self.hidden_size = hidden
 

@@ -105,9 +105,9 @@ class Run:
                 metrics[key].update(value)
             else:
                 metrics[key] = value
-        tmp = self.run_dir / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2))
-        os.replace(tmp, self.run_dir / "metrics.json")
+        from graftkit.io import atomic_write_text
+
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
 
 
 def make_accelerator(cfg: RunConfig, run_dir: Path | None = None) -> Accelerator:
@@ -181,11 +181,17 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: boo
         cfg, llm, tokenizer, dataset.embedding_dim, len(dataset.class_names), textspace.dim
     )
     labels = np.stack([v.labels for v in train])
+    constants = cfg.objective
     objective = Objective(
         glm,
-        InfoNCE(init_temperature=0.1),
-        torch.as_tensor(positive_weights(torch.as_tensor(labels, dtype=torch.float32))),
-        imq_alpha(gamma=5.0, dim=textspace.dim),
+        InfoNCE(init_temperature=constants.infonce_init_temperature),
+        torch.as_tensor(
+            positive_weights(
+                torch.as_tensor(labels, dtype=torch.float32), max_weight=constants.pos_weight_cap
+            )
+        ),
+        imq_alpha(gamma=constants.mmd_gamma, dim=textspace.dim),
+        focal_gamma=constants.focal_gamma,
     )
     targets = {
         "train": TextTargets(dataset, train, textspace),
@@ -303,6 +309,16 @@ class PhaseRunner:
         return torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
     def _scheduler(self, optimizer, steps_per_epoch: int):
+        """The phase's learning-rate schedule, stepped once per optimizer step (``plateau``: once
+        per epoch on the early-stopping metric).
+
+        ``cosine`` and ``constant`` are transformers' schedules; with ``warmup_steps=0`` (every
+        shipped profile) they equal graftkit's former hand-written ones bit for bit. With a
+        warm-up, transformers ramps ``step / warmup_steps`` (the first step at lr 0) where the
+        former code ramped ``(step + 1) / warmup_steps``: the ramp starts one step later.
+        """
+        from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
         c = self.cfg
         if c.schedule == "plateau":
             return torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -311,17 +327,13 @@ class PhaseRunner:
                 factor=c.plateau_factor,
                 patience=c.plateau_patience,
             )
-        total = max(1, steps_per_epoch * c.epochs)
-
-        def factor(step: int) -> float:
-            if step < c.warmup_steps:
-                return (step + 1) / c.warmup_steps
-            if c.schedule == "constant":
-                return 1.0
-            progress = (step - c.warmup_steps) / max(1, total - c.warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        if c.schedule == "constant":
+            return get_constant_schedule_with_warmup(optimizer, c.warmup_steps)
+        # a process never takes more than steps_per_epoch steps an epoch (make_loader shards
+        # floor(n / world) volumes), so the cosine ends at 0 and never turns back up
+        return get_cosine_schedule_with_warmup(
+            optimizer, c.warmup_steps, max(1, steps_per_epoch * c.epochs)
+        )
 
     # -- state --------------------------------------------------------------------------------
     def _tensors(self, optimizer, scheduler, best_state, ewc) -> dict[str, dict[str, torch.Tensor]]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from graftkit import plugins
 from graftkit.bridge import GraftConfig, GraftedLM, graft
+from graftkit.compressors import build_compressor
 from graftkit.config import RunConfig
 
 
@@ -33,18 +33,7 @@ def build_grafted(
     cfg: RunConfig, llm, tokenizer, visual_dim: int, num_classes: int, jepa_dim: int
 ) -> GraftedLM:
     """Graft the registered compressor and the bridge into ``llm``."""
-    b = cfg.bridge
-    builder = plugins.get("compressor", b.compressor)
-    compressor = builder(
-        visual_dim,
-        num_zones=b.num_zones,
-        num_heads=b.num_heads,
-        num_global_layers=b.num_global_layers,
-        dropout=b.dropout,
-        position_scale=b.position_scale,
-        query_residual=b.query_residual,
-        slice_norm=b.slice_norm,
-    )
+    compressor = build_compressor(cfg.bridge.compressor, visual_dim, cfg.bridge)
     gcfg = graft_config(cfg, visual_dim, num_classes, jepa_dim)
     return graft(llm, gcfg, tokenizer=tokenizer, compressor=compressor)
 

@@ -22,6 +22,7 @@ from graftkit.align import (
     orthogonality_loss,
     weighted_bce,
 )
+from graftkit.config import ObjectiveConfig
 
 
 @dataclass
@@ -111,7 +112,7 @@ def _jepa(s: StepState) -> torch.Tensor:
 
 LOSSES: dict[str, Callable[[StepState], torch.Tensor]] = {
     "bce": lambda s: weighted_bce(s.cls_logits, s.batch["labels"], s.objective.pos_weight),
-    "focal": lambda s: focal_loss(s.cls_logits, s.batch["labels"]),
+    "focal": lambda s: focal_loss(s.cls_logits, s.batch["labels"], gamma=s.objective.focal_gamma),
     "mil": lambda s: mil_loss(s.glm.heads.mil(s.tokens), s.batch["labels"]),
     "orth": lambda s: orthogonality_loss(s.zones),
     "mmd": lambda s: mmd_imq(
@@ -134,13 +135,19 @@ class Objective(nn.Module):
     """Wraps the grafted model, the learned InfoNCE temperature and the loss table of a phase."""
 
     def __init__(
-        self, glm: nn.Module, infonce: InfoNCE, pos_weight: torch.Tensor, mmd_alpha: float
+        self,
+        glm: nn.Module,
+        infonce: InfoNCE,
+        pos_weight: torch.Tensor,
+        mmd_alpha: float,
+        focal_gamma: float = ObjectiveConfig().focal_gamma,
     ):
         super().__init__()
         self.glm = glm
         self.infonce = infonce
         self.register_buffer("pos_weight", pos_weight.clone().float())
         self.mmd_alpha = mmd_alpha
+        self.focal_gamma = focal_gamma
         self.weights: dict[str, float] = {}
 
     def set_losses(self, weights: dict[str, float]) -> None:

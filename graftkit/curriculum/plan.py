@@ -43,6 +43,22 @@ def _llm_config(cfg: RunConfig):
     )
 
 
+def _base_parameters(llm, llm_config) -> int:
+    """Parameters of the base LLM (LoRA excluded), each shared tensor once.
+
+    With ``tie_word_embeddings`` the output head *is* the input embedding matrix, as in the real
+    model. On the meta device transformers leaves the two untied, so the head is counted once
+    here, by hand (Llama-3.2-3B: 3.21 B, not 3.61 B).
+    """
+    unique = {id(p): p.numel() for n, p in llm.named_parameters() if "lora_" not in n}
+    total = sum(unique.values())
+    head, embedding = llm.get_output_embeddings(), llm.get_input_embeddings()
+    tied = getattr(llm_config, "tie_word_embeddings", False)
+    if tied and head is not None and head.weight is not embedding.weight:
+        total -= unique.get(id(head.weight), 0)
+    return total
+
+
 def plan(cfg: RunConfig, num_classes: int | None = None) -> dict[str, Any]:
     """Inventory per phase and an estimate of memory per GPU for the run's launch profile."""
     from accelerate import init_empty_weights
@@ -60,7 +76,7 @@ def plan(cfg: RunConfig, num_classes: int | None = None) -> dict[str, Any]:
         llm = AutoModelForCausalLM.from_config(llm_config)
         glm = build_grafted(cfg, llm, None, visual_dim, num_classes, jepa_dim)
     inventory = glm.inventory()
-    base_params = sum(p.numel() for n, p in glm.llm.named_parameters() if "lora_" not in n)
+    base_params = _base_parameters(glm.llm, llm_config)
     d_l = llm_config.hidden_size
     phases = {}
     world = cfg.launch.num_processes * cfg.launch.num_machines

@@ -5,8 +5,8 @@ reports macro F1 / precision / recall and the per-class values. Per-class thresh
 on classifier-head probabilities is the paper's "0.448 with per-class thresholds" figure: tuned on
 the split it is scored on, it leaks, so it is flagged as an upper bound.
 
-Zero-division convention (identical to scikit-learn's ``zero_division=0``): a ratio whose
-denominator is 0 is 0. Concretely, per class with TP/FP/FN counts
+The scores are scikit-learn's ``precision_recall_fscore_support(average=None,
+zero_division=0)``: a ratio whose denominator is 0 is 0. Concretely, per class with TP/FP/FN counts
 
 * precision = TP / (TP + FP), 0 when nothing was predicted positive;
 * recall    = TP / (TP + FN), 0 when the class has no positives;
@@ -53,18 +53,15 @@ def _class_names(class_names: Sequence[str] | None, n_classes: int) -> list[str]
     return names
 
 
-def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    num = np.asarray(num, dtype=np.float64)
-    den = np.asarray(den, dtype=np.float64)
-    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+def _per_class_scores(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-class ``(precision, recall, f1, support)`` of ``[n, C]`` 0/1 arrays (scikit-learn)."""
+    from sklearn.metrics import precision_recall_fscore_support
 
-
-def _counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """TP, FP, FN along the sample axis (second-to-last); works for [n, C] and [G, n, C]."""
-    tp = (y_true & y_pred).sum(axis=-2)
-    fp = (~y_true & y_pred).sum(axis=-2)
-    fn = (y_true & ~y_pred).sum(axis=-2)
-    return tp, fp, fn
+    if truth.shape[1] == 1:  # one column reads as a binary vector to scikit-learn: score class 1
+        return precision_recall_fscore_support(
+            truth[:, 0], pred[:, 0], labels=[True], average=None, zero_division=0
+        )
+    return precision_recall_fscore_support(truth, pred, average=None, zero_division=0)
 
 
 def multilabel_scores(
@@ -84,16 +81,13 @@ def multilabel_scores(
     if truth.shape[0] == 0:
         raise ValueError("cannot score an empty set: y_true has 0 rows")
     names = _class_names(class_names, truth.shape[1])
-    tp, fp, fn = _counts(truth, pred)
-    precision = _safe_ratio(tp, tp + fp)
-    recall = _safe_ratio(tp, tp + fn)
-    f1 = _safe_ratio(2 * tp, 2 * tp + fp + fn)
+    precision, recall, f1, support = _per_class_scores(truth, pred)
     per_class = {
         name: {
             "f1": float(f1[c]),
             "precision": float(precision[c]),
             "recall": float(recall[c]),
-            "support": int(tp[c] + fn[c]),
+            "support": int(support[c]),
         }
         for c, name in enumerate(names)
     }
@@ -136,9 +130,7 @@ def optimise_thresholds(
         raise ValueError("grid must hold at least one threshold")
     names = _class_names(class_names, truth.shape[1])
 
-    pred = p[None, :, :] >= candidates[:, None, None]  # [G, n, C]
-    tp, fp, fn = _counts(truth[None], pred)
-    f1 = _safe_ratio(2 * tp, 2 * tp + fp + fn)  # [G, C]
+    f1 = np.stack([_per_class_scores(truth, p >= t)[2] for t in candidates])  # [G, C]
     # lexicographic choice: highest F1, then closest to 0.5, then lowest threshold
     closeness = -np.abs(candidates - 0.5)
     shape = f1.shape

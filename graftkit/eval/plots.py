@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 DPI = 110
 PHASE_SHADES = ("#f2f2f2", "#ffffff")
@@ -26,16 +27,51 @@ ABLATION_LABELS = {
     "random": "random",
 }
 METRIC_LABELS = {"f1": "F1", "precision": "precision", "recall": "recall"}
-#: history keys that are bookkeeping, not metrics
+#: history keys that are bookkeeping, not metrics (``best`` repeats the early-stopping series)
 NON_METRIC_KEYS = frozenset(
-    {"phase", "epoch", "step", "global_step", "lr", "learning_rate", "time", "wall_s", "seconds"}
+    {
+        "phase",
+        "epoch",
+        "step",
+        "global_step",
+        "lr",
+        "learning_rate",
+        "time",
+        "wall_s",
+        "seconds",
+        "best",
+    }
+)
+#: prefixes of the per-term loss columns the engine writes (``train_bce``, ``valid_total``, ...)
+LOSS_PREFIXES = ("train_", "valid_", "val_")
+#: words that make a column a score even under a loss prefix (``valid_macro_f1``, ``val_auc``)
+SCORE_WORDS = frozenset(
+    {"f1", "auc", "acc", "accuracy", "precision", "recall", "top1", "top5", "reliance"}
 )
 
 
 def is_loss_key(key: str) -> bool:
-    """Loss-like series (plotted as loss curves, not as scores)."""
+    """Loss-like series (plotted as loss curves, not as scores).
+
+    A column is a loss when its name contains ``loss`` or ``nll``, or when it is a per-term
+    column of ``history.jsonl`` (``train_<term>`` / ``valid_<term>``: ``train_bce``,
+    ``valid_total``, ...), unless one of its words names a score (``valid_macro_f1``).
+    """
     lowered = key.lower()
-    return "loss" in lowered or "nll" in lowered
+    words = set(lowered.replace(".", "_").replace(" ", "_").split("_"))
+    if words & SCORE_WORDS:
+        return False
+    return "loss" in lowered or "nll" in lowered or lowered.startswith(LOSS_PREFIXES)
+
+
+def loss_term(key: str) -> tuple[str, str]:
+    """``(split, term)`` of a loss column: ``valid_total`` -> ``("valid", "total")``;
+    an unprefixed column (``loss``) is a training series."""
+    lowered = key.lower()
+    for prefix in LOSS_PREFIXES:
+        if lowered.startswith(prefix):
+            return ("train" if prefix == "train_" else "valid"), key[len(prefix) :]
+    return "train", key
 
 
 def is_number(value: Any) -> bool:
@@ -98,40 +134,99 @@ def _shade_phases(ax, spans: list[tuple[int, float, float]]) -> None:
 
 
 def loss_curves(history: Sequence[Mapping[str, Any]]) -> Figure | None:
-    """One panel per phase: every loss-like series of ``history.jsonl`` against the epoch."""
+    """One panel per phase: every loss term of ``history.jsonl`` against the epoch.
+
+    A term keeps one colour within a panel; training is solid, validation dashed.
+    """
     groups = {p: rows for p, rows in _group_by_phase(history).items() if _series_keys(rows, True)}
     if not groups:
         return None
-    fig = new_figure(4.0 * len(groups) + 0.5, 3.6)
-    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    cols = 1 if len(groups) == 1 else 2
+    nrows = math.ceil(len(groups) / cols)
+    fig = new_figure(5.2 * cols + 0.6, 3.3 * nrows + 0.5)
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    for ax in axes[len(groups) :]:
+        ax.set_visible(False)
     for ax, (phase, rows) in zip(axes, groups.items()):
+        terms: list[str] = []
+        epochs = _epoch_axis(rows)
         for key in _series_keys(rows, True):
-            points = [(x, r[key]) for x, r in zip(_epoch_axis(rows), rows) if is_number(r.get(key))]
+            split, term = loss_term(key)
+            if term not in terms:
+                terms.append(term)
+            points = [(x, r[key]) for x, r in zip(epochs, rows) if is_number(r.get(key))]
             xs, ys = zip(*points)
-            ax.plot(xs, ys, marker="o", markersize=3, label=key)
+            ax.plot(
+                xs,
+                ys,
+                color=f"C{terms.index(term) % 10}",
+                ls="-" if split == "train" else "--",
+                marker="o" if split == "train" else "s",
+                markersize=4 if split == "train" else 3,
+                mfc="none" if split == "valid" else None,
+            )
+        # one legend entry per term (its colour) and one per split (its line style)
+        handles = [Line2D([], [], color=f"C{i % 10}", lw=2, label=t) for i, t in enumerate(terms)]
+        handles += [
+            Line2D([], [], color="#444444", ls="-", marker="o", markersize=4, label="train"),
+            Line2D([], [], color="#444444", ls="--", marker="s", mfc="none", label="validation"),
+        ]
         ax.set_title(f"Phase {phase}")
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("Training loss per phase")
+        ax.legend(
+            handles=handles,
+            fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0,
+        )
+    fig.suptitle("Training loss per phase (solid: train, dashed: validation)")
     return fig
 
 
-def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+def flatten_numeric(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     flat: dict[str, float] = {}
     for key, value in mapping.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(flatten_numeric(value, f"{name}."))
         elif is_number(value):
             flat[name] = float(value)
     return flat
 
 
 def flatten_phase_metrics(phases: Mapping[str, Any]) -> dict[int, dict[str, float]]:
-    """``metrics.json`` ``phases`` as ``{phase: {dotted.key: value}}`` (numeric leaves only)."""
-    return {int(p): _flatten(v) for p, v in sorted(phases.items(), key=lambda kv: int(kv[0]))}
+    """``metrics.json`` ``phases`` as ``{phase: {dotted.key: value}}`` (numeric leaves only).
+
+    The engine's ``{"metric": "gen_f1", "best": 0.41}`` pair becomes ``"gen_f1 (best)": 0.41``, so
+    the value is named by what it measures.
+    """
+    out: dict[int, dict[str, float]] = {}
+    for p, value in sorted(phases.items(), key=lambda kv: int(kv[0])):
+        value = dict(value)
+        if isinstance(value.get("metric"), str) and is_number(value.get("best")):
+            value[f"{value.pop('metric')} (best)"] = value.pop("best")
+        out[int(p)] = flatten_numeric(value)
+    return out
+
+
+def _is_score(key: str, value: float) -> bool:
+    leaf = key.rsplit(".", 1)[-1]
+    return leaf not in NON_METRIC_KEYS and not is_loss_key(key) and 0.0 <= value <= 1.0
+
+
+def _legend_outside(ax, entries: int) -> None:
+    ax.legend(
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0,
+        ncol=1 if entries <= 14 else 2,
+    )
 
 
 def metric_progression(
@@ -139,20 +234,22 @@ def metric_progression(
 ) -> Figure | None:
     """Score metrics across the curriculum.
 
-    Left: per-epoch non-loss metrics of ``history.jsonl`` on one epoch axis spanning all phases.
-    Right: end-of-phase scores from ``metrics.json`` ``phases`` (leaves in [0, 1]) by phase.
+    Top: per-epoch non-loss metrics of ``history.jsonl`` on one epoch axis spanning all phases.
+    Bottom: end-of-phase scores from ``metrics.json`` ``phases`` (leaves in [0, 1]) by phase.
+    Legends sit beside the axes, so many series never squash the plot.
     """
     epoch_keys = _series_keys(history, False)
     flat = flatten_phase_metrics(phases or {})
+    all_keys = {k for m in flat.values() for k in m}
     score_keys = sorted(
-        {k for m in flat.values() for k, v in m.items() if not is_loss_key(k)}
-        - {k for m in flat.values() for k, v in m.items() if not 0.0 <= v <= 1.0}
+        k for k in all_keys if all(_is_score(k, m[k]) for m in flat.values() if k in m)
     )
-    panels = int(bool(epoch_keys)) + int(bool(score_keys))
-    if panels == 0:
+    panels = [keys for keys in (epoch_keys, score_keys) if keys]
+    if not panels:
         return None
-    fig = new_figure(6.0 * panels, 3.8)
-    axes = list(fig.subplots(1, panels, squeeze=False)[0])
+    heights = [max(3.0, 1.2 + 0.2 * min(len(keys), 14)) for keys in panels]
+    fig = new_figure(9.0, sum(heights) + 0.6)
+    axes = list(fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights)[:, 0])
     if epoch_keys:
         ax = axes.pop(0)
         spans = []
@@ -176,9 +273,13 @@ def metric_progression(
                     label = None
         ax.set_xlabel("epoch (all phases, in order)")
         ax.set_ylabel("value")
-        ax.set_title("Per-epoch metrics", pad=16)
+        values = [r[k] for r in history for k in epoch_keys if is_number(r.get(k))]
+        if all(0.0 <= v <= 1.0 for v in values):
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_title("Per-epoch metrics (history.jsonl)", pad=16)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend_outside(ax, len(epoch_keys))
     if score_keys:
         ax = axes.pop(0)
         for key in score_keys:
@@ -190,9 +291,9 @@ def metric_progression(
         ax.set_xlabel("phase")
         ax.set_ylabel("score")
         ax.set_ylim(0, 1.02)
-        ax.set_title("End-of-phase scores", pad=16)
+        ax.set_title("End-of-phase scores (metrics.json phases)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend_outside(ax, len(score_keys))
     fig.suptitle("Metric progression across phases")
     return fig
 
@@ -254,10 +355,15 @@ def per_class_f1(
 
 
 def ablation_scores(value: Any) -> dict[str, float]:
+    """``{"f1", "precision", "recall"}`` of one ablation condition: a bare F1, a ``{f1, ...}``
+    dict or the ``{macro_f1, macro_precision, macro_recall}`` dict ``graftkit eval`` writes."""
     if isinstance(value, Mapping):
-        return {
-            k: float(value[k]) for k in ("f1", "precision", "recall") if is_number(value.get(k))
-        }
+        out = {}
+        for k in ("f1", "precision", "recall"):
+            v = value.get(k, value.get(f"macro_{k}"))
+            if is_number(v):
+                out[k] = float(v)
+        return out
     return {"f1": float(value)} if is_number(value) else {}
 
 
@@ -364,9 +470,10 @@ def probe_progression(probe: Mapping[str, Any]) -> Figure | None:
 
 
 def zone_grounding(labels: Sequence[str], weights: np.ndarray) -> Figure:
-    """Heatmap of cross-attention mass per zone (columns, apex → base) for each finding (rows)."""
+    """Occlusion heatmap: for each finding (rows), the share of the rise in its sentence's
+    teacher-forced NLL when one zone's visual token is zeroed (columns, first → last along z)."""
     n_rows, n_zones = weights.shape
-    fig = new_figure(max(6.0, 0.22 * n_zones + 3.5), max(2.6, 0.34 * n_rows + 1.6))
+    fig = new_figure(max(6.5, 0.22 * n_zones + 4.0), max(2.8, 0.34 * n_rows + 1.8))
     ax = fig.subplots()
     image = ax.imshow(weights, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_yticks(np.arange(n_rows))
@@ -375,9 +482,39 @@ def zone_grounding(labels: Sequence[str], weights: np.ndarray) -> Figure:
     ticks = list(range(0, n_zones, step))
     ax.set_xticks(ticks)
     ax.set_xticklabels([str(t) for t in ticks], fontsize=8)
-    ax.set_xlabel("zone (apex → base)")
-    ax.set_title("Zone grounding: where the cross-attention reads while writing each finding")
-    fig.colorbar(image, ax=ax, label="attention weight")
+    ax.set_xlabel("zone token zeroed (first → last along z)")
+    ax.set_title(
+        "Zone grounding by occlusion\nrise of each finding's NLL when one zone's token is zeroed",
+        fontsize=10,
+    )
+    fig.colorbar(image, ax=ax, label="share of the finding's NLL rise")
+    return fig
+
+
+def quality_ladder(rows: Sequence[Mapping[str, Any]]) -> Figure | None:
+    """Macro F1 at each stage of the pipeline, in the order given (top to bottom), so the
+    stage where the signal is lost stands out."""
+    stages = [(str(r["stage"]), r.get("macro_f1")) for r in rows]
+    if not stages:
+        return None
+    fig = new_figure(8.5, 1.4 + 0.38 * len(stages))
+    ax = fig.subplots()
+    y = np.arange(len(stages))
+    values = [float(v) if is_number(v) else 0.0 for _, v in stages]
+    bars = ax.barh(y, values, height=0.6, color="#1f77b4")
+    ax.bar_label(
+        bars,
+        labels=[f"{v:.3f}" if is_number(v) else "n/a" for _, v in stages],
+        fontsize=8,
+        padding=2,
+    )
+    ax.set_yticks(y)
+    ax.set_yticklabels([s for s, _ in stages], fontsize=9)
+    ax.set_ylim(len(stages) - 0.5, -0.5)
+    ax.set_xlim(0, max(1.08, max(values) * 1.12))
+    ax.set_xlabel("macro F1")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("Quality ladder: where the signal is lost")
     return fig
 
 

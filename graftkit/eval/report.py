@@ -7,26 +7,39 @@ Inputs, all optional (a missing one skips its sections with a note):
   (raw, p1..p4), ``oracle`` (``macro_f1``, optional ``per_class``), ``prevalence``;
 * ``RUN/history.jsonl``: one row per epoch, ``{"phase", "epoch", "step", "loss", ...}``;
 * ``RUN/collapse.jsonl``: :class:`~graftkit.eval.collapse.CollapseMonitor` history;
-* ``RUN/grounding.json``: ``{"zones": K, "rows": [{"label", "weights": [K floats]}]}``.
+* ``RUN/grounding.json``: ``{"zones": K, "rows": [{"label", "weights": [K floats]}]}``;
+* ``RUN/generations.jsonl``: one row per volume, ``{"name", "generated", "reference", "labels",
+  "predicted", "generated_zero"?}`` (example generations);
+* ``RUN/config.yaml``: ``dataset`` and ``profile`` for the title.
 
-Every figure is embedded as a base64 PNG data URI (no external JS, CSS or fonts, so the file
-opens offline) and also written to ``RUN/plots/<name>.png``. Malformed inputs raise a
-``ValueError`` naming the file and the field or line.
+Optional ``metrics.json`` sections that are rendered only when present: ``ladder`` (a list of
+``{"stage", "macro_f1", "detail", "macro_precision"?, "macro_recall"?, "fraction_of_oracle"?}``)
+and ``data.warnings`` (a list of strings).
+
+The layout is one jinja2 template, ``graftkit/eval/templates/report.html.j2``; this module turns
+the inputs into pre-formatted text and figures for it. Every figure is embedded as a base64 PNG
+data URI (no external JS, CSS or fonts, so the file opens offline) and also written to
+``RUN/plots/<name>.png``. Malformed inputs raise a ``ValueError`` naming the file and the field
+or line.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import datetime as dt
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
+import yaml
 
 from graftkit.eval import plots
 from graftkit.eval.collapse import CollapseMonitor, read_jsonl
+from graftkit.io import atomic_write_bytes, atomic_write_text
 
 PLOT_NAMES = (
     "loss_curves",
@@ -36,21 +49,10 @@ PLOT_NAMES = (
     "linear_probe",
     "zone_grounding",
     "collapse_monitor",
+    "quality_ladder",
 )
-
-_CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 1100px; color: #222; line-height: 1.4; padding: 0 1em; }
-h1 { border-bottom: 2px solid #1f77b4; padding-bottom: .2em; }
-h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: .6em 0; font-size: .9em; }
-th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f4f4f4; }
-img { max-width: 100%; height: auto; display: block; margin: .6em 0; }
-p.note { color: #8a6d3b; background: #fcf8e3; border: 1px solid #faebcc; padding: .4em .8em; }
-ul.warnings li { color: #a94442; }
-"""
+#: example generations shown in the report (all of them stay in generations.jsonl)
+MAX_EXAMPLES = 6
 
 
 def _load_json(path: Path) -> Any:
@@ -97,6 +99,29 @@ def load_grounding(path: Path) -> tuple[list[str], np.ndarray]:
     return labels, np.asarray(weights, dtype=np.float64)
 
 
+def load_generations(path: Path) -> list[dict[str, Any]]:
+    """``generations.jsonl`` rows; each needs string ``generated`` and ``reference``."""
+    rows = read_jsonl(path)
+    for lineno, row in enumerate(rows, start=1):
+        for key in ("generated", "reference"):
+            if not isinstance(row.get(key), str):
+                raise ValueError(f"{path}: row {lineno} has no string {key!r}")
+        for key in ("labels", "predicted"):
+            if not isinstance(row.get(key, []), list):
+                raise ValueError(f"{path}: row {lineno}: {key!r} must be a list of class names")
+    return rows
+
+
+def _load_config(path: Path) -> Mapping[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
 def _section_dict(metrics: Mapping[str, Any], key: str, source: Path) -> Mapping[str, Any] | None:
     value = metrics.get(key)
     if value is None:
@@ -115,90 +140,353 @@ def _check_per_class(per_class: Any, where: str) -> dict[str, Mapping[str, Any]]
     return dict(per_class)
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if isinstance(value, bool) or value is None:
-        return html.escape(str(value))
+def _check_ladder(ladder: Any, where: str) -> list[Mapping[str, Any]]:
+    if not isinstance(ladder, list):
+        raise ValueError(f"{where} must be a list of {{stage, macro_f1, detail}} rows")
+    for i, row in enumerate(ladder):
+        if not isinstance(row, Mapping) or not isinstance(row.get("stage"), str):
+            raise ValueError(f"{where}[{i}] needs a string 'stage', got {row!r}")
+        value = row.get("macro_f1")
+        if value is not None and not plots.is_number(value):
+            raise ValueError(f"{where}[{i}] ({row['stage']!r}): macro_f1 must be a number")
+    return list(ladder)
+
+
+def _check_warnings(warnings: Any, where: str) -> list[str]:
+    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+        raise ValueError(f"{where} must be a list of strings")
+    return list(warnings)
+
+
+# -- formatting: every value reaches the template as text ---------------------------------------
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A cell's text: integers as they are, floats to ``digits`` places, ``None`` as "n/a"."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    return html.escape(str(value))
+    return str(value)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def fmt_duration(seconds: float) -> str:
+    """``5.7 s``, ``8 min 16 s``, ``2 h 03 min``: a duration a reader takes in at a glance."""
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        minutes, rest = divmod(round(seconds), 60)
+        return f"{minutes} min {rest} s"
+    hours, rest = divmod(round(seconds) // 60, 60)
+    return f"{hours} h {rest:02d} min"
 
 
-def _note(text: str) -> str:
-    return f'<p class="note">{html.escape(text)}</p>'
+def fmt_percent(fraction: float) -> str:
+    return f"{100 * fraction:.1f} %"
 
 
-class _Report:
+def humanize(key: str) -> str:
+    """A metrics key as words: ``extractor_on_reference`` -> ``extractor on reference``."""
+    return key.replace("_", " ").replace(".", " ")
+
+
+def _fmt_leaf(key: str, value: Any) -> str:
+    if plots.is_number(value) and key.rsplit(".", 1)[-1] in ("seconds", "wall_s", "time"):
+        return fmt_duration(value)
+    return fmt(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], css: str = "") -> dict[str, Any]:
+    return {
+        "header": list(header),
+        "rows": [[c if isinstance(c, str) else fmt(c) for c in row] for row in rows],
+        "css": css,
+    }
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+class _Figures:
+    """Renders figures to data URIs and ``RUN/plots/<name>.png``; removes stale PNGs at the end."""
+
     def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
         self.plot_dir = run_dir / "plots"
-        self.sections: list[str] = []
-        self.written: set[str] = set()
+        self.figures: dict[str, dict[str, str] | None] = dict.fromkeys(PLOT_NAMES)
 
-    def figure(self, name: str, fig, alt: str) -> str:
+    def add(self, name: str, fig, alt: str, caption: str = "") -> dict[str, str] | None:
+        if fig is None:
+            return None
         png = plots.figure_png(fig)
-        self.plot_dir.mkdir(parents=True, exist_ok=True)
-        (self.plot_dir / f"{name}.png").write_bytes(png)
-        self.written.add(name)
+        atomic_write_bytes(self.plot_dir / f"{name}.png", png)
         data = base64.b64encode(png).decode("ascii")
-        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+        self.figures[name] = {
+            "src": f"data:image/png;base64,{data}",
+            "alt": alt,
+            "caption": caption,
+        }
+        return self.figures[name]
 
-    def section(self, anchor: str, title: str, body: str) -> None:
-        self.sections.append(
-            f'<section id="{anchor}"><h2>{html.escape(title)}</h2>\n{body}\n</section>'
-        )
+    def remove_stale(self) -> None:
+        for name, figure in self.figures.items():
+            stale = self.plot_dir / f"{name}.png"
+            if figure is None and stale.exists():
+                stale.unlink()
 
 
-def _headline_rows(metrics: Mapping[str, Any]) -> list[list[Any]]:
-    rows: list[list[Any]] = []
+# -- sections ---------------------------------------------------------------------------------
+
+
+def _macro_f1(value: Any) -> float | None:
+    if isinstance(value, Mapping):
+        value = value.get("macro_f1")
+    return float(value) if plots.is_number(value) else None
+
+
+def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Rows ``[metric, value, about]``: what a reader needs to judge the run at a glance."""
+    rows: list[list[str]] = []
     ev = metrics.get("eval") or {}
+    scope = []
+    if plots.is_number(ev.get("volumes", ev.get("n"))):
+        scope.append(f"{ev.get('volumes', ev.get('n'))} {ev.get('split', 'evaluation')} volumes")
+    if isinstance(ev.get("extractor"), str):
+        scope.append(f"labels read by {ev['extractor']}")
     for key, label in (
         ("macro_f1", "F1"),
         ("macro_precision", "precision"),
         ("macro_recall", "recall"),
     ):
         if plots.is_number(ev.get(key)):
-            rows.append([f"generation macro {label}", ev[key]])
+            about = ", ".join(scope) if key == "macro_f1" else ""
+            rows.append([f"generation macro {label}", fmt(ev[key]), about])
+    oracle = _macro_f1(metrics.get("oracle"))
+    if oracle is not None:
+        about = "best achievable on these volumes (knows the cohort's generator)"
+        if plots.is_number(ev.get("macro_f1")) and oracle > 0:
+            about += f"; generation reaches {fmt_percent(ev['macro_f1'] / oracle)} of it"
+        rows.append(["oracle macro F1", fmt(oracle), about])
+    named = {
+        "extractor_on_reference": (
+            "label extractor on the reference reports, macro F1",
+            "the measuring stick: the extractor's own error",
+        ),
+        "extractor_on_ground_truth": (
+            "label extractor on the reference reports, macro F1",
+            "the measuring stick: the extractor's own error",
+        ),
+    }
+    checkpoint = ev.get("checkpoint")
+    if isinstance(checkpoint, Mapping) and checkpoint.get("path"):
+        about = f"phase {checkpoint['phase']}" if checkpoint.get("phase") is not None else ""
+        if checkpoint.get("epoch") is not None:
+            run_epochs = checkpoint.get("epochs_run", "?")
+            about += f", best epoch {checkpoint['epoch']} of {run_epochs} run"
+        rows.append(["checkpoint evaluated", str(checkpoint["path"]), about])
+    skip = {
+        "macro_f1",
+        "macro_precision",
+        "macro_recall",
+        "per_class",
+        "n",
+        "volumes",
+        "split",
+        "checkpoint",
+    }
     for key, value in ev.items():
-        if key in ("macro_f1", "macro_precision", "macro_recall", "per_class"):
+        if key in skip:
             continue
+        label, about = named.get(key, (humanize(key), ""))
         if plots.is_number(value):
-            rows.append([f"eval.{key}", value])
+            rows.append([label, fmt(value), about])
         elif isinstance(value, Mapping) and plots.is_number(value.get("macro_f1")):
-            flag = " (upper bound: tuned on this split)" if value.get("upper_bound") else ""
-            rows.append([f"eval.{key} macro F1{flag}", value["macro_f1"]])
-    oracle = metrics.get("oracle") or {}
-    if plots.is_number(oracle.get("macro_f1")):
-        rows.append(["oracle macro F1", oracle["macro_f1"]])
-    ablation = metrics.get("ablation") or {}
-    real = plots.ablation_scores(ablation.get("real")).get("f1")
-    zero = plots.ablation_scores(ablation.get("zero")).get("f1")
-    if real is not None and zero is not None and real > 0:
-        rows.append(["F1 removed by zeroing visual tokens", f"{100 * (1 - zero / real):.1f} %"])
+            if value.get("upper_bound"):
+                label, about = f"{label} macro F1", "upper bound: tuned on this split"
+            elif not label.endswith("macro F1"):
+                label += " macro F1"
+            rows.append([label, fmt(value["macro_f1"]), about])
+    classifier = metrics.get("classifier") or {}
+    if _macro_f1(classifier.get("threshold_0.5")) is not None:
+        rows.append(
+            [
+                "classifier heads macro F1",
+                fmt(_macro_f1(classifier["threshold_0.5"])),
+                "the heads' own labels at threshold 0.5, no text generated",
+            ]
+        )
+    if _macro_f1(classifier.get("tuned_thresholds")) is not None:
+        rows.append(
+            [
+                "classifier heads macro F1, per-class thresholds",
+                fmt(_macro_f1(classifier["tuned_thresholds"])),
+                "upper bound: thresholds tuned on this split",
+            ]
+        )
     probe = metrics.get("probe") or {}
     for stage in reversed(plots.PROBE_ORDER):
         scores = plots.probe_scores(probe.get(stage))
         if "macro_f1" in scores:
             rows.append(
-                [f"linear probe macro F1 ({plots.PROBE_LABELS[stage]})", scores["macro_f1"]]
+                [
+                    f"linear probe macro F1 ({plots.PROBE_LABELS[stage]})",
+                    fmt(scores["macro_f1"]),
+                    "5-fold logistic regression on the mean-pooled visual tokens",
+                ]
             )
             break
-    return rows
+    data = metrics.get("data") or {}
+    if isinstance(data, Mapping) and plots.is_number(data.get("train")):
+        counts = f"{data['train']} train / {data.get('valid', 'n/a')} valid"
+        about = f"{data['skipped']} skipped" if plots.is_number(data.get("skipped")) else ""
+        rows.append(["volumes", counts, about])
+    phases = metrics.get("phases") or {}
+    seconds = [
+        v["seconds"]
+        for v in phases.values()
+        if isinstance(v, Mapping) and plots.is_number(v.get("seconds"))
+    ]
+    if seconds:
+        rows.append(["training time", fmt_duration(sum(seconds)), f"{len(seconds)} phase(s)"])
+    return _table(["metric", "value", "about"], rows, css="headline last-left")
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Render ``RUN/report.html`` and ``RUN/plots/*.png`` from whatever run outputs exist."""
+def _visual_check(ablation: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """One row: generation macro F1 with real / zeroed / shuffled / random tokens, zero-drop."""
+    if not ablation:
+        return None
+    f1 = {c: plots.ablation_scores(ablation.get(c)).get("f1") for c in plots.ABLATION_ORDER}
+    if all(v is None for v in f1.values()):
+        return None
+    drop = ablation.get("zero_drop")
+    if not plots.is_number(drop) and f1["real"] and f1["zero"] is not None:
+        drop = 1 - f1["zero"] / f1["real"]
+    header = ["real", "zeroed", "shuffled (other patient)", "random", "F1 removed by zeroing"]
+    row = [fmt(f1[c]) for c in plots.ABLATION_ORDER]
+    row.append(fmt_percent(drop) if plots.is_number(drop) else "n/a")
+    return _table(header, [row])
+
+
+def _phases_table(phases: Mapping[str, Any]) -> dict[str, Any]:
+    order = sorted(phases, key=int)
+    rows: list[list[str]] = []
+    if any(isinstance(phases[p], Mapping) and "metric" in phases[p] for p in order):
+        rows.append(["early-stopping metric", *[str(phases[p].get("metric", "")) for p in order]])
+        rows.append(["best value", *[fmt(phases[p].get("best")) for p in order]])
+    if any(plots.is_number(phases[p].get("seconds")) for p in order):
+        rows.append(
+            [
+                "time",
+                *[
+                    fmt_duration(phases[p]["seconds"])
+                    if plots.is_number(phases[p].get("seconds"))
+                    else ""
+                    for p in order
+                ],
+            ]
+        )
+    rest = {
+        int(p): {
+            k: v
+            for k, v in plots.flatten_numeric(phases[p]).items()
+            if k not in ("best", "seconds")
+        }
+        for p in order
+    }
+    for key in sorted({k for m in rest.values() for k in m}):
+        rows.append([key, *[_fmt_leaf(key, rest[int(p)].get(key, "")) for p in order]])
+    return _table(["", *[f"phase {p}" for p in order]], rows)
+
+
+def _examples(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for row in rows[:MAX_EXAMPLES]:
+        truth = [str(x) for x in row.get("labels", [])]
+        predicted = [str(x) for x in row.get("predicted", [])]
+        labels = [{"name": n, "kind": "found" if n in predicted else "missed"} for n in truth]
+        labels += [{"name": n, "kind": "invented"} for n in predicted if n not in truth]
+        zero = row.get("generated_zero")
+        out.append(
+            {
+                "name": str(row.get("name", "")),
+                "generated": row["generated"] or "(empty)",
+                "reference": row["reference"],
+                "labels": labels,
+                "generated_zero": (zero or "(empty)") if isinstance(zero, str) else None,
+            }
+        )
+    return out
+
+
+def _ladder_table(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+    optional = [
+        (key, label)
+        for key, label in (
+            ("macro_precision", "macro precision"),
+            ("macro_recall", "macro recall"),
+            ("fraction_of_oracle", "fraction of oracle"),
+        )
+        if any(key in r for r in rows)
+    ]
+    body = []
+    for r in rows:
+        cells = [r["stage"], fmt(r.get("macro_f1"))]
+        for key, _ in optional:
+            value = r.get(key)
+            cells.append(
+                fmt_percent(value)
+                if key == "fraction_of_oracle" and plots.is_number(value)
+                else fmt(value)
+            )
+        cells.append(str(r.get("detail", "")))
+        body.append(cells)
+    return _table(
+        ["stage", "macro F1", *[label for _, label in optional], "detail"], body, css="last-left"
+    )
+
+
+def _title(run: Path, config: Mapping[str, Any], metrics_path: Path) -> str:
+    stamp = metrics_path.stat().st_mtime if metrics_path.exists() else None
+    date = dt.datetime.fromtimestamp(stamp, dt.UTC) if stamp else dt.datetime.now(dt.UTC)
+    parts = []
+    if config.get("dataset"):
+        parts.append(str(config["dataset"]))
+    if config.get("profile"):
+        parts.append(f"profile {config['profile']}")
+    if not parts:
+        parts.append(run.resolve().name)
+    parts.append(date.strftime("%Y-%m-%d"))
+    return "graftkit run report: " + ", ".join(parts)
+
+
+@functools.cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("graftkit.eval", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    return env.get_template("report.html.j2")
+
+
+def write_report(run_dir: str | Path, training_dir: str | Path | None = None) -> Path:
+    """Render ``RUN/report.html`` and ``RUN/plots/*.png`` from whatever run outputs exist.
+
+    ``training_dir``: where ``history.jsonl``, ``collapse.jsonl`` and ``config.yaml`` live when
+    ``run_dir`` is an evaluation folder of its own (``graftkit eval RUN --output-dir DIR``);
+    default ``run_dir``.
+    """
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} does not exist")
-    report = _Report(run)
+    training = Path(training_dir) if training_dir is not None else run
 
     metrics_path = run / "metrics.json"
     metrics: Mapping[str, Any] = {}
@@ -207,149 +495,144 @@ def write_report(run_dir: str | Path) -> Path:
         if not isinstance(loaded, Mapping):
             raise ValueError(f"{metrics_path}: expected a JSON object at the top level")
         metrics = loaded
-    history_path = run / "history.jsonl"
+    history_path = training / "history.jsonl"
     history = load_history(history_path) if history_path.exists() else []
-    collapse_path = run / "collapse.jsonl"
+    collapse_path = training / "collapse.jsonl"
     collapse = CollapseMonitor.from_jsonl(collapse_path).history if collapse_path.exists() else []
     grounding_path = run / "grounding.json"
     grounding = load_grounding(grounding_path) if grounding_path.exists() else None
+    generations_path = run / "generations.jsonl"
+    generations = load_generations(generations_path) if generations_path.exists() else []
+    config_path = training / "config.yaml"
+    config = _load_config(config_path) if config_path.exists() else {}
 
     eval_ = _section_dict(metrics, "eval", metrics_path) or {}
     phases = _section_dict(metrics, "phases", metrics_path)
+    for key, value in (phases or {}).items():
+        if not str(key).isdigit() or not isinstance(value, Mapping):
+            raise ValueError(
+                f"{metrics_path}: phases.{key} must be an object keyed by phase number"
+            )
     ablation = _section_dict(metrics, "ablation", metrics_path)
     probe = _section_dict(metrics, "probe", metrics_path)
     oracle = _section_dict(metrics, "oracle", metrics_path) or {}
     prevalence = _section_dict(metrics, "prevalence", metrics_path)
+    data = _section_dict(metrics, "data", metrics_path) or {}
     per_class = (
         _check_per_class(eval_["per_class"], f"{metrics_path}: eval.per_class")
         if "per_class" in eval_
         else None
     )
-
-    # headline numbers
-    rows = _headline_rows(metrics)
-    report.section(
-        "headline",
-        "Headline numbers",
-        _table(["metric", "value"], rows) if rows else _note("no metrics.json scores found"),
+    ladder_rows = (
+        _check_ladder(metrics["ladder"], f"{metrics_path}: ladder")
+        if metrics.get("ladder") is not None
+        else []
+    )
+    data_warnings = (
+        _check_warnings(data["warnings"], f"{metrics_path}: data.warnings")
+        if data.get("warnings") is not None
+        else []
     )
 
-    # loss curves
-    fig = plots.loss_curves(history)
-    report.section(
-        "loss-curves",
-        "Loss curves per phase",
-        report.figure("loss_curves", fig, "training loss per phase")
-        if fig
-        else _note("history.jsonl is missing or has no loss columns: no loss curves"),
+    figures = _Figures(run)
+    figures.add("loss_curves", plots.loss_curves(history), "training and validation loss per phase")
+    figures.add(
+        "metric_progression",
+        plots.metric_progression(history, phases),
+        "metric progression across phases",
     )
-
-    # metric progression
-    fig = plots.metric_progression(history, phases)
-    body = (
-        report.figure("metric_progression", fig, "metric progression across phases")
-        if fig
-        else _note("no per-epoch or per-phase score metrics (history.jsonl / metrics.json phases)")
-    )
-    if phases:
-        flat = plots.flatten_phase_metrics(phases)
-        keys = sorted({k for m in flat.values() for k in m})
-        body += _table(
-            ["metric", *[f"phase {p}" for p in flat]],
-            [[k, *[flat[p].get(k, "") for p in flat]] for k in keys],
-        )
-    report.section("progression", "Metric progression across phases", body)
-
-    # per-class F1
+    per_class_table = None
     if per_class is not None:
         oracle_pc = (
             oracle.get("per_class") if isinstance(oracle.get("per_class"), Mapping) else None
         )
-        fig = plots.per_class_f1(
-            per_class,
-            prevalence,
-            oracle_pc,
-            eval_.get("macro_f1") if plots.is_number(eval_.get("macro_f1")) else None,
-            oracle.get("macro_f1") if plots.is_number(oracle.get("macro_f1")) else None,
+        figures.add(
+            "per_class_f1",
+            plots.per_class_f1(
+                per_class,
+                prevalence,
+                oracle_pc,
+                eval_.get("macro_f1") if plots.is_number(eval_.get("macro_f1")) else None,
+                oracle.get("macro_f1") if plots.is_number(oracle.get("macro_f1")) else None,
+            ),
+            "per-class F1 vs prevalence and oracle",
         )
-        table_rows = [
+        per_class_table = _table(
+            ["class", "support", "prevalence", "precision", "recall", "F1", "oracle F1"],
             [
-                name,
-                s.get("support", ""),
-                (prevalence or {}).get(name, ""),
-                s.get("precision", ""),
-                s.get("recall", ""),
-                s["f1"],
-                plots.f1_of((oracle_pc or {}).get(name)) if oracle_pc else "",
-            ]
-            for name, s in per_class.items()
-        ]
-        body = report.figure("per_class_f1", fig, "per-class F1 vs prevalence and oracle")
-        body += _table(
-            ["class", "support", "prevalence", "precision", "recall", "F1", "oracle F1"], table_rows
+                [
+                    name,
+                    s.get("support", ""),
+                    (prevalence or {}).get(name, ""),
+                    s.get("precision", ""),
+                    s.get("recall", ""),
+                    s["f1"],
+                    plots.f1_of((oracle_pc or {}).get(name)) if oracle_pc else "",
+                ]
+                for name, s in per_class.items()
+            ],
         )
-        if prevalence is None:
-            body += _note("metrics.json has no 'prevalence': bars show F1 only")
-    else:
-        body = _note("metrics.json has no eval.per_class: run `graftkit eval` first")
-    report.section("per-class", "Per-class F1, prevalence and oracle", body)
-
-    # ablations
-    fig = plots.ablation_bars(ablation) if ablation else None
-    report.section(
+    figures.add(
         "ablation",
-        "Visual-token ablations",
-        report.figure("ablation", fig, "generation and NLL with ablated visual tokens")
-        if fig
-        else _note("metrics.json has no 'ablation' scores: run `graftkit eval --ablations`"),
+        plots.ablation_bars(ablation) if ablation else None,
+        "generation and NLL with ablated visual tokens",
     )
-
-    # linear probe
-    fig = plots.probe_progression(probe) if probe else None
-    report.section(
-        "probe",
-        "Linear probe per phase",
-        report.figure("linear_probe", fig, "linear probe macro F1 and AUC per phase")
-        if fig
-        else _note("metrics.json has no 'probe' scores"),
+    figures.add(
+        "linear_probe",
+        plots.probe_progression(probe) if probe else None,
+        "linear probe macro F1 and AUC per phase",
     )
-
-    # zone grounding
     if grounding is not None:
         labels, weights = grounding
-        body = report.figure(
-            "zone_grounding", plots.zone_grounding(labels, weights), "zone-grounding heatmap"
+        method = _load_json(grounding_path).get("method")
+        figures.add(
+            "zone_grounding",
+            plots.zone_grounding(labels, weights),
+            "zone-grounding map by occlusion",
+            caption=(
+                "Each row is a finding; each column the share of the rise in the teacher-forced "
+                "NLL of the finding's sentence when that zone's visual token is zeroed "
+                "(rows sum to 1; an all-zero row: no zone raised the NLL)."
+                + (f" Method: {method}." if isinstance(method, str) else "")
+            ),
+        )
+    figures.add("collapse_monitor", plots.collapse_monitor(collapse), "posterior-collapse monitor")
+    ladder = None
+    if ladder_rows:
+        ladder = {
+            "figure": figures.add(
+                "quality_ladder",
+                plots.quality_ladder(ladder_rows),
+                "macro F1 at each stage of the quality ladder",
+            ),
+            "table": _ladder_table(ladder_rows),
+        }
+    figures.remove_stale()
+
+    subtitle = [f"run directory {run.resolve()}"]
+    if generations:
+        shown = min(len(generations), MAX_EXAMPLES)
+        examples_caption = (
+            f"The first {shown} of {len(generations)} evaluated volumes "
+            "(all of them are in generations.jsonl)."
         )
     else:
-        body = _note("grounding.json is missing: no zone-grounding heatmap")
-    report.section("grounding", "Zone grounding", body)
-
-    # collapse monitor
-    fig = plots.collapse_monitor(collapse)
-    if fig:
-        body = report.figure("collapse_monitor", fig, "posterior-collapse monitor")
-        warnings = [w for row in collapse for w in row.get("warnings", [])]
-        if warnings:
-            body += (
-                '<ul class="warnings">'
-                + "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
-                + "</ul>"
-            )
-    else:
-        body = _note("collapse.jsonl is missing or empty: the collapse monitor did not run")
-    report.section("collapse", "Posterior-collapse monitor", body)
-
-    for name in PLOT_NAMES:
-        stale = report.plot_dir / f"{name}.png"
-        if name not in report.written and stale.exists():
-            stale.unlink()
-
-    title = f"graftkit run report: {run.resolve().name}"
-    document = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n" + "\n".join(report.sections) + "\n</body></html>\n"
-    )
+        examples_caption = ""
+    context = {
+        "title": _title(run, config, metrics_path),
+        "subtitle": "; ".join(subtitle),
+        "headline": _headline(metrics),
+        "visual_check": _visual_check(ablation),
+        "data_warnings": data_warnings,
+        "ladder": ladder,
+        "examples": _examples(generations),
+        "examples_caption": examples_caption,
+        "figures": figures.figures,
+        "phases_table": _phases_table(phases) if phases else None,
+        "per_class_table": per_class_table,
+        "has_prevalence": prevalence is not None,
+        "collapse_warnings": [w for row in collapse for w in row.get("warnings", [])],
+    }
     out = run / "report.html"
-    out.write_text(document, encoding="utf-8")
+    atomic_write_text(out, _template().render(**context))
     return out

@@ -17,15 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from transformers import (
     GenerationConfig,
     LlamaConfig,
@@ -37,6 +35,7 @@ from transformers import (
 
 import graftkit
 from graftkit.config import PriorConfig
+from graftkit.io import atomic_dir, remove_stale_temporaries
 from graftkit.lm.chat import IGNORE_INDEX
 from graftkit.lm.loading import hf_progress_bars
 from graftkit.lm.tokenizer import CORE_SPECIAL_TOKENS, train_tokenizer
@@ -242,16 +241,6 @@ def prior_cache_key(texts: Sequence[str], config: PriorConfig) -> str:
     return digest.hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def build_or_load_prior(
     texts: Sequence[str],
     config: PriorConfig,
@@ -260,46 +249,43 @@ def build_or_load_prior(
 ) -> Path:
     """The prior directory for ``(texts, config)``, trained once and cached by :func:`prior_cache_key`.
 
-    The prior is built in a temporary sibling directory and renamed into place when complete, so
-    a killed build never leaves a directory that a later call would use; the temporary folders of
-    builds whose process is gone are removed. Two processes building the same prior at once both
-    finish and the second keeps the first's directory.
+    The prior is built in a temporary sibling directory and renamed into place when complete
+    (:func:`graftkit.io.atomic_dir`), so a killed build never leaves a directory that a later call
+    would use. Builds of one key are serialised by a :class:`filelock.FileLock` on
+    ``cache_dir/.prior-<hex>.lock`` (the OS releases it when its holder dies): a second process
+    waits for the first and then uses its directory, and whoever holds the lock removes the
+    temporary folders of killed builds.
     """
     cache_dir = Path(cache_dir)
     key = prior_cache_key(texts, config)
     final = cache_dir / f"prior-{key[:16]}"
-    manifest = final / MANIFEST
-    if final.exists():
-        try:
-            cached_key = json.loads(manifest.read_text()).get("key")
-        except (OSError, json.JSONDecodeError):
-            cached_key = None
-        if cached_key != key:
-            raise RuntimeError(
-                f"cached prior {final} does not hold a complete prior for these inputs "
-                f"({manifest.name} missing or for another key); delete it to rebuild"
-            )
+    if final.exists():  # no lock needed to read a finished prior (the cache may be read-only)
+        _check_cached(final, key)
         return final
-
     cache_dir.mkdir(parents=True, exist_ok=True)
-    for stale in cache_dir.glob(f".{final.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = cache_dir / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        train_prior(texts, config, tmp, progress)
-        data = json.loads((tmp / MANIFEST).read_text())
-        data["key"] = key
-        (tmp / MANIFEST).write_text(json.dumps(data, indent=2))
-        try:
-            tmp.rename(final)
-        except OSError:
-            if not (final / MANIFEST).exists():  # not a concurrent build that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with FileLock(cache_dir / f".{final.name}.lock"):
+        if final.exists():  # built by the process that held the lock before us
+            _check_cached(final, key)
+            return final
+        remove_stale_temporaries(final)  # no build of this key runs: we hold its lock
+        with atomic_dir(final) as tmp:
+            train_prior(texts, config, tmp, progress)
+            data = json.loads((tmp / MANIFEST).read_text())
+            data["key"] = key
+            (tmp / MANIFEST).write_text(json.dumps(data, indent=2))
     return final
+
+
+def _check_cached(final: Path, key: str) -> None:
+    try:
+        cached_key = json.loads((final / MANIFEST).read_text()).get("key")
+    except (OSError, json.JSONDecodeError):
+        cached_key = None
+    if cached_key != key:
+        raise RuntimeError(
+            f"cached prior {final} does not hold a complete prior for these inputs "
+            f"({MANIFEST} missing or for another key); delete it to rebuild"
+        )
 
 
 @torch.no_grad()

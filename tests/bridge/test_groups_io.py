@@ -286,3 +286,25 @@ def test_bridge_import_stands_alone():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_grafting_with_lora_prints_no_deprecation_warning(tmp_path):
+    """peft reads transformers' deprecated ``is_gradient_checkpointing`` on every wrap; graftkit
+    silences exactly that FutureWarning, around that call only (issue 17 item 5)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g = graft(make_model("llama"), small_graft_config())
+        g.save_pretrained(tmp_path / "g")
+        GraftedLM.from_pretrained(tmp_path / "g", make_model("llama"))
+        warnings.warn("still reported", FutureWarning, stacklevel=1)
+    messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert messages == ["still reported"]
+
+
+def test_the_parameter_group_list_is_defined_once():
+    from graftkit.bridge import BRIDGE_GROUPS
+    from graftkit.config import PARAMETER_GROUPS
+
+    assert BRIDGE_GROUPS is PARAMETER_GROUPS

@@ -12,6 +12,13 @@ def test_paper_defaults_carry_the_paper_numbers():
     assert cfg.phases.p3.lora_freeze_epoch == 6 and cfg.phases.p4.ewc_lambda == 100.0
     assert cfg.phases.p4.lr == 5e-7 and cfg.phases.p4.trainable == ["lora"]
     assert cfg.eval.generation.temperature == 0.6 and cfg.eval.generation.max_new_tokens == 384
+    o = cfg.objective  # the loss constants that used to be literals in engine.py / align
+    assert (o.infonce_init_temperature, o.mmd_gamma, o.focal_gamma, o.pos_weight_cap) == (
+        0.1,
+        5.0,
+        2.0,
+        10.0,
+    )
 
 
 def test_dotted_override_reaches_the_field():
@@ -50,3 +57,10 @@ def test_phase_ranges(spec, expected):
 def test_bad_phase_ranges_are_refused(spec):
     with pytest.raises(ConfigError, match="--phases"):
         parse_phase_range(spec)
+
+
+def test_removed_ewc_fisher_loads_from_old_configs_and_is_refused_when_asked_for():
+    cfg = build_config("ct_rate", overrides={"phases.p4.ewc_fisher": False})  # old config.yaml
+    assert "ewc_fisher" not in cfg.phases.p4.model_dump()
+    with pytest.raises(ConfigError, match="ewc_fisher is not supported"):
+        build_config("ct_rate", overrides={"phases.p4.ewc_fisher": True})

@@ -11,7 +11,7 @@ from typing import ClassVar
 import pytest
 
 from graftkit import plugins
-from graftkit.config import Profile
+from graftkit.config import BridgeConfig, Profile
 from graftkit.data import GraftDataset
 from graftkit.encoders import EncodedVolume, Encoder
 from graftkit.hookspecs import hookimpl
@@ -69,10 +69,10 @@ def test_hook_register_compressors():
     class P:
         @hookimpl
         def register_compressors(self, register):
-            register("identity", lambda dim, **kw: dim)
+            register("identity", lambda dim, bridge: dim)
 
     with _Registered(P(), "test-compressors"):
-        assert plugins.get("compressor", "identity")(7) == 7
+        assert plugins.get("compressor", "identity")(7, BridgeConfig()) == 7
     assert "zone" in plugins.registry("compressor").names()  # the core's own built-in plugin
 
 

@@ -11,6 +11,9 @@ class _Args:
 def test_paper_profile_plan_reports_392_lora_tensors_and_adapters_at_7_14_21():
     result = plan(resolve_config(_Args()))
     assert result["lora_tensors"] == 392  # 28 layers x 7 projections x (A, B)
+    # Llama-3.2-3B's 3,212,749,824 parameters (the lm_head is the tied embedding matrix, counted
+    # once) + one embedding row for the visual placeholder token
+    assert result["llm"]["parameters"] == 3_212_749_824 + 3072
     assert result["adapter_layers"] == [7, 14, 21]
     assert (
         result["visual_tokens"] == 32

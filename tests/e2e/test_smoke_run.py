@@ -76,6 +76,27 @@ def test_metrics_file_is_complete_and_finite(smoke_run):
     assert len(rows) == metrics["eval"]["volumes"]
 
 
+def test_report_draws_every_figure_its_run_wrote_data_for(smoke_run):
+    """report.html of a real run: no section falls back to a note (issue 17 item 6)."""
+    import re
+
+    from graftkit.eval.report import PLOT_NAMES
+
+    text = (smoke_run / "report.html").read_text()
+    sections = dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', text, re.S))
+    assert {"headline", "ladder", "examples", "loss-curves", "progression", "grounding"} <= set(
+        sections
+    )
+    for anchor, body in sections.items():
+        assert 'class="note"' not in body, (anchor, body[:300])
+    plots = {p.stem for p in (smoke_run / "plots").glob("*.png")}
+    assert plots == set(PLOT_NAMES)
+    assert text.count("<img ") == len(plots)
+    assert re.search(
+        r"<h1>graftkit run report: ct_rate, profile smoke, \d{4}-\d{2}-\d{2}</h1>", text
+    )
+
+
 def test_rerun_into_a_finished_run_dir_is_refused(smoke_run, e2e_cache):
     out = smoke(e2e_cache, smoke_run)
     assert out.returncode == 2 and "--resume" in out.stderr

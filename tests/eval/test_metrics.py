@@ -47,6 +47,21 @@ def test_scores_match_sklearn_zero_division_0(seed):
     assert got["n"] == y_true.shape[0]
 
 
+def test_one_class_is_scored_as_its_positive_label():
+    """A single column reads as a binary vector to scikit-learn; it is still one class."""
+    y_true, y_pred = _random_labels(4, c=1)
+    got = multilabel_scores(y_true, y_pred)["per_class"]["class_0"]
+    assert got["f1"] == pytest.approx(f1_score(y_true[:, 0], y_pred[:, 0], zero_division=0))
+    assert got["support"] == int(y_true.sum())
+    empty = multilabel_scores(np.zeros((3, 1), int), np.zeros((3, 1), int))
+    assert empty["per_class"]["class_0"] == {
+        "f1": 0.0,
+        "precision": 0.0,
+        "recall": 0.0,
+        "support": 0,
+    }
+
+
 def test_perfect_and_inverted_predictions():
     y_true, _ = _random_labels(3)
     y_true[0] = 1  # every class has a positive

@@ -33,6 +33,7 @@ from graftkit_digits.text import (
 )
 
 from graftkit import plugins
+from graftkit.config import BridgeConfig
 
 FAST_ENCODER = {"epochs": 2, "dim": 16, "layers": 1}
 
@@ -210,7 +211,8 @@ def test_hooks_register_every_piece():
         assert plugins.get("dataset", "digits") is DigitsDataset
         assert plugins.get("encoder", "digits-rows") is DigitRowEncoder
         assert plugins.get("extractor", "digits-rules") is DigitsRulesExtractor
-        compressor = plugins.get("compressor", "digits-rows")(32, num_zones=4, num_heads=4)
+        bridge = BridgeConfig(num_zones=4, num_heads=4)
+        compressor = plugins.get("compressor", "digits-rows")(32, bridge)
         assert compressor.config.max_period == 64.0 and compressor.num_zones == 4
         tiny = plugins.get("profile", DigitsDataset.default_profile)
         assert tiny.dataset == "digits" and tiny.overrides["bridge.compressor"] == "digits-rows"

@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -23,6 +24,11 @@ from graftkit.lm import (
     train_prior,
 )
 from graftkit.progress import progress_bar
+
+
+def _entries(cache) -> list[str]:
+    """The cache's entries, less the lock files that serialise builds."""
+    return sorted(p.name for p in cache.iterdir() if p.suffix != ".lock")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +63,7 @@ def test_training_lowers_the_loss_and_the_cache_hits(
     started = time.perf_counter()
     assert build_or_load_prior(list(corpus), tiny_prior_config, cache) == path
     assert time.perf_counter() - started < 1.0
-    assert [p.name for p in cache.iterdir()] == [path.name]
+    assert _entries(cache) == [path.name]
 
 
 def test_prior_directory_is_a_normal_hf_model(trained, corpus, tiny_prior_config):
@@ -104,16 +110,17 @@ def test_killed_build_leaves_nothing_that_is_used(corpus, tiny_prior_config, tmp
     real_train = prior_module.train_prior
 
     def killed(texts, config, output_dir, progress=None):
-        output_dir.mkdir(parents=True)
+        output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.json").write_text("{}")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(prior_module, "train_prior", killed)
     with pytest.raises(KeyboardInterrupt):
         build_or_load_prior(corpus, tiny_prior_config, cache)
-    assert list(cache.iterdir()) == []
+    assert _entries(cache) == []
 
-    # A build killed by SIGKILL leaves its temporary folder; it is named by its dead process.
+    # A build killed by SIGKILL leaves its temporary folder (and releases its lock): the next
+    # build of that key, holding the lock, removes it.
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
@@ -122,11 +129,31 @@ def test_killed_build_leaves_nothing_that_is_used(corpus, tiny_prior_config, tmp
     stale.mkdir()
     monkeypatch.setattr(prior_module, "train_prior", real_train)
     path = build_or_load_prior(corpus, tiny_prior_config, cache)
-    assert [p.name for p in cache.iterdir()] == [final_name] and path.name == final_name
+    assert _entries(cache) == [final_name] and path.name == final_name
 
     (path / "prior.json").unlink()  # a damaged cache entry is reported, never used
     with pytest.raises(RuntimeError, match="delete it to rebuild"):
         build_or_load_prior(corpus, tiny_prior_config, cache)
+
+
+def test_concurrent_builds_of_one_key_train_once(corpus, tiny_prior_config, tmp_path, monkeypatch):
+    """The second builder waits on the first's lock, then uses its directory."""
+    calls = []
+
+    def slow_train(texts, config, output_dir, progress=None):
+        calls.append(output_dir)
+        time.sleep(0.5)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "prior.json").write_text(json.dumps({"steps": 0}))
+
+    monkeypatch.setattr(prior_module, "train_prior", slow_train)
+    cache = tmp_path / "cache"
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(
+            pool.map(lambda _: build_or_load_prior(corpus, tiny_prior_config, cache), range(2))
+        )
+    assert len(calls) == 1 and paths[0] == paths[1]
+    assert _entries(cache) == [paths[0].name]
 
 
 def test_cache_key_covers_texts_and_config(corpus, tiny_prior_config):

@@ -8,7 +8,6 @@ and no text, and every image is embedded once into ``workdir`` (both cached by c
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +19,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from graftkit.data import GraftDataset, Volume
+from graftkit.io import atomic_file
 from graftkit_digits.encoder import (
     RowEncoderConfig,
     cached_row_encoder,
@@ -80,9 +80,8 @@ class DigitsDataset(GraftDataset):
         weights = self.encoder_path()
         target = weights.with_name(weights.stem + "_rows.npy")
         if not target.exists():
-            staging = target.with_name(f".{target.stem}.{os.getpid()}.npy")
-            np.save(staging, embed_rows(load_row_encoder(weights), self.images))
-            os.replace(staging, target)
+            with atomic_file(target) as staging, staging.open("wb") as fh:
+                np.save(fh, embed_rows(load_row_encoder(weights), self.images))
         self.embeddings = np.load(target)
 
     @property

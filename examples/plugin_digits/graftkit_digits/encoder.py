@@ -11,7 +11,6 @@ contextual embedding per row: the ``S ∈ R^{N×d_v}`` (N = 8) that graftkit gra
 from __future__ import annotations
 
 import hashlib
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from graftkit.encoders import EncodedVolume, Encoder
+from graftkit.io import atomic_file
 
 ROWS = 8
 PIXEL_MAX = 16.0  # load_digits pixels are integers 0..16
@@ -107,11 +107,10 @@ def cached_row_encoder(images: np.ndarray, config: RowEncoderConfig, folder: Pat
     if not path.exists():
         model, loss = train_row_encoder(images, config)
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.{os.getpid()}")
-        torch.save(
-            {"config": config.model_dump(), "state": model.state_dict(), "loss": loss}, staging
-        )
-        os.replace(staging, path)  # atomic: a weights file is complete or absent
+        with atomic_file(path) as staging:  # a weights file is complete or absent
+            torch.save(
+                {"config": config.model_dump(), "state": model.state_dict(), "loss": loss}, staging
+            )
     return path
 
 

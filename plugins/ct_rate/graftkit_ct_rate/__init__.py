@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from graftkit.hookspecs import hookimpl
 
 __version__ = "0.1.0"
@@ -27,11 +25,19 @@ def register_label_extractors(register):
 
 @hookimpl
 def register_compressors(register):
-    from graftkit.builtin import zone_compressor
+    from graftkit.compressors import CompressorPreset, zone_compressor
 
-    # The paper's configuration: 32 zones, 16 heads, one global layer (run config fields win).
+    # The paper's architecture: 32 zones, 16 heads, one global layer. A run that sets any of them
+    # otherwise stops with an error; the other compressor settings stay with the run.
     register(
-        "ct_rate-32", partial(zone_compressor, num_zones=32, num_heads=16, num_global_layers=1)
+        "ct_rate-32",
+        CompressorPreset(
+            zone_compressor,
+            "the paper's zone compressor",
+            num_zones=32,
+            num_heads=16,
+            num_global_layers=1,
+        ),
     )
 
 

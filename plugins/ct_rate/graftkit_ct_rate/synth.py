@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -49,6 +47,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from graftkit.io import atomic_dir
 from graftkit_ct_rate import layout
 from graftkit_ct_rate.classes import CLASSES
 from graftkit_ct_rate.sentence_bank import load_sentence_bank
@@ -531,12 +530,10 @@ def synthesize(
     gen = make_generator(opts, np.random.default_rng(param_seq))
     oracle = MatchedFilterOracle(gen, opts.noise)
 
-    tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / layout.EMBEDDINGS_DIR).mkdir(parents=True)
     ticker = _Progress(progress, opts.n_train + opts.n_valid)
     results, everything = {}, []
-    try:
+    with atomic_dir(output_dir) as tmp:  # a cohort folder is complete or absent
+        (tmp / layout.EMBEDDINGS_DIR).mkdir(parents=True)
         for split, n, seq in (
             ("train", opts.n_train, train_seq),
             ("valid", opts.n_valid, valid_seq),
@@ -578,12 +575,6 @@ def synthesize(
         summary["seconds"] = round(time.perf_counter() - start, 2)
         report["cohort"] = summary
         (tmp / layout.ORACLE_FILE).write_text(json.dumps(report, indent=1) + "\n")
-        if output_dir.exists():
-            output_dir.rmdir()
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 
