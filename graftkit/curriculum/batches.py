@@ -202,6 +202,7 @@ def make_loader(
     max_slices: int | None = None,
     num_workers: int = 0,
     drop_last: bool = False,
+    slice_dropout: float = 0.0,
 ) -> torch.utils.data.DataLoader:
     """A loader over this process's shard; the order is a pure function of (seed, epoch)."""
     n = len(volumes)
@@ -218,7 +219,15 @@ def make_loader(
     collator.epoch = epoch
     return torch.utils.data.DataLoader(
         torch.utils.data.Subset(
-            VolumeDataset(dataset, volumes, max_slices, skip_unloadable=True), shard
+            VolumeDataset(
+                dataset,
+                volumes,
+                max_slices,
+                skip_unloadable=True,
+                slice_dropout=slice_dropout,
+                seed=seed * 7919 + epoch,
+            ),
+            shard,
         ),
         batch_size=batch_size,
         shuffle=False,

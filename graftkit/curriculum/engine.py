@@ -436,6 +436,7 @@ class PhaseRunner:
             max_slices=run.cfg.data.max_slices,
             num_workers=run.cfg.data.num_workers,
             drop_last=split == "train" and acc.num_processes > 1,
+            slice_dropout=self.cfg.slice_dropout if shuffle else 0.0,
         )
 
     def _lars(self, optimizer) -> list[tuple[dict, float]]:

@@ -40,16 +40,34 @@ TINY = {
     # does not need.
     "model.lora.dropout": 0.0,
     "eval.batch_size": 100,
-    "eval.monitor_subset": 50,
-    # 37 % of the validation positive-findings texts are longer than 96 prior tokens (median 66,
-    # 95th percentile 228): a shorter budget cuts off the later findings.
-    "eval.generation.max_new_tokens": 256,
+    # the phase-3 monitor picks the kept epoch: 50 volumes made it a coin toss (+-0.05 F1)
+    "eval.monitor_subset": 100,
+    # The canonical text of 18 positive classes is under 100 prior tokens.
+    "eval.generation.max_new_tokens": 128,
+    # Greedy decoding of a list of findings: on the same phase-3 model, macro F1 0.388 greedy vs
+    # 0.327 with the paper's T=0.6 / top-p 0.9 sampling (docs/benchmarks.md, issue 14). The
+    # paper profile keeps the paper's sampling protocol for its narrative reports.
+    "eval.generation.do_sample": False,
     # phase 1 keeps the epoch with the best token-level (MIL) validation loss; the total also
     # holds MMD and the mean-token BCE, which stop tracking localisation after a few epochs
     **_phase(1, epochs=10, batch_size=32, lr=3e-3, **{"early_stopping.metric": "valid_mil"}),
     **_phase(2, epochs=3, batch_size=64, lr=5e-4),
+    # Phase 3 at this scale (issue 14, each measured with its zeroed-token control in
+    # docs/benchmarks.md): the positive class names in class order instead of the report's own
+    # sentences (a 4-layer prior spent its loss on wording: F1 0.22 -> 0.42); the LM loss alone,
+    # with finding tokens weighted 2x against the stop decision; no LARS-scaled projector rate
+    # (it random-walked the projectors under AdamW). The paper profile keeps the paper's phase 3.
     **_phase(
-        3, epochs=8, batch_size=16, lr=2e-3, lora_freeze_epoch=6, **{"early_stopping.patience": 4}
+        3,
+        epochs=10,
+        batch_size=16,
+        lr=2e-3,
+        lora_freeze_epoch=6,
+        text="canonical_findings",
+        losses={"lm": 1.0},
+        finding_weight=2.0,
+        projector_lr_scale=None,
+        **{"early_stopping.patience": 4},
     ),
     **_phase(4, epochs=1, batch_size=16),  # the paper's lr 5e-7 with EWC: a light touch
 }
