@@ -183,16 +183,6 @@ class PhaseConfig(Strict):
         ge=1,
         description="LM-loss weight of the response tokens that state findings (1 = the paper's plain LM loss)",
     )
-    slice_dropout: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="training augmentation: drop each slice with this probability per step",
-    )
-    finding_balance: bool = Field(
-        False,
-        description="per-class finding weights min(n_neg/n_pos, finding_weight) (canonical_findings text)",
-    )
 
     @model_validator(mode="before")
     @classmethod

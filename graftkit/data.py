@@ -173,12 +173,9 @@ class VolumeDataset(torch.utils.data.Dataset):
         volumes: list[Volume],
         max_slices: int | None = None,
         skip_unloadable: bool = False,
-        slice_dropout: float = 0.0,
-        seed: int = 0,
     ):
         self.dataset, self.volumes, self.max_slices = dataset, volumes, max_slices
         self.skip_unloadable = skip_unloadable
-        self.slice_dropout, self.seed = slice_dropout, seed
 
     def __len__(self) -> int:
         return len(self.volumes)
@@ -192,13 +189,6 @@ class VolumeDataset(torch.utils.data.Dataset):
                 raise
             self.dataset.skips.skip(volume.split, volume.name, f"failed at load: {err}")
             return None
-        if self.slice_dropout > 0 and slices.shape[0] > 1:
-            # a pure function of (seed, index): the loader passes a per-epoch seed, so a resumed
-            # epoch drops the same slices
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-            keep = torch.rand(slices.shape[0], generator=g) >= self.slice_dropout
-            keep[torch.randint(slices.shape[0], (1,), generator=g)] = True
-            slices, z_mm = slices[keep], z_mm[keep]
         if self.max_slices and slices.shape[0] > self.max_slices:
             keep = torch.linspace(0, slices.shape[0] - 1, self.max_slices).round().long()
             slices, z_mm = slices[keep], z_mm[keep]

@@ -82,16 +82,11 @@ class PhaseCollator:
         seed: int,
         max_length: int | None = None,
         finding_weight: float = 1.0,
-        class_weights: torch.Tensor | None = None,
     ):
         self.dataset, self.volumes, self.targets = dataset, volumes, targets
         self.tokenizer, self.text_kind = tokenizer, text_kind
         self.k, self.seed, self.max_length = num_visual_tokens, seed, max_length
-        self.finding_weight, self.class_weights = finding_weight, class_weights
-        if class_weights is not None and text_kind != "canonical_findings":
-            raise ValueError(
-                f"per-class finding weights need the canonical_findings text, not {text_kind!r}"
-            )
+        self.finding_weight = finding_weight
         self.epoch = 0
 
     def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -124,55 +119,11 @@ class PhaseCollator:
             batch["input_ids"] = padded["input_ids"]
             batch["attention_mask"] = padded["attention_mask"]
             batch["labels_lm"] = padded["labels"]
-            if self.class_weights is not None:
-                batch["lm_weights"] = torch.stack(
-                    [
-                        class_span_weights(
-                            self.tokenizer,
-                            row,
-                            self.dataset.canonical_findings_segments(self.volumes[i]),
-                            self.class_weights,
-                        )
-                        for row, i in zip(padded["labels"], indices, strict=True)
-                    ]
-                )
-            elif self.finding_weight != 1.0:
+            if self.finding_weight != 1.0:
                 batch["lm_weights"] = finding_weights(
                     padded["labels"], torch.tensor(findings), self.finding_weight
                 )
         return batch
-
-
-def class_span_weights(
-    tokenizer: Any,
-    labels: torch.Tensor,
-    segments: list[tuple[int, str]],
-    class_weights: torch.Tensor,
-) -> torch.Tensor:
-    """Per-token weights ``[T]`` of one response: the tokens of class c's sentence get
-    ``class_weights[c]``, every other token 1 (a class-balanced LM loss: a rare finding's
-    sentence weighs as its BCE positive does, ``min(n_neg / n_pos, cap)``).
-
-    Tokens are matched to sentences through their decoded text, so any tokenizer works.
-    """
-    weights = torch.ones(labels.shape[0])
-    positions = (labels != -100).nonzero().flatten().tolist()
-    pieces = [tokenizer.decode([int(labels[p])]) for p in positions]
-    text = "".join(pieces)
-    spans, start = [], 0
-    for c, sentence in segments:
-        at = text.find(sentence, start)
-        if at >= 0:
-            spans.append((at, at + len(sentence), float(class_weights[c])))
-            start = at + len(sentence)
-    offset = 0
-    for position, piece in zip(positions, pieces, strict=True):
-        lo, hi = offset, offset + len(piece)
-        offset = hi
-        for a, b, w in spans:
-            if a < hi and lo < b:
-                weights[position] = max(w, 1.0)
-    return weights
 
 
 def finding_weights(labels: torch.Tensor, findings: torch.Tensor, weight: float) -> torch.Tensor:
@@ -202,7 +153,6 @@ def make_loader(
     max_slices: int | None = None,
     num_workers: int = 0,
     drop_last: bool = False,
-    slice_dropout: float = 0.0,
 ) -> torch.utils.data.DataLoader:
     """A loader over this process's shard; the order is a pure function of (seed, epoch)."""
     n = len(volumes)
@@ -219,15 +169,7 @@ def make_loader(
     collator.epoch = epoch
     return torch.utils.data.DataLoader(
         torch.utils.data.Subset(
-            VolumeDataset(
-                dataset,
-                volumes,
-                max_slices,
-                skip_unloadable=True,
-                slice_dropout=slice_dropout,
-                seed=seed * 7919 + epoch,
-            ),
-            shard,
+            VolumeDataset(dataset, volumes, max_slices, skip_unloadable=True), shard
         ),
         batch_size=batch_size,
         shuffle=False,

@@ -413,14 +413,6 @@ class PhaseRunner:
             run.cfg.seed,
             max_length=run.cfg.model.prior.max_length if run.cfg.model.llm is None else None,
             finding_weight=self.cfg.finding_weight,
-            class_weights=(
-                positive_weights(
-                    torch.as_tensor(np.stack([v.labels for v in run.train]), dtype=torch.float32),
-                    max_weight=self.cfg.finding_weight,
-                )
-                if self.cfg.finding_balance and needs_tokens
-                else None
-            ),
         )
         acc = run.accelerator
         return make_loader(
@@ -436,7 +428,6 @@ class PhaseRunner:
             max_slices=run.cfg.data.max_slices,
             num_workers=run.cfg.data.num_workers,
             drop_last=split == "train" and acc.num_processes > 1,
-            slice_dropout=self.cfg.slice_dropout if shuffle else 0.0,
         )
 
     def _lars(self, optimizer) -> list[tuple[dict, float]]:
