@@ -272,11 +272,16 @@ def quality_ladder(
         "zero": "visual tokens zeroed",
         "shuffle": "another patient's visual tokens",
         "random": "Gaussian tokens of the same norms",
-        "oracle": "label-token oracle: tokens = E[tokens | true labels] (least squares on "
-        "train): the decoder's ceiling on this text",
+        "oracle": "tokens = E[tokens | true labels] (least squares on train): the decoder's "
+        "ceiling on this text",
     }
+    names = {"oracle": "label-token oracle"}
     rows += [
-        {"stage": f"generation: {mode}", **_triple(scores[mode]), "detail": details[mode]}
+        {
+            "stage": f"generation: {names.get(mode, mode)}",
+            **_triple(scores[mode]),
+            "detail": details[mode],
+        }
         for mode in ("real", "zero", "shuffle", "random", "oracle")
         if mode in scores
     ]
@@ -398,17 +403,20 @@ def evaluate(
             mode: {k: scores[mode][k] for k in ("macro_f1", "macro_precision", "macro_recall")}
             for mode in modes
         }
-        with torch.inference_mode():
-            mil = torch.sigmoid(run.glm.heads.mil(tokens)).numpy()
-        head_scores = {
-            "cls": head,
-            "mil": multilabel_scores(truth, (mil >= 0.5).astype(np.int64), classes),
-            "llm_cls": multilabel_scores(
-                truth,
-                (llm_cls_on_reports(run, texts["real"], tokens) >= 0.5).astype(np.int64),
-                classes,
-            ),
-        }
+        # a head is on the ladder only if a phase that ran trained it
+        trained = {loss for n in _phases_run(run) for loss in run.cfg.phases.get(n).losses}
+        head_scores = {}
+        if trained & {"bce", "focal"}:
+            head_scores["cls"] = head
+        if "mil" in trained:
+            with torch.inference_mode():
+                mil = torch.sigmoid(run.glm.heads.mil(tokens)).numpy()
+            head_scores["mil"] = multilabel_scores(truth, (mil >= 0.5).astype(np.int64), classes)
+        if "llm_cls" in trained:
+            probs_llm = llm_cls_on_reports(run, texts["real"], tokens)
+            head_scores["llm_cls"] = multilabel_scores(
+                truth, (probs_llm >= 0.5).astype(np.int64), classes
+            )
         metrics["ladder"] = quality_ladder(run, volumes, tokens, texts, scores, head_scores)
         metrics["ablation"]["zero_drop"] = (
             (real - scores["zero"]["macro_f1"]) / real if real > 0 else 0.0
