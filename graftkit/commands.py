@@ -28,6 +28,7 @@ from graftkit.config import (
     load_yaml,
     parse_overrides,
 )
+from graftkit.io import decode_utf8
 
 #: What an evaluation writes into a run directory: ``metrics.json`` sections and files. Cleared
 #: before the run's own evaluation is written again, so no part of an earlier one survives.
@@ -677,13 +678,9 @@ def _read_label_input(path: Path) -> tuple[list[dict[str, str]], list[str]]:
     except OSError as err:
         raise CLIError(f"--input {path}: {err.strerror or err}") from None
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise CLIError(
-            f"--input {path}: not UTF-8: byte 0x{raw[err.start]:02x} at byte offset {err.start} "
-            f"(line {line}); save the file as UTF-8"
-        ) from None
+        text = decode_utf8(raw, path)
+    except ValueError as err:
+        raise CLIError(f"--input {err}") from None
     try:
         reader = csv.DictReader(text.splitlines(keepends=True))
         rows = list(reader)

@@ -115,3 +115,16 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def decode_utf8(raw: bytes, path: Path | str) -> str:
+    """``raw`` as UTF-8 text (a BOM allowed); a byte that is not UTF-8 raises ``ValueError``
+    naming the file, the byte, its offset and line, so the file can be fixed rather than guessed."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: not UTF-8: byte 0x{raw[err.start]:02x} at byte offset {err.start} "
+            f"(line {line}); save the file as UTF-8"
+        ) from None

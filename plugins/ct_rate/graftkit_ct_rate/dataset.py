@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 
 from graftkit.data import DataError, GraftDataset, Volume
+from graftkit.io import decode_utf8
 from graftkit_ct_rate import layout
 from graftkit_ct_rate.classes import CLASSES
 from graftkit_ct_rate.embeddings import (
@@ -475,15 +476,10 @@ def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
             path, dtype={"VolumeName": str}, keep_default_na=True, encoding="utf-8-sig"
         )
     except UnicodeDecodeError:
-        raw = path.read_bytes()
         try:
-            raw.decode("utf-8-sig")
-        except UnicodeDecodeError as err:
-            line = raw[: err.start].count(b"\n") + 1
-            raise DataError(
-                f"{path}: not UTF-8: byte 0x{raw[err.start]:02x} at byte offset {err.start} "
-                f"(line {line}); save the file as UTF-8"
-            ) from None
+            decode_utf8(path.read_bytes(), path)
+        except ValueError as err:
+            raise DataError(str(err)) from None
         raise
     except pd.errors.EmptyDataError:
         raise DataError(f"{path} is empty (no header row)") from None
