@@ -123,7 +123,7 @@ LOSSES: dict[str, Callable[[StepState], torch.Tensor]] = {
     ),
     "infonce": lambda s: s.objective.infonce(s.glm.heads.jepa(s.tokens), s.batch["text_emb"]),
     "jepa": _jepa,
-    "lm": lambda s: _lm(s),
+    "lm": _lm,
     "llm_cls": _llm_cls,
 }
 

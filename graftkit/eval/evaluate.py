@@ -1,6 +1,7 @@
 """``graftkit eval``: generation F1, extractor reference score, classifier thresholds, ablations.
 
-Writes ``RUN/metrics.json`` (``eval``, ``ablation``, ``probe``, ``classifier``), the generated
+Writes ``RUN/metrics.json`` (``eval``, ``ablation``, ``probe``, ``classifier`` and the quality
+``ladder``: where between the encoder's output and the generated text signal is lost), the generated
 reports to ``RUN/generations.jsonl``, the zone-grounding map to ``RUN/grounding.json``, and
 the self-contained ``RUN/report.html`` (DESIGN.md "Evaluation"; issue: paper Tables VIII and X).
 """

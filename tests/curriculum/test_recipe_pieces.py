@@ -97,3 +97,37 @@ def test_mil_probe_finds_a_localised_signal_and_not_noise():
     )
     assert informative["macro_f1"] > 0.9
     assert blind["macro_f1"] < 0.6
+
+
+def test_weighted_lm_loss_with_unit_weights_is_the_models_own_loss():
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from graftkit.curriculum.objective import LOSSES
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    model = LlamaForCausalLM(config)
+    ids = torch.randint(0, 40, (3, 9))
+    labels = ids.clone()
+    labels[:, :4] = -100  # the prompt
+    labels[2, 7:] = -100  # padding
+    out = model(input_ids=ids, labels=labels)
+    batch = {"labels_lm": labels}
+    plain = LOSSES["lm"](SimpleNamespace(batch=batch, lm_output=out))
+    unit = LOSSES["lm"](
+        SimpleNamespace(batch={**batch, "lm_weights": torch.ones(3, 9)}, lm_output=out)
+    )
+    torch.testing.assert_close(unit, plain)
+    heavy = torch.ones(3, 9)
+    heavy[0, 5] = 10.0
+    weighted = LOSSES["lm"](SimpleNamespace(batch={**batch, "lm_weights": heavy}, lm_output=out))
+    assert not torch.isclose(weighted, plain)

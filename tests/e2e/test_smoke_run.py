@@ -170,3 +170,17 @@ def test_checkpoint_from_another_architecture_is_refused_before_training(
 def test_missing_init_from_is_one_clear_line(e2e_cache, tmp_path):
     out = smoke(e2e_cache, tmp_path / "x", "--phases", "3", "--init-from", str(tmp_path / "nope"))
     assert out.returncode == 2 and "no such checkpoint" in out.stderr
+
+
+def test_eval_with_label_token_oracle_writes_its_own_folder(smoke_run, e2e_cache):
+    """``graftkit eval RUN --tokens oracle``: the decoder's ceiling, kept apart from the run's own
+    evaluation (issue 14), which it leaves untouched."""
+    own = (smoke_run / "metrics.json").read_text()
+    out = run_graftkit(e2e_cache, "eval", str(smoke_run), "--tokens", "oracle", "--no-ablations")
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads(
+        (smoke_run / "eval" / "no-ablations-oracle-tokens" / "metrics.json").read_text()
+    )
+    assert metrics["eval"]["tokens"] == "label-token oracle"
+    assert 0.0 <= metrics["eval"]["macro_f1"] <= 1.0
+    assert (smoke_run / "metrics.json").read_text() == own
