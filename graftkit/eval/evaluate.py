@@ -211,14 +211,14 @@ def llm_cls_on_reports(run, texts: list[str], tokens: torch.Tensor, batch_size: 
 def quality_ladder(
     run,
     volumes: list[Volume],
-    tokens: torch.Tensor,
-    texts: dict[str, list[str]],
+    train_zones: torch.Tensor,
     scores: dict[str, dict[str, Any]],
     head_scores: dict[str, dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """One row per stage on the same volumes, from what the cohort allows to what the model
     writes (issue 14): where between the encoder's output and the generated text signal is lost.
 
+    ``train_zones`` are the compressor's tokens of the training split (the probes' fit);
     ``scores`` holds generation scores per token mode (``real``, ``zero``, ``shuffle``,
     ``random``, ``oracle``); ``head_scores`` the bridge heads' scores at threshold 0.5.
     """
@@ -227,15 +227,21 @@ def quality_ladder(
     cfg = run.cfg
     classes = run.dataset.class_names
     train_labels, labels = label_matrix(run.train), label_matrix(volumes)
-    probes = {}
-    for raw in (True, False):
-        features = [
-            zone_features(run.glm, run.dataset, vols, raw, max_slices=cfg.data.max_slices)
-            for vols in (run.train, volumes)
-        ]
-        probes[raw] = mil_probe(
-            features[0], train_labels, features[1], labels, seed=cfg.seed, class_names=classes
+
+    def features(vols: list[Volume], raw: bool) -> torch.Tensor:
+        return zone_features(run.glm, run.dataset, vols, raw, max_slices=cfg.data.max_slices)
+
+    probes = {
+        raw: mil_probe(
+            features(run.train, raw) if raw else train_zones,
+            train_labels,
+            features(volumes, raw),
+            labels,
+            seed=cfg.seed,
+            class_names=classes,
         )
+        for raw in (True, False)
+    }
     rows = []
     oracle = run.dataset.oracle()
     if oracle and oracle.get("macro_f1") is not None:
@@ -418,7 +424,7 @@ def evaluate(
             head_scores["llm_cls"] = multilabel_scores(
                 truth, (probs_llm >= 0.5).astype(np.int64), classes
             )
-        metrics["ladder"] = quality_ladder(run, volumes, tokens, texts, scores, head_scores)
+        metrics["ladder"] = quality_ladder(run, volumes, train_zones, scores, head_scores)
         metrics["ablation"]["zero_drop"] = (
             (real - scores["zero"]["macro_f1"]) / real if real > 0 else 0.0
         )
