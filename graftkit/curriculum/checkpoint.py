@@ -3,8 +3,11 @@
 A checkpoint is a folder: ``model.safetensors`` (bridge tensors), ``optimizer.safetensors``
 (flattened optimiser/scheduler tensors), ``extra.safetensors`` (RNG states, EWC snapshot, ...),
 ``state.json`` (epoch, best metric, everything that is not a tensor) and ``manifest.json``
-(sha256 of every file). It is written to a temporary sibling folder and renamed into place, so
-a killed writer leaves either the previous checkpoint or a ``.tmp-*`` folder that is ignored.
+(sha256 of every file). It is written to a temporary sibling folder and renamed into place. A
+folder cannot replace another in one rename, so overwriting takes two (old folder aside, new one
+in); a writer killed between them leaves no checkpoint under its name but a complete new one
+beside it, which :func:`recover_checkpoint` renames into place (roll forward), falling back to the
+previous one. A writer killed earlier leaves an incomplete ``.tmp-*`` folder that is ignored.
 """
 
 from __future__ import annotations
@@ -77,6 +80,30 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def recover_checkpoint(directory: Path) -> bool:
+    """Finish an overwrite that :func:`save_checkpoint` was killed in the middle of.
+
+    If ``directory`` is missing, the newest complete ``.tmp-NAME-*`` sibling (written in full,
+    manifest last, before the renames began) becomes ``directory``; failing that, the complete
+    previous checkpoint set aside as ``.old-NAME-*``. Returns whether anything was recovered.
+    """
+    directory = Path(directory)
+    if directory.exists() or not directory.parent.is_dir():
+        return False
+    name = directory.name
+    for pattern in (f".tmp-{name}-*", f".old-{name}-*"):
+        found = sorted(
+            (p for p in directory.parent.glob(pattern) if is_complete(p)),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if found:
+            os.replace(found[-1], directory)
+            for stale in directory.parent.glob(f".old-{name}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            return True
+    return False
 
 
 def verify_checkpoint(directory: Path) -> dict[str, str]:

@@ -34,6 +34,7 @@ from graftkit.curriculum.checkpoint import (
     flatten_state,
     is_complete,
     load_checkpoint,
+    recover_checkpoint,
     save_checkpoint,
     unflatten_state,
     verify_checkpoint,
@@ -720,6 +721,11 @@ class PhaseRunner:
         run.accelerator.wait_for_everyone()
 
 
+def run_phase(run: Run, number: int, resume: bool = False, progress: Any = None) -> dict[str, Any]:
+    """Train phase ``number`` of ``run.cfg.phases`` from the model's current state."""
+    return PhaseRunner(run, number).run_phase(resume=resume, progress=progress)
+
+
 def _format_row(row: dict[str, Any]) -> str:
     keys = [k for k in row if k not in ("phase", "epoch")]
     parts = [f"{k}={row[k]:.4f}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys]
@@ -785,6 +791,11 @@ def run_curriculum(
 ) -> dict[str, Any]:
     """Run the selected phases in order, each from the previous phase's checkpoint."""
     first = phases[0]
+    if resume and run.main:  # a kill inside a checkpoint overwrite: finish it
+        for n in phases:
+            recover_checkpoint(run.run_dir / f"phase{n}")
+            recover_checkpoint(run.run_dir / "checkpoints" / f"phase{n}" / "last")
+    run.accelerator.wait_for_everyone()
     done = [n for n in phases if resume and is_complete(run.run_dir / f"phase{n}")]
     todo = [n for n in phases if n not in done]
     for n in todo:

@@ -74,3 +74,39 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path):
     _, state = load_checkpoint(tmp_path / "last")
     assert state["epoch"] == 0
     assert [p.name for p in tmp_path.iterdir()] == ["last"]
+
+
+@pytest.mark.parametrize("stage", ["between_renames", "before_renames"])
+def test_an_overwrite_killed_midway_recovers_a_complete_checkpoint(tmp_path, monkeypatch, stage):
+    """A kill between the two renames of an overwrite used to leave no ``last`` at all (resume
+    then silently restarted the phase); now the complete new checkpoint is rolled forward, and a
+    kill before the renames keeps the previous one."""
+    import os
+
+    from graftkit.curriculum import checkpoint
+
+    last = tmp_path / "last"
+    save_checkpoint(last, {"model": {"w": torch.zeros(2)}}, {"epoch": 0})
+    replace = os.replace
+
+    class Killed(BaseException):
+        pass
+
+    def killed_replace(src, dst):
+        if stage == "before_renames" or str(dst) == str(last):
+            raise Killed  # the process dies here; nothing of it cleans up
+        replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", lambda *a, **k: None)  # no cleanup on death
+    monkeypatch.setattr(checkpoint.os, "replace", killed_replace)
+    with pytest.raises(Killed):
+        save_checkpoint(last, {"model": {"w": torch.ones(2)}}, {"epoch": 1})
+    monkeypatch.undo()
+    assert last.exists() == (stage == "before_renames")
+    assert checkpoint.recover_checkpoint(last) == (stage == "between_renames")
+    groups, state = load_checkpoint(last)
+    want = 1 if stage == "between_renames" else 0
+    assert state["epoch"] == want and torch.equal(
+        groups["model"]["w"], torch.full((2,), float(want))
+    )
+    assert not list(tmp_path.glob(".old-*"))

@@ -1,0 +1,193 @@
+"""The curriculum engine at tiny dimensions (issue 15 item 6): what each phase trains, when LoRA
+freezes, which state early stopping keeps, which text each phase reads.
+
+One run of the CT-RATE ``smoke`` profile (48 synthetic volumes, a 2-layer language prior of
+hidden size 32) is prepared once; every test starts from the same bridge state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import pytest
+
+from graftkit import plugins
+from graftkit.config import build_config
+from graftkit.curriculum import batches
+from graftkit.curriculum.engine import prepare_run, run_phase
+
+pytestmark = pytest.mark.slow
+
+
+def _config(**overrides):
+    profile = plugins.get("profile", "smoke")
+    return build_config("ct_rate", overrides={**profile.overrides, **overrides})
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    run = prepare_run(_config(), tmp_path_factory.mktemp("engine") / "run", record=False)
+    start = run.glm.bridge_state_dict()
+    infonce = {k: v.clone() for k, v in run.objective.infonce.state_dict().items()}
+    return run, start, infonce
+
+
+@pytest.fixture
+def run(prepared, tmp_path):
+    """The prepared run, reset to its initial bridge, writing into a fresh folder."""
+    base, start, infonce = prepared
+    base.glm.load_bridge_state_dict(start)
+    base.objective.infonce.load_state_dict(infonce)
+    return dataclasses.replace(base, run_dir=tmp_path)
+
+
+def _with(run, **overrides):
+    """``run`` with its config overridden by dotted keys on top of the smoke profile."""
+    return dataclasses.replace(run, cfg=_config(**overrides))
+
+
+def _checksums(run) -> dict[str, str]:
+    """sha256 of every parameter of each bridge group (the frozen LLM base under ``llm``)."""
+    out = {}
+    for group, params in run.glm.parameter_groups().items():
+        digest = hashlib.sha256()
+        for name in sorted(params):
+            digest.update(params[name].detach().float().cpu().numpy().tobytes())
+        out[group] = digest.hexdigest()
+    base = hashlib.sha256()
+    for name, p in sorted(run.glm.llm.named_parameters()):
+        if "lora_" not in name:
+            base.update(p.detach().float().cpu().numpy().tobytes())
+    out["llm"] = base.hexdigest()
+    return out
+
+
+def _changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    return {k for k in before if before[k] != after[k]}
+
+
+def _epoch_states(run, monkeypatch) -> list[dict]:
+    """Record the checksums and history row at the end of every epoch (before any best-state
+    restore at the end of the phase)."""
+    rows: list[dict] = []
+    history = run.history
+
+    def record(row):
+        rows.append({"row": dict(row), "sums": _checksums(run)})
+        history(row)
+
+    monkeypatch.setattr(run, "history", record)
+    return rows
+
+
+# each phase's losses touch every group it declares trainable (phase 3 with the paper's losses)
+PAPER_P3_LOSSES = {"lm": 1.0, "focal": 1.0, "jepa": 1.0, "llm_cls": 3.0}
+
+
+@pytest.mark.parametrize(
+    ("number", "overrides", "expected"),
+    [
+        (1, {}, {"compressor", "heads"}),
+        (2, {}, {"compressor", "predictor", "calibrator", "heads"}),
+        (
+            3,
+            # no recalibration: it sets the (frozen) calibrator from data, tested below
+            {
+                "phases.p3.losses": PAPER_P3_LOSSES,
+                "phases.p3.epochs": 1,
+                "phases.p3.recalibrate_every": None,
+            },
+            {"predictor", "lora", "xattn", "projectors", "heads"},
+        ),
+        (4, {}, {"lora"}),
+    ],
+)
+def test_each_phase_trains_exactly_its_declared_groups(run, number, overrides, expected):
+    run = _with(run, **overrides)
+    declared = set(run.cfg.phases.get(number).trainable)
+    before = _checksums(run)
+    run_phase(run, number)
+    changed = _changed(before, _checksums(run))
+    assert changed <= declared, changed - declared
+    assert changed == expected
+    assert "llm" not in changed
+
+
+def test_phase_3_recalibrates_the_frozen_calibrator(run):
+    before = _checksums(run)
+    run_phase(_with(run, **{"phases.p3.epochs": 1}), 3)
+    assert "calibrator" in _changed(before, _checksums(run))
+
+
+def test_lora_freezes_at_the_declared_epoch(run, monkeypatch):
+    run = _with(
+        run,
+        **{
+            "phases.p3.epochs": 3,
+            "phases.p3.lora_freeze_epoch": 2,
+            "phases.p3.losses": PAPER_P3_LOSSES,
+        },
+    )
+    rows = _epoch_states(run, monkeypatch)
+    before = _checksums(run)
+    run_phase(run, 3)
+    sums = [before] + [r["sums"] for r in rows]
+    assert len(rows) == 3
+    assert "lora" in _changed(sums[0], sums[1]) and "lora" in _changed(sums[1], sums[2])
+    assert "lora" not in _changed(sums[2], sums[3])  # frozen from epoch 3
+    assert "xattn" in _changed(sums[2], sums[3])  # the rest still trains
+
+
+def test_early_stopping_restores_the_best_epoch(run, monkeypatch):
+    # maximise the validation loss: the first epoch is best, training makes it worse
+    run = _with(
+        run,
+        **{
+            "phases.p1.epochs": 4,
+            "phases.p1.lr": 0.03,
+            "phases.p1.early_stopping": {"metric": "valid_total", "mode": "max", "patience": 2},
+        },
+    )
+    rows = _epoch_states(run, monkeypatch)
+    result = run_phase(run, 1)
+    metrics = [r["row"]["valid_total"] for r in rows]
+    best = max(range(len(metrics)), key=metrics.__getitem__)
+    assert result["best"] == pytest.approx(metrics[best])
+    assert len(rows) == best + 3 and result["stopped_early"]  # patience 2
+    final = _checksums(run)
+    assert final["compressor"] == rows[best]["sums"]["compressor"]
+    assert final["compressor"] != rows[-1]["sums"]["compressor"]
+
+
+@pytest.mark.parametrize(
+    ("number", "kind"), [(2, None), (3, "canonical_findings"), (4, "narrative")]
+)
+def test_each_phase_gets_its_declared_text(run, monkeypatch, number, kind):
+    seen: list[str] = []
+    response_text = batches.response_text
+
+    def record(dataset, volume, text_kind, rng):
+        seen.append(text_kind)
+        return response_text(dataset, volume, text_kind, rng)
+
+    monkeypatch.setattr(batches, "response_text", record)
+    captured = []
+    forward = run.objective.forward
+
+    def capture(batch):
+        captured.append(batch)
+        return forward(batch)
+
+    monkeypatch.setattr(run.objective, "forward", capture)
+    run = _with(run, **{f"phases.p{number}.epochs": 1})
+    run_phase(run, number)
+    assert seen and set(seen) == {kind} if kind else not seen
+    if kind is None:  # phase 2: whitened positive-finding targets, no tokens
+        assert all("text_emb" in b and "input_ids" not in b for b in captured)
+    else:
+        batch = captured[0]  # the first training batch
+        want = response_text(run.dataset, run.train[int(batch["index"][0])], kind, None)
+        labels = batch["labels_lm"][0]
+        decoded = run.tokenizer.decode(labels[labels != -100], skip_special_tokens=True)
+        assert want.split(".")[0].strip() in decoded
