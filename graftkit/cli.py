@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run", parents=[common], help="run curriculum phases on a dataset, then evaluate"
     )
     p.add_argument("dataset", help="registered dataset name, e.g. ct_rate")
-    p.add_argument("--phases", default="1-4", help="phase range: 1-4, 3, 2-3 (default 1-4)")
+    p.add_argument(
+        "--phases", default=None, help="phase range: 1-4, 3, 2-3 (default: every declared phase)"
+    )
     p.add_argument("--output-dir", type=Path, help="run directory (default runs/DATASET-PROFILE)")
     p.add_argument(
         "--data-dir", type=Path, help="real data in the dataset's layout (default: synthesise)"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import difflib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +24,8 @@ from graftkit import plugins
 from graftkit.cli import CLIError
 from graftkit.config import (
     ConfigError,
+    PhaseConfig,
+    PhasesConfig,
     RunConfig,
     build_config,
     default_config_path,
@@ -79,13 +83,17 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _config_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+def _config_keys(
+    model: type[BaseModel] = RunConfig, prefix: str = "", phase: str = "p1"
+) -> list[str]:
+    if issubclass(model, PhasesConfig):  # a list addressed by phase number: phases.p3.lr
+        return _config_keys(PhaseConfig, f"{prefix}{phase}.", phase)
     keys = []
     for name, info in model.model_fields.items():
         keys.append(prefix + name)
         sub = _model_of(info.annotation)
         if sub is not None:
-            keys += _config_keys(sub, f"{prefix}{name}.")
+            keys += _config_keys(sub, f"{prefix}{name}.", phase)
     return keys
 
 
@@ -93,14 +101,20 @@ def _check_key(key: str) -> None:
     """Refuse a ``--set`` key no config section has, suggesting the nearest valid keys."""
     model: type[BaseModel] | None = RunConfig
     parts = key.split(".")
+    phase = next((p for p in parts if re.fullmatch(r"p\d+", p)), "p1")
     for i, part in enumerate(parts):
         if model is None:
             return  # inside a free-form mapping (e.g. data.synth): the dataset checks it
+        if issubclass(model, PhasesConfig):
+            if not re.fullmatch(r"p?\d+", part):
+                raise ConfigError(f"--set {key}: phases are addressed by number, e.g. phases.p3.lr")
+            model = PhaseConfig
+            continue
         fields = model.model_fields
         if part not in fields:
             parent = ".".join(parts[:i])
             here = [f"{parent}.{f}" if parent else f for f in fields]
-            near = difflib.get_close_matches(key, _config_keys(), n=3, cutoff=0.6)
+            near = difflib.get_close_matches(key, _config_keys(phase=phase), n=3, cutoff=0.6)
             near += [
                 k
                 for k in here
@@ -123,6 +137,8 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
         for k, v in tree.items():
             out.update(_flat(v, f"{prefix}{k}."))
         return out
+    if prefix == "phases." and isinstance(tree, list):  # the curriculum: phases.p1, ...
+        return _flat({f"p{i}": phase for i, phase in enumerate(tree, 1)}, prefix)
     return {prefix.rstrip("."): tree}
 
 
@@ -135,7 +151,10 @@ def check_resume_config(cfg: RunConfig, run_dir: Path, allowed: list[str]) -> di
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return {}
-    saved = _flat(load_yaml(saved_path))
+    saved_tree = load_yaml(saved_path)
+    with contextlib.suppress(ValidationError):  # an older format compares in today's form
+        saved_tree = json.loads(RunConfig.model_validate(saved_tree).model_dump_json())
+    saved = _flat(saved_tree)
     current = _flat(json.loads(cfg.model_dump_json()))
     changed = {
         key: [saved.get(key), current.get(key)]
@@ -211,7 +230,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from graftkit.progress import is_quiet, progress_bar
 
     started = time.time()
-    phases = parse_phase_range(args.phases)
     extra: dict[str, Any] = {}
     if args.data_dir:
         if not args.data_dir.is_dir():
@@ -220,6 +238,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.llm:
         extra["model.llm"] = str(args.llm)
     cfg = resolve_config(args, extra)
+    count = len(cfg.phases)
+    phases = parse_phase_range(args.phases or f"1-{count}", count)
     run_dir = args.output_dir or Path("runs") / f"{cfg.dataset}-{cfg.profile or 'default'}"
     cfg = cfg.model_copy(update={"output_dir": run_dir})
     for flag, path in (("--init-from", args.init_from), ("--warm-bridge", args.warm_bridge)):

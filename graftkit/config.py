@@ -1,4 +1,4 @@
-"""Typed run configuration (pydantic): data, model, bridge, phases 1-4, eval, launch.
+"""Typed run configuration (pydantic): data, model, bridge, the phases of the curriculum, eval, launch.
 
 Paper numbers live in ``graftkit/configs/*.yaml`` and in the field defaults below, never in code
 paths. Any field can be overridden with dotted keys (``--set phases.p3.lr=1e-5``); an invalid
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    RootModel,
     ValidationError,
     field_validator,
     model_validator,
@@ -153,8 +155,38 @@ class EarlyStopping(Strict):
     patience: int | None = Field(None, ge=1)
 
 
+#: Phase fields of configs saved before issue 15, now named callbacks: ``old field -> (callback,
+#: option)``. Such configs still load; the field becomes the callback (``None``/``0``/``false``
+#: removes it).
+LEGACY_PHASE_FIELDS = {
+    "lora_freeze_epoch": ("freeze_lora", "after_epoch"),
+    "recalibrate_every": ("recalibrate", "every"),
+    "projector_lr_scale": ("lars_projector_lr", None),
+    "ewc_lambda": ("ewc", "lambda"),
+    "monitor_collapse": ("collapse_monitor", None),
+}
+
+
+def _legacy_callback(field: str, value: Any) -> dict[str, Any] | None:
+    """The callback options an old phase field's value stands for; ``None`` = no callback."""
+    if value is None or value is False or (field == "ewc_lambda" and value == 0):
+        return None
+    if field == "projector_lr_scale":
+        low, high = value
+        return {"min": low, "max": high}
+    if field == "monitor_collapse":
+        return {}
+    return {LEGACY_PHASE_FIELDS[field][1]: value}
+
+
 class PhaseConfig(Strict):
-    """One curriculum phase as declared data (DESIGN.md, "Four-phase curriculum")."""
+    """One curriculum phase as declared data (DESIGN.md, "Four-phase curriculum").
+
+    ``callbacks`` names the phase's mechanics in the order they run, each with its options
+    (``graftkit.curriculum.callbacks``; plugins add more through ``register_callbacks``):
+    ``{freeze_lora: {after_epoch: 6}, recalibrate: {every: 1}}``. A name mapped to ``null`` is
+    switched off, so ``--set phases.p3.callbacks.lars_projector_lr=null`` removes one.
+    """
 
     name: str
     trainable: list[str]
@@ -171,13 +203,9 @@ class PhaseConfig(Strict):
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     grad_clip: float | None = Field(1.0, gt=0)
-    lora_freeze_epoch: int | None = Field(None, ge=1, description="freeze LoRA after this epoch")
-    recalibrate_every: int | None = Field(
-        None, ge=1, description="NormCalibrator.recalibrate() every N epochs"
+    callbacks: dict[str, dict[str, Any] | None] = Field(
+        default_factory=dict, description="named callbacks with their options, in running order"
     )
-    projector_lr_scale: tuple[float, float] | None = Field(None, description="LARS-style bounds")
-    ewc_lambda: float = Field(0.0, ge=0, description="λ of the L2-SP/EWC penalty (phase 4)")
-    monitor_collapse: bool = False
     finding_weight: float = Field(
         1.0,
         ge=1,
@@ -187,16 +215,30 @@ class PhaseConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _removed_fields(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
         # ``ewc_fisher`` was never read (the penalty is L2-SP, Fisher = 1): configs saved by older
         # runs still hold ``ewc_fisher: false`` and load; asking for a Fisher-weighted EWC fails.
-        if isinstance(data, dict) and "ewc_fisher" in data:
-            data = dict(data)
-            if data.pop("ewc_fisher"):
-                raise ValueError(
-                    "ewc_fisher is not supported: the phase-4 penalty is L2-SP (ewc_lambda · "
-                    "Σ(θ − θ_P3)², Fisher = 1); remove the setting"
-                )
+        if "ewc_fisher" in data and data.pop("ewc_fisher"):
+            raise ValueError(
+                "ewc_fisher is not supported: the phase-4 penalty is L2-SP (ewc_lambda · "
+                "Σ(θ − θ_P3)², Fisher = 1); remove the setting"
+            )
+        callbacks = dict(data.get("callbacks") or {})
+        for field, (name, _) in LEGACY_PHASE_FIELDS.items():
+            if field in data:
+                value = _legacy_callback(field, data.pop(field))
+                if value is not None or name in callbacks:
+                    callbacks[name] = value
+        if callbacks or "callbacks" in data:
+            data["callbacks"] = callbacks
         return data
+
+    @property
+    def active_callbacks(self) -> dict[str, dict[str, Any]]:
+        """The declared callbacks that are switched on, in order."""
+        return {k: v for k, v in self.callbacks.items() if v is not None}
 
     @field_validator("trainable")
     @classmethod
@@ -217,14 +259,67 @@ class PhaseConfig(Strict):
         return losses
 
 
-class PhasesConfig(Strict):
-    p1: PhaseConfig
-    p2: PhaseConfig
-    p3: PhaseConfig
-    p4: PhaseConfig
+#: Callbacks the fixed four phases of configs saved before issue 15 ran without declaring them.
+_LEGACY_IMPLICIT = {1: {"init_compressor": {}}, 3: {"warm_bridge": {}}}
+
+
+class PhasesConfig(RootModel[list[PhaseConfig]]):
+    """The curriculum: an ordered list of phases, numbered from 1 (``RUN/phase{N}``).
+
+    Dotted keys address a phase by number: ``phases.p3.lr`` (or ``phases.3.lr``). A config saved
+    before issue 15 holds a mapping ``{p1: ..., p4: ...}`` with the mechanics as phase fields;
+    it loads as the same curriculum, its fields turned into callbacks (:data:`LEGACY_PHASE_FIELDS`,
+    phase 1 initialising the compressor and phase 3 taking ``--warm-bridge``, as the fixed
+    four-phase engine did).
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_mapping(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        numbers = {}
+        for key in data:
+            m = re.fullmatch(r"p?(\d+)", str(key))
+            if m is None:
+                raise ValueError(
+                    f"phases: a list of phases is expected (a mapping p1..pN is read as the "
+                    f"pre-issue-15 form); got key {key!r}"
+                )
+            numbers[int(m.group(1))] = key
+        if sorted(numbers) != list(range(1, len(numbers) + 1)):
+            raise ValueError(f"phases: the mapping must number its phases 1..N, got {list(data)}")
+        out = []
+        for n in sorted(numbers):
+            phase = dict(data[numbers[n]])
+            if any(f in phase for f in LEGACY_PHASE_FIELDS) or n in _LEGACY_IMPLICIT:
+                implicit = _LEGACY_IMPLICIT.get(n, {}) if len(numbers) == 4 else {}
+                phase["callbacks"] = {**implicit, **dict(phase.get("callbacks") or {})}
+            out.append(phase)
+        return out
+
+    @field_validator("root")
+    @classmethod
+    def _not_empty(cls, phases: list[PhaseConfig]) -> list[PhaseConfig]:
+        if not phases:
+            raise ValueError("a curriculum needs at least one phase")
+        return phases
 
     def get(self, number: int) -> PhaseConfig:
-        return getattr(self, f"p{number}")
+        """Phase ``number`` (1-based, as in ``--phases`` and ``RUN/phase{N}``)."""
+        if not 1 <= number <= len(self.root):
+            raise ConfigError(f"phase {number}: the curriculum has phases 1-{len(self.root)}")
+        return self.root[number - 1]
+
+    @property
+    def numbers(self) -> list[int]:
+        return list(range(1, len(self.root) + 1))
+
+    def __len__(self) -> int:
+        return len(self.root)
+
+    def __iter__(self):  # type: ignore[override]
+        return iter(self.root)
 
 
 class GenerationConfig(Strict):
@@ -310,20 +405,34 @@ def _parse_value(raw: str) -> Any:
     return value
 
 
+def _list_index(node: list, part: str, key: str) -> int:
+    """``p3`` or ``3`` -> index 2 of a list section (the phases); refuse anything else."""
+    m = re.fullmatch(r"p?(\d+)", part)
+    if m is None or not 1 <= int(m.group(1)) <= len(node):
+        raise ConfigError(f"--set {key}: {part!r} is not one of p1..p{len(node)}")
+    return int(m.group(1)) - 1
+
+
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
-    node = tree
+    node: Any = tree
     for i, part in enumerate(parts[:-1]):
-        if not isinstance(node.get(part), dict):
+        if isinstance(node, list):
+            node = node[_list_index(node, part, key)]
+            continue
+        if not isinstance(node.get(part), dict | list):
             if part in node and node[part] is not None:
                 raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
             node[part] = {}
         node = node[part]
-    node[parts[-1]] = value
+    if isinstance(node, list):
+        node[_list_index(node, parts[-1], key)] = value
+    else:
+        node[parts[-1]] = value
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["phases.p3.lr=1e-5", ...]`` -> ``{"phases.p3.lr": 1e-5}``."""
+    """``["phases.p3.lr=1e-5", ...]`` -> ``{"phases.p3.lr": 1e-5}`` (phase 3's ``lr``)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
@@ -336,8 +445,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 def _format_validation_error(err: ValidationError, tree: dict[str, Any]) -> str:
     lines = []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"])
-        lines.append(f"invalid config field {field} = {e.get('input')!r}: {e['msg']}")
+        loc = list(e["loc"])
+        if loc[:1] == ["phases"] and len(loc) > 1 and isinstance(loc[1], int):
+            loc[1] = f"p{loc[1] + 1}"  # phases are addressed by number, as in --set
+        field = ".".join(str(p) for p in loc)
+        value = repr(e.get("input"))
+        value = value if len(value) <= 80 else value[:77] + "..."
+        lines.append(f"invalid config field {field} = {value}: {e['msg']}")
     return "\n".join(lines)
 
 

@@ -34,3 +34,8 @@ def register_datasets(register):
 @hookspec
 def register_profiles(register):
     """Register run presets and launch profiles: ``register(name, Profile(...))``."""
+
+
+@hookspec
+def register_callbacks(register):
+    """Register phase callbacks a config can name: ``register(name, CallbackSubclass)``."""

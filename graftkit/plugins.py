@@ -30,6 +30,7 @@ HOOKS = (
     "register_label_extractors",
     "register_datasets",
     "register_profiles",
+    "register_callbacks",
 )
 
 
@@ -154,6 +155,7 @@ def _subclass_of(base: type) -> Callable[[Any], bool]:
 
 def _registries() -> dict[str, Registry]:
     from graftkit.config import Profile
+    from graftkit.curriculum.callbacks import Callback
     from graftkit.data import GraftDataset
     from graftkit.encoders import Encoder
     from graftkit.labels import LabelExtractor
@@ -183,11 +185,18 @@ def _registries() -> dict[str, Registry]:
             lambda o: isinstance(o, Profile),
             "a graftkit.config.Profile",
         ),
+        "callback": Registry(
+            "callback",
+            "register_callbacks",
+            _subclass_of(Callback),
+            "a graftkit.curriculum.callbacks.Callback subclass",
+        ),
     }
 
 
 def registry(kind: str) -> Registry:
-    """Collect and return the registry of ``kind`` (encoder, compressor, extractor, dataset, profile)."""
+    """Collect and return the registry of ``kind`` (encoder, compressor, extractor, dataset,
+    profile, callback)."""
     load_plugins()
     return _registries()[kind].collect()
 

@@ -173,8 +173,11 @@ class InfoNCE(nn.Module):
         low, high = self.scale_bounds
         if not low <= float(self.logit_scale.detach()) <= high:
             self.clamp_()
+        # in eval mode every process scores the same validation volumes: gathering would only
+        # repeat each negative once per process and inflate the loss
+        gather = self.config.gather and self.training
         loss, self.effective_batch_size = info_nce(
-            a, b, self.logit_scale, self.config.symmetric, self.config.gather, self.group
+            a, b, self.logit_scale, self.config.symmetric, gather, self.group
         )
         return loss
 

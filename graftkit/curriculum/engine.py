@@ -1,10 +1,18 @@
 """The curriculum engine: prepares a run, then runs the selected phases as declared in the config.
 
-Nothing here is dataset-specific. Each phase is a :class:`~graftkit.config.PhaseConfig`: which
-parameter groups train, which losses with which weights, which text, optimiser and schedule,
-epochs, early stopping and the phase-specific mechanics (LoRA freeze epoch, calibrator refresh,
-LARS-scaled projector learning rate, EWC). Checkpoints are written atomically after every epoch
-(``RUN/checkpoints/phase{N}``) and at the end of each phase (``RUN/phase{N}``).
+Nothing here is dataset-specific or phase-numbered. Each phase is a
+:class:`~graftkit.config.PhaseConfig`: which parameter groups train, which losses with which
+weights, which text, optimiser and schedule, epochs, early stopping, and its mechanics as named
+callbacks (:mod:`graftkit.curriculum.callbacks`: LoRA freeze, calibrator refresh, LARS-scaled
+projector rate, EWC, warm bridge, compressor init, collapse monitor).
+
+Placement is accelerate's, for one process as for eight: the model, optimiser and schedule go
+through ``accelerator.prepare``, batches are sent to ``accelerator.device``, every step runs
+under ``accelerator.autocast()``, loss sums stay on the device until the epoch's reduction. The
+frozen LLM is loaded in ``model.dtype`` directly on its device; under mixed precision the bridge
+is kept in float32 (docs/distributed.md). Checkpoints are written atomically after every epoch
+(``RUN/checkpoints/phase{N}/last``, one unit with every callback's state) and at the end of each
+phase (``RUN/phase{N}``).
 """
 
 from __future__ import annotations
@@ -23,12 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, send_to_device
 
 from graftkit import plugins
-from graftkit.align import EWC, InfoNCE, imq_alpha, positive_weights
-from graftkit.config import ConfigError, PhaseConfig, RunConfig
+from graftkit.align import InfoNCE, imq_alpha, positive_weights
+from graftkit.config import PARAMETER_GROUPS, ConfigError, PhaseConfig, RunConfig
 from graftkit.curriculum.batches import PhaseCollator, TextTargets, make_loader
+from graftkit.curriculum.callbacks import Callback, EarlyStopping, PhaseContext, build_callbacks
 from graftkit.curriculum.checkpoint import (
     CheckpointError,
     flatten_state,
@@ -62,7 +71,8 @@ def echo(accelerator: Accelerator, message: str) -> None:
 
 @dataclass
 class Run:
-    """Everything the phases of one run share."""
+    """Everything the phases of one run share (built by :func:`prepare_run`; nothing is added to
+    it later: phase state lives in the phase's callbacks)."""
 
     cfg: RunConfig
     run_dir: Path
@@ -125,6 +135,9 @@ def make_accelerator(cfg: RunConfig, run_dir: Path | None = None) -> Accelerator
         cpu=cpu,
         mixed_precision=cfg.launch.mixed_precision if not cpu else "no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        # graftkit's schedules count this process's steps (make_loader shards the volumes);
+        # accelerate would otherwise step them once per process per optimizer step
+        step_scheduler_with_optimizer=False,
         log_with="tensorboard" if tensorboard else None,
         project_dir=str(run_dir / "tensorboard") if tensorboard else None,
     )
@@ -174,13 +187,19 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: boo
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
             llm_path = build_or_load_prior(dataset.corpus(), cfg.model.prior, cache)
-    llm, tokenizer = load_llm(llm_path, dtype=cfg.model.dtype)
+    llm, tokenizer = load_llm(llm_path, dtype=cfg.model.dtype, device=accelerator.device)
     prior_seconds = round(time.time() - t_prior, 1)
 
     textspace = _text_space(cfg, run_dir, dataset, train, valid, llm, tokenizer, accelerator)
     glm = build_grafted(
         cfg, llm, tokenizer, dataset.embedding_dim, len(dataset.class_names), textspace.dim
     )
+    if accelerator.mixed_precision != "no":
+        # the bridge trains in float32 under autocast: AdamW on pure-bf16 weights loses updates
+        # smaller than bf16's resolution (docs/distributed.md); LoRA is peft's float32 already
+        for group in PARAMETER_GROUPS:
+            if group != "lora":
+                getattr(glm, group).float()
     labels = np.stack([v.labels for v in train])
     constants = cfg.objective
     objective = Objective(
@@ -193,7 +212,7 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: boo
         ),
         imq_alpha(gamma=constants.mmd_gamma, dim=textspace.dim),
         focal_gamma=constants.focal_gamma,
-    )
+    ).to(accelerator.device)
     targets = {
         "train": TextTargets(dataset, train, textspace),
         "valid": TextTargets(dataset, valid, textspace),
@@ -275,472 +294,367 @@ def _text_space(cfg, run_dir, dataset, train, valid, llm, tokenizer, accelerator
     return space
 
 
-class PhaseRunner:
-    """Runs one phase: optimiser, schedule, epochs, early stopping, checkpoints."""
-
-    def __init__(self, run: Run, number: int):
-        self.run, self.number = run, number
-        self.cfg: PhaseConfig = run.cfg.phases.get(number)
-        self.dir = run.run_dir / f"phase{number}"
-        self.ckpt_dir = run.run_dir / "checkpoints" / f"phase{number}"
-
-    # -- set-up -------------------------------------------------------------------------------
-    def _param_groups(self) -> list[dict[str, Any]]:
-        groups = self.run.glm.parameter_groups()
-        out = []
-        for name in self.cfg.trainable:
-            params = [p for p in groups.get(name, {}).values() if p.requires_grad]
-            if params:
-                out.append({"params": params, "lr": self.cfg.lr, "group": name})
-        if "infonce" in self.cfg.losses:
-            out.append(
-                {
-                    "params": list(self.run.objective.infonce.parameters()),
-                    "lr": self.cfg.lr,
-                    "group": "temperature",
-                }
-            )
-        return out
-
-    def _optimizer(self, groups) -> torch.optim.Optimizer:
-        if self.cfg.optimizer == "sgd":
-            return torch.optim.SGD(
-                groups, lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay
-            )
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-
-    def _scheduler(self, optimizer, steps_per_epoch: int):
-        """The phase's learning-rate schedule, stepped once per optimizer step (``plateau``: once
-        per epoch on the early-stopping metric).
-
-        ``cosine`` and ``constant`` are transformers' schedules; with ``warmup_steps=0`` (every
-        shipped profile) they equal graftkit's former hand-written ones bit for bit. With a
-        warm-up, transformers ramps ``step / warmup_steps`` (the first step at lr 0) where the
-        former code ramped ``(step + 1) / warmup_steps``: the ramp starts one step later.
-        """
-        from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
-
-        c = self.cfg
-        if c.schedule == "plateau":
-            return torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer,
-                mode=c.early_stopping.mode,
-                factor=c.plateau_factor,
-                patience=c.plateau_patience,
-            )
-        if c.schedule == "constant":
-            return get_constant_schedule_with_warmup(optimizer, c.warmup_steps)
-        # a process never takes more than steps_per_epoch steps an epoch (make_loader shards
-        # floor(n / world) volumes), so the cosine ends at 0 and never turns back up
-        return get_cosine_schedule_with_warmup(
-            optimizer, c.warmup_steps, max(1, steps_per_epoch * c.epochs)
-        )
-
-    # -- state --------------------------------------------------------------------------------
-    def _tensors(self, optimizer, scheduler, best_state, ewc) -> dict[str, dict[str, torch.Tensor]]:
-        opt_tensors: dict[str, torch.Tensor] = {}
-        self._opt_skeleton = flatten_state("opt", optimizer.state_dict(), opt_tensors)
-        extra = {"rng.torch": torch.get_rng_state()}
-        extra.update(
-            {f"infonce.{k}": v for k, v in self.run.objective.infonce.state_dict().items()}
-        )
-        tensors = {
-            "model": self.run.glm.bridge_state_dict(),
-            "optimizer": opt_tensors,
-            "extra": extra,
-        }
-        if best_state is not None:
-            tensors["best"] = best_state
-        if ewc is not None:
-            tensors["ewc"] = {
-                k: v for k, v in ewc.state_dict().items() if isinstance(v, torch.Tensor)
-            }
-        return tensors
-
-    def _save_epoch(self, epoch, optimizer, scheduler, best_state, best, bad_epochs, ewc) -> None:
-        if not self.run.main:
-            return
-        tensors = self._tensors(optimizer, scheduler, best_state, ewc)
-        state = {
-            "phase": self.number,
-            "epoch": epoch,
-            "best": best,
-            "bad_epochs": bad_epochs,
-            "optimizer": self._opt_skeleton,
-            "scheduler": scheduler.state_dict(),
-            "rng_python": list(random.getstate()[1]),
-            "lora_frozen": self._lora_frozen,
-        }
-        save_checkpoint(self.ckpt_dir / "last", tensors, state)
-
-    def _restore_epoch(
-        self, optimizer, scheduler, ewc
-    ) -> tuple[int, float | None, int, dict | None]:
-        groups, state = load_checkpoint(self.ckpt_dir / "last")
-        self.run.glm.load_bridge_state_dict(groups["model"])
-        optimizer.load_state_dict(unflatten_state(state["optimizer"], groups["optimizer"]))
-        scheduler.load_state_dict(state["scheduler"])
-        self.run.objective.infonce.load_state_dict(
+# -- one phase ---------------------------------------------------------------------------------
+def _param_groups(run: Run, phase: PhaseConfig) -> list[dict[str, Any]]:
+    groups = run.glm.parameter_groups()
+    out = []
+    for name in phase.trainable:
+        params = [p for p in groups.get(name, {}).values() if p.requires_grad]
+        if params:
+            out.append({"params": params, "lr": phase.lr, "group": name})
+    if "infonce" in phase.losses:
+        out.append(
             {
-                k.removeprefix("infonce."): v
-                for k, v in groups["extra"].items()
-                if k.startswith("infonce.")
+                "params": list(run.objective.infonce.parameters()),
+                "lr": phase.lr,
+                "group": "temperature",
             }
         )
-        torch.set_rng_state(groups["extra"]["rng.torch"])
-        if ewc is not None and "ewc" in groups:
-            ewc.load_state_dict(groups["ewc"])
-        if state.get("lora_frozen"):
-            self._freeze_lora()
-        return state["epoch"], state["best"], state["bad_epochs"], groups.get("best")
+    return out
 
-    def _freeze_lora(self) -> None:
-        for p in self.run.glm.parameter_groups().get("lora", {}).values():
-            p.requires_grad_(False)
-        self._lora_frozen = True
 
-    # -- epochs -------------------------------------------------------------------------------
-    def _loader(self, split: str, epoch: int, shuffle: bool):
-        run = self.run
-        needs_tokens = bool(NEEDS_TOKENS & set(self.cfg.losses))
-        volumes = run.train if split == "train" else run.valid
-        collator = PhaseCollator(
-            run.dataset,
-            volumes,
-            run.targets[split] if (NEEDS_TEXT_TARGETS & set(self.cfg.losses)) else None,
-            run.tokenizer if needs_tokens else None,
-            self.cfg.text,
-            run.glm.num_visual_tokens,
-            run.cfg.seed,
-            max_length=run.cfg.model.prior.max_length if run.cfg.model.llm is None else None,
-            finding_weight=self.cfg.finding_weight,
+def build_optimizer(phase: PhaseConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    if phase.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=phase.lr, momentum=0.9, weight_decay=phase.weight_decay)
+    return torch.optim.AdamW(groups, lr=phase.lr, weight_decay=phase.weight_decay)
+
+
+def build_scheduler(phase: PhaseConfig, optimizer, steps_per_epoch: int):
+    """The phase's learning-rate schedule, stepped once per optimizer step (``plateau``: once
+    per epoch on the early-stopping metric).
+
+    ``cosine`` and ``constant`` are transformers' schedules; with ``warmup_steps=0`` (every
+    shipped profile) they equal graftkit's former hand-written ones bit for bit. With a
+    warm-up, transformers ramps ``step / warmup_steps`` (the first step at lr 0) where the
+    former code ramped ``(step + 1) / warmup_steps``: the ramp starts one step later.
+    """
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    if phase.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode=phase.early_stopping.mode,
+            factor=phase.plateau_factor,
+            patience=phase.plateau_patience,
         )
-        acc = run.accelerator
-        return make_loader(
-            run.dataset,
-            volumes,
-            collator,
-            self.cfg.batch_size,
-            shuffle,
-            run.cfg.seed + 1000 * self.number,
-            epoch,
-            rank=acc.process_index if split == "train" else 0,
-            world=acc.num_processes if split == "train" else 1,
-            max_slices=run.cfg.data.max_slices,
-            num_workers=run.cfg.data.num_workers,
-            drop_last=split == "train" and acc.num_processes > 1,
-        )
+    if phase.schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, phase.warmup_steps)
+    # a process never takes more than steps_per_epoch steps an epoch (make_loader shards
+    # floor(n / world) volumes), so the cosine ends at 0 and never turns back up
+    return get_cosine_schedule_with_warmup(
+        optimizer, phase.warmup_steps, max(1, steps_per_epoch * phase.epochs)
+    )
 
-    def _lars(self, optimizer) -> list[tuple[dict, float]]:
-        """Scale the projector learning rate by ‖w‖/‖∇w‖, clamped to the configured bounds."""
-        if self.cfg.projector_lr_scale is None:
-            return []
-        lo, hi = self.cfg.projector_lr_scale
-        restored = []
-        for group in optimizer.param_groups:
-            if group.get("group") != "projectors":
-                continue
-            w = torch.sqrt(sum((p.detach() ** 2).sum() for p in group["params"]))
-            g = torch.sqrt(
-                sum((p.grad.detach() ** 2).sum() for p in group["params"] if p.grad is not None)
-            )
-            scale = float((w / g.clamp_min(1e-12)).clamp(lo, hi)) if g > 0 else 1.0
-            restored.append((group, group["lr"]))
-            group["lr"] = group["lr"] * scale
-        return restored
 
-    def _train_epoch(self, model, optimizer, scheduler, epoch, ewc, progress) -> dict[str, float]:
-        run = self.run
-        model.train()
-        loader = self._loader("train", epoch, shuffle=True)
-        sums: dict[str, float] = {}
-        steps = 0
-        task = (
-            progress.add_task(f"phase {self.number} epoch {epoch + 1}", total=len(loader), info="")
-            if progress
-            else None
+def _loader(ctx: PhaseContext, split: str, epoch: int, shuffle: bool):
+    """This process's loader of ``split``: training volumes are sharded across processes, every
+    process validates all validation volumes (so the monitor and early stopping agree)."""
+    run, phase = ctx.run, ctx.config
+    needs_tokens = bool(NEEDS_TOKENS & set(phase.losses))
+    volumes = run.train if split == "train" else run.valid
+    collator = PhaseCollator(
+        run.dataset,
+        volumes,
+        run.targets[split] if (NEEDS_TEXT_TARGETS & set(phase.losses)) else None,
+        run.tokenizer if needs_tokens else None,
+        phase.text,
+        run.glm.num_visual_tokens,
+        run.cfg.seed,
+        max_length=run.cfg.model.prior.max_length if run.cfg.model.llm is None else None,
+        finding_weight=phase.finding_weight,
+    )
+    acc = run.accelerator
+    return make_loader(
+        run.dataset,
+        volumes,
+        collator,
+        phase.batch_size,
+        shuffle,
+        run.cfg.seed + 1000 * ctx.number,
+        epoch,
+        rank=acc.process_index if split == "train" else 0,
+        world=acc.num_processes if split == "train" else 1,
+        max_slices=run.cfg.data.max_slices,
+        num_workers=run.cfg.data.num_workers,
+        drop_last=split == "train" and acc.num_processes > 1,
+    )
+
+
+def train_epoch(ctx: PhaseContext, model, scheduler, callbacks, epoch: int, progress=None):
+    """One pass over this process's shard: per step autocast -> loss + callback terms ->
+    backward -> clip -> step. Returns the per-term means, averaged over processes."""
+    run, phase, optimizer = ctx.run, ctx.config, ctx.optimizer
+    acc = run.accelerator
+    model.train()
+    loader = _loader(ctx, "train", epoch, shuffle=True)
+    sums: dict[str, torch.Tensor] = {}  # float64 on the device: no host sync per step
+    steps = 0
+    task = None
+    if progress:
+        task = progress.add_task(
+            f"phase {ctx.number} epoch {epoch + 1}", total=len(loader), info=""
         )
-        for batch in loader:
-            if batch is None:  # every volume of it failed to load (recorded in dataset.skips)
-                continue
+    for batch in loader:
+        if batch is None:  # every volume of it failed to load (recorded in dataset.skips)
+            continue
+        batch = send_to_device(batch, acc.device)
+        with acc.autocast():
             terms = model(batch)
             loss = terms["total"]
-            if ewc is not None and self.cfg.ewc_lambda > 0:
-                terms["ewc"] = ewc.penalty(dict(run.glm.parameter_groups()["lora"]))
-                loss = loss + terms["ewc"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"phase {self.number}: non-finite loss {float(loss)} at epoch {epoch + 1}"
-                )
-            run.accelerator.backward(loss)
-            if self.cfg.grad_clip:
-                params = [
-                    p for g in optimizer.param_groups for p in g["params"] if p.grad is not None
-                ]
-                torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-            restore = self._lars(optimizer)
-            optimizer.step()
-            for group, lr in restore:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            steps += 1
-            if progress:
-                progress.update(task, advance=1, info=f"loss {float(loss.detach()):.4f}")
+            for cb in callbacks:
+                for name, term in cb.loss_terms(ctx).items():
+                    terms[name] = term
+                    loss = loss + term
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"phase {ctx.number}: non-finite loss {float(loss)} at epoch {epoch + 1}"
+            )
+        acc.backward(loss)
+        if phase.grad_clip:
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, phase.grad_clip)
+        for cb in callbacks:
+            cb.on_before_optimizer_step(ctx)
+        optimizer.step()
+        for cb in callbacks:
+            cb.on_after_optimizer_step(ctx)
+        optimizer.zero_grad(set_to_none=True)
+        if phase.schedule != "plateau":
+            scheduler.step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0) + v.detach().double()
+        steps += 1
         if progress:
-            progress.remove_task(task)
-        means = {k: v / max(1, steps) for k, v in sums.items()}
-        reduced = run.accelerator.reduce(
-            torch.tensor([means.get(k, 0.0) for k in sorted(means)]), "mean"
-        )
-        return {
-            f"train_{k}": float(v) for k, v in zip(sorted(means), reduced.tolist(), strict=True)
+            progress.update(task, advance=1, info=f"loss {float(loss.detach()):.4f}")
+    if progress:
+        progress.remove_task(task)
+    names = sorted(sums)
+    means = torch.stack([sums[k] / max(1, steps) for k in names]) if names else torch.zeros(0)
+    reduced = acc.reduce(means.float().to(acc.device), "mean")
+    return {f"train_{k}": float(v) for k, v in zip(names, reduced.tolist(), strict=True)}
+
+
+@torch.no_grad()
+def validate(ctx: PhaseContext, model) -> dict[str, float]:
+    """Per-sample mean of each loss term over the validation volumes, with the prepared model.
+
+    Every process computes it on all validation volumes with its own batch as the InfoNCE
+    negatives (the temperature module gathers only in training), so the value is the
+    one-process value whatever the number of processes.
+    """
+    run = ctx.run
+    acc = run.accelerator
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    n = 0
+    for batch in _loader(ctx, "valid", 0, shuffle=False):
+        if batch is None:
+            continue
+        batch = send_to_device(batch, acc.device)
+        size = batch["labels"].shape[0]
+        with acc.autocast():
+            terms = model(batch)
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0) + v.detach().double() * size
+        n += size
+    return {f"valid_{k}": float(v / max(1, n)) for k, v in sums.items()}
+
+
+class PhaseCheckpoint:
+    """The resume state of a phase as one unit (``RUN/checkpoints/phase{N}/last``): bridge,
+    optimiser, scheduler, RNG, the InfoNCE temperature, early stopping and every callback."""
+
+    def __init__(self, ctx: PhaseContext, scheduler, callbacks: list[Callback], stopper):
+        self.ctx, self.scheduler, self.callbacks, self.stopper = ctx, scheduler, callbacks, stopper
+        self.path = ctx.run.run_dir / "checkpoints" / f"phase{ctx.number}" / "last"
+
+    def _stateful(self) -> dict[str, Callback]:
+        return {cb.name: cb for cb in [*self.callbacks, self.stopper]}
+
+    def save(self, epoch: int) -> None:
+        run = self.ctx.run
+        if not run.main:
+            return
+        opt_tensors: dict[str, torch.Tensor] = {}
+        cb_tensors: dict[str, torch.Tensor] = {}
+        extra = {"rng.torch": torch.get_rng_state()}
+        extra.update({f"infonce.{k}": v for k, v in run.objective.infonce.state_dict().items()})
+        tensors = {
+            "model": run.glm.bridge_state_dict(),
+            "optimizer": opt_tensors,
+            "extra": extra,
+            "callbacks": cb_tensors,
         }
+        state = {
+            "phase": self.ctx.number,
+            "epoch": epoch,
+            "optimizer": flatten_state("opt", self.ctx.optimizer.state_dict(), opt_tensors),
+            "scheduler": self.scheduler.state_dict(),
+            "rng_python": list(random.getstate()[1]),
+            "callbacks": flatten_state(
+                "cb", {k: cb.state_dict() for k, cb in self._stateful().items()}, cb_tensors
+            ),
+        }
+        save_checkpoint(self.path, tensors, state)
 
-    @torch.inference_mode()
-    def _valid_loss(self) -> dict[str, float]:
-        run = self.run
-        run.objective.eval()
-        sums, n = {}, 0
-        for batch in self._loader("valid", 0, shuffle=False):
-            if batch is None:
-                continue
-            terms = run.objective(batch)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * batch["labels"].shape[0]
-            n += batch["labels"].shape[0]
-        return {f"valid_{k}": v / max(1, n) for k, v in sums.items()}
-
-    def _generation_monitor(self, epoch: int) -> dict[str, float]:
-        """Generation F1 on a fixed validation subset with real and zeroed tokens (collapse monitor)."""
-        from graftkit.eval.generation import (
-            ablate,
-            generate_reports,
-            generation_scores,
-            visual_tokens,
-        )
-
-        run = self.run
-        subset = run.valid[: run.cfg.eval.monitor_subset]
-        tokens = visual_tokens(
-            run.glm, run.dataset, subset, run.cfg.eval.batch_size, run.cfg.data.max_slices
-        )
-        gen = run.cfg.eval.generation.model_dump()
-        gen.update(do_sample=False, num_beams=1)
-        gen.pop("temperature"), gen.pop("top_p")
-        extractor = _extractor(run)
-        out = {}
-        for mode in ("real", "zero"):
-            texts = generate_reports(
-                run.glm,
-                run.tokenizer,
-                run.dataset.prompt,
-                ablate(tokens, mode),
-                gen,
-                run.cfg.eval.batch_size,
+    def restore(self) -> int:
+        """Load the last epoch checkpoint; returns the epoch to continue from."""
+        run = self.ctx.run
+        try:
+            groups, state = load_checkpoint(self.path)
+            run.glm.load_bridge_state_dict(groups["model"])
+            self.ctx.optimizer.load_state_dict(
+                unflatten_state(state["optimizer"], groups["optimizer"])
             )
-            out[f"gen_f1_{mode}"] = generation_scores(
-                extractor, texts, subset, run.dataset.class_names
-            )["macro_f1"]
-        out["gen_f1"] = out["gen_f1_real"]
-        return out
-
-    def run_phase(self, resume: bool, progress: Any = None) -> dict[str, Any]:
-        run, c = self.run, self.cfg
-        acc = run.accelerator
-        run.objective.set_losses(c.losses)
-        run.glm.set_trainable(c.trainable)
-        self._lora_frozen = False
-        for p in run.objective.infonce.parameters():
-            p.requires_grad_("infonce" in c.losses)
-        ewc = None
-        if c.ewc_lambda > 0:
-            lora = dict(run.glm.parameter_groups()["lora"])
-            ewc = EWC(lora, lam=c.ewc_lambda)
-            ewc.snapshot()
-        groups = self._param_groups()
-        if not groups:
-            raise ConfigError(
-                f"phase {self.number}: no trainable parameters in groups {c.trainable}"
+            self.scheduler.load_state_dict(state["scheduler"])
+            run.objective.infonce.load_state_dict(
+                {
+                    k.removeprefix("infonce."): v
+                    for k, v in groups["extra"].items()
+                    if k.startswith("infonce.")
+                }
             )
-        optimizer = self._optimizer(groups)
-        steps_per_epoch = max(1, math.ceil(len(run.train) / acc.num_processes / c.batch_size))
-        scheduler = self._scheduler(optimizer, steps_per_epoch)
-        model = acc.prepare_model(run.objective) if acc.num_processes > 1 else run.objective
-
-        start, best, bad_epochs, best_state = 0, None, 0, None
-        if resume and is_complete(self.ckpt_dir / "last"):
-            try:
-                last_epoch, best, bad_epochs, best_state = self._restore_epoch(
-                    optimizer, scheduler, ewc
-                )
-            except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
-                # checksums pass but the content does not fit (a forged or foreign checkpoint)
-                raise CheckpointError(
-                    f"checkpoint {self.ckpt_dir / 'last'} does not fit this run "
-                    f"({type(err).__name__}: {err}); refusing to resume from it"
-                ) from None
-            start = last_epoch + 1
-            echo(acc, f"phase {self.number}: resumed after epoch {start}")
-        elif resume and (self.ckpt_dir / "last").exists():
+            torch.set_rng_state(groups["extra"]["rng.torch"])
+            saved = unflatten_state(state["callbacks"], groups.get("callbacks", {}))
+            for name, cb in self._stateful().items():
+                cb.load_state_dict(saved[name])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+            # checksums pass but the content does not fit (a forged or foreign checkpoint)
             raise CheckpointError(
-                f"{self.ckpt_dir / 'last'} is incomplete or corrupted; refusing to resume from it"
-            )
+                f"checkpoint {self.path} does not fit this run "
+                f"({type(err).__name__}: {err}); refusing to resume from it"
+            ) from None
+        return state["epoch"] + 1
 
+
+def run_phase(
+    run: Run,
+    number: int,
+    resume: bool = False,
+    progress: Any = None,
+    *,
+    fresh_bridge: bool = False,
+    warm_bridge: Path | None = None,
+) -> dict[str, Any]:
+    """Train phase ``number`` of ``run.cfg.phases`` from the model's current state (DESIGN.md,
+    "Four-phase curriculum"), then save ``RUN/phase{N}``.
+
+    Prepare (callbacks' ``on_phase_begin``, trainable groups, optimiser and schedule through
+    ``accelerator.prepare``, resume state); per epoch: train, validate, callbacks' evaluation,
+    early stopping, epoch checkpoint; at the end the best epoch's bridge.
+    """
+    phase = run.cfg.phases.get(number)
+    acc = run.accelerator
+    last = run.run_dir / "checkpoints" / f"phase{number}" / "last"
+    if resume and not is_complete(last) and last.exists():
+        raise CheckpointError(f"{last} is incomplete or corrupted; refusing to resume from it")
+    ctx = PhaseContext(
+        run,
+        number,
+        phase,
+        resumed=resume and is_complete(last),
+        fresh_bridge=fresh_bridge,
+        warm_bridge=warm_bridge,
+    )
+    callbacks = build_callbacks(phase, number)
+    stopper = EarlyStopping(**phase.early_stopping.model_dump())
+
+    run.objective.set_losses(phase.losses)
+    run.glm.set_trainable(phase.trainable)
+    for p in run.objective.infonce.parameters():
+        p.requires_grad_("infonce" in phase.losses)
+    for cb in callbacks:
+        cb.on_phase_begin(ctx)
+    groups = _param_groups(run, phase)
+    if not groups:
+        raise ConfigError(f"phase {number}: no trainable parameters in groups {phase.trainable}")
+    optimizer = build_optimizer(phase, groups)
+    steps_per_epoch = max(1, math.ceil(len(run.train) / acc.num_processes / phase.batch_size))
+    scheduler = build_scheduler(phase, optimizer, steps_per_epoch)
+    model, optimizer, scheduler = acc.prepare(run.objective, optimizer, scheduler)
+    ctx.optimizer = optimizer
+    checkpoint = PhaseCheckpoint(ctx, scheduler, callbacks, stopper)
+    start = 0
+    if ctx.resumed:
+        start = checkpoint.restore()
+        echo(acc, f"phase {number}: resumed after epoch {start}")
+
+    echo(
+        acc,
+        f"phase {number} ({phase.name}): trains {phase.trainable}; losses {phase.losses}; text {phase.text}",
+    )
+    if "infonce" in phase.losses:
         echo(
             acc,
-            f"phase {self.number} ({c.name}): trains {c.trainable}; losses {c.losses}; text {c.text}",
+            f"phase {number}: effective contrastive batch {phase.batch_size * acc.num_processes} "
+            f"({acc.num_processes} process(es) x {phase.batch_size})",
         )
-        if "infonce" in c.losses:
+    stopped_early = False
+    for epoch in range(start, phase.epochs):
+        t0 = time.time()
+        torch.manual_seed(run.cfg.seed * 7919 + number * 101 + epoch)
+        for cb in callbacks:
+            cb.on_epoch_begin(ctx, epoch)
+        row = {
+            "phase": number,
+            "epoch": epoch + 1,  # 1-based, as printed
+            **train_epoch(ctx, model, scheduler, callbacks, epoch, progress),
+        }
+        row.update(validate(ctx, model))
+        for cb in callbacks:
+            cb.on_evaluate(ctx, epoch, row)
+        metric = stopper.value(ctx, row)
+        if phase.schedule == "plateau":
+            scheduler.step(metric)
+        row["lr"] = optimizer.param_groups[0]["lr"]
+        row["seconds"] = round(time.time() - t0, 2)
+        stop = stopper.update(ctx, metric)
+        row["best"] = stopper.best
+        run.history(row)
+        echo(acc, _format_row(row))
+        checkpoint.save(epoch)
+        acc.wait_for_everyone()
+        if stop and epoch + 1 < phase.epochs:
             echo(
                 acc,
-                f"phase {self.number}: effective contrastive batch {c.batch_size * acc.num_processes} "
-                f"({acc.num_processes} process(es) x {c.batch_size})",
+                f"phase {number}: stopped early after epoch {epoch + 1} of {phase.epochs} "
+                f"(no {stopper.metric} improvement for {stopper.bad_epochs} epochs; "
+                f"best {stopper.best:.4f})",
             )
-        mode = c.early_stopping.mode
-        stopped_early = False
-        for epoch in range(start, c.epochs):
-            t0 = time.time()
-            torch.manual_seed(run.cfg.seed * 7919 + self.number * 101 + epoch)
-            if (
-                c.lora_freeze_epoch is not None
-                and epoch >= c.lora_freeze_epoch
-                and not self._lora_frozen
-            ):
-                self._freeze_lora()
-                echo(acc, f"phase {self.number}: LoRA frozen from epoch {epoch + 1}")
-            if c.recalibrate_every and epoch % c.recalibrate_every == 0:
-                self._recalibrate()
-            row = {
-                "phase": self.number,
-                "epoch": epoch + 1,  # 1-based, as printed
-                **self._train_epoch(model, optimizer, scheduler, epoch, ewc, progress),
-            }
-            row.update(self._valid_loss())
-            if c.monitor_collapse or c.early_stopping.metric.startswith("gen_f1"):
-                row.update(self._generation_monitor(epoch))
-                self._collapse(row)
-            name = "valid_total" if c.early_stopping.metric == "loss" else c.early_stopping.metric
-            metric = row.get(name, row.get(f"valid_{name}"))
-            if metric is None:
-                raise ConfigError(
-                    f"phase {self.number}: early-stopping metric {c.early_stopping.metric!r} not in {sorted(row)}"
-                )
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(metric)
-            row["lr"] = optimizer.param_groups[0]["lr"]
-            row["seconds"] = round(time.time() - t0, 2)
-            improved = best is None or (metric > best if mode == "max" else metric < best)
-            if improved:
-                best, bad_epochs = metric, 0
-                best_state = {k: v.detach().clone() for k, v in run.glm.bridge_state_dict().items()}
-            else:
-                bad_epochs += 1
-            row["best"] = best
-            run.history(row)
-            echo(acc, _format_row(row))
-            stop = c.early_stopping.patience is not None and bad_epochs >= c.early_stopping.patience
-            self._save_epoch(epoch, optimizer, scheduler, best_state, best, bad_epochs, ewc)
-            acc.wait_for_everyone()
-            if stop and epoch + 1 < c.epochs:
-                echo(
-                    acc,
-                    f"phase {self.number}: stopped early after epoch {epoch + 1} of {c.epochs} "
-                    f"(no {c.early_stopping.metric} improvement for {bad_epochs} epochs; "
-                    f"best {best:.4f})",
-                )
-                stopped_early = True
-                break
-        if best_state is not None:
-            run.glm.load_bridge_state_dict(best_state)
-        self.save_final(best, ewc)
-        return {"best": best, "metric": c.early_stopping.metric, "stopped_early": stopped_early}
+            stopped_early = True
+            break
+    for cb in [*callbacks, stopper]:
+        cb.on_phase_end(ctx)
+    save_final(run, number, stopper.best, callbacks)
+    acc.free_memory()
+    return {"best": stopper.best, "metric": stopper.metric, "stopped_early": stopped_early}
 
-    def _recalibrate(self) -> None:
-        """Periodic ``NormCalibrator.recalibrate()`` on a fixed sample of training volumes."""
-        from graftkit.data import VolumeDataset, collate_volumes
 
-        run = self.run
-        data = VolumeDataset(
-            run.dataset,
-            run.train[: min(64, len(run.train))],
-            run.cfg.data.max_slices,
-            skip_unloadable=True,
+def save_final(run: Run, number: int, best: float | None, callbacks: list[Callback]) -> None:
+    """``RUN/phase{N}``: the phase's bridge, temperature and callbacks' tensors (the EWC
+    anchor), plus a peft/transformers ``pretrained`` folder."""
+    if run.main:
+        tensors = {
+            "model": run.glm.bridge_state_dict(),
+            "extra": dict(run.objective.infonce.state_dict()),
+        }
+        for cb in callbacks:
+            if cb.final_tensors():
+                tensors[cb.name] = cb.final_tensors()
+        state = {"phase": number, "best": best, "architecture": architecture_signature(run)}
+        save_checkpoint(
+            run.run_dir / f"phase{number}",
+            tensors,
+            state,
+            writer=lambda tmp: run.glm.save_pretrained(tmp / "pretrained"),
         )
-        batch = collate_volumes([data[i] for i in range(len(data))])
-        was_training = run.glm.training
-        run.glm.eval()
-        run.glm.recalibrate(batch["slices"], batch["z_mm"], batch["mask"])
-        run.glm.train(was_training)
-
-    def _collapse(self, row: dict[str, Any]) -> None:
-        from graftkit.eval.collapse import CollapseMonitor
-
-        run = self.run
-        monitor = getattr(run, "_collapse_monitor", None)
-        if monitor is None:
-            monitor = CollapseMonitor(reliance_floor=run.cfg.eval.reliance_floor)
-            path = run.run_dir / "collapse.jsonl"
-            if path.is_file():
-                monitor = CollapseMonitor.from_jsonl(
-                    path, reliance_floor=run.cfg.eval.reliance_floor
-                )
-            run._collapse_monitor = monitor
-        for warning in monitor.update(
-            self.number, row["epoch"], row["gen_f1_real"], row["gen_f1_zero"]
-        ):
-            echo(run.accelerator, f"[collapse monitor] {warning}")
-        if run.main:
-            monitor.to_jsonl(run.run_dir / "collapse.jsonl")
-
-    def save_final(self, best, ewc) -> None:
-        run = self.run
-        if run.main:
-            tensors = {
-                "model": run.glm.bridge_state_dict(),
-                "extra": dict(run.objective.infonce.state_dict()),
-            }
-            if ewc is not None:
-                tensors["ewc"] = {
-                    k: v for k, v in ewc.state_dict().items() if isinstance(v, torch.Tensor)
-                }
-            state = {
-                "phase": self.number,
-                "best": best,
-                "architecture": architecture_signature(run),
-            }
-            save_checkpoint(
-                self.dir,
-                tensors,
-                state,
-                writer=lambda tmp: run.glm.save_pretrained(tmp / "pretrained"),
-            )
-        run.accelerator.wait_for_everyone()
-
-
-def run_phase(run: Run, number: int, resume: bool = False, progress: Any = None) -> dict[str, Any]:
-    """Train phase ``number`` of ``run.cfg.phases`` from the model's current state."""
-    return PhaseRunner(run, number).run_phase(resume=resume, progress=progress)
+    run.accelerator.wait_for_everyone()
 
 
 def _format_row(row: dict[str, Any]) -> str:
     keys = [k for k in row if k not in ("phase", "epoch")]
     parts = [f"{k}={row[k]:.4f}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys]
     return f"phase {row['phase']} epoch {row['epoch']}: " + " ".join(parts)
-
-
-def _extractor(run: Run):
-    name = run.cfg.eval.extractor or run.dataset.default_extractor
-    cache = getattr(run, "_extractor_cache", None)
-    if cache is None or cache[0] != name:
-        run._extractor_cache = (
-            name,
-            plugins.get("extractor", name)(**run.cfg.eval.extractor_options),
-        )
-    return run._extractor_cache[1]
 
 
 def architecture_signature(run: Run) -> str:
@@ -752,8 +666,6 @@ def architecture_signature(run: Run) -> str:
 def load_into(run: Run, checkpoint: Path, groups: list[str] | None = None) -> list[str]:
     """Load a phase checkpoint's bridge tensors (optionally only some groups) into the run's model."""
     checkpoint = Path(checkpoint)
-    if (checkpoint / "phase3").is_dir() and groups is not None:
-        checkpoint = checkpoint / "phase3"
     tensors, _ = load_checkpoint(checkpoint)
     try:
         return run.glm.load_bridge_state_dict(tensors["model"], groups=groups)
@@ -761,25 +673,6 @@ def load_into(run: Run, checkpoint: Path, groups: list[str] | None = None) -> li
         raise CheckpointError(
             f"checkpoint {checkpoint} does not fit this model (different architecture?): {err}"
         ) from None
-
-
-def init_compressor(run: Run, volumes: int = 64) -> None:
-    """Fit the compressor's input standardisation and SVD-initialise its region queries from real
-    training slices (DESIGN.md, "Zone-constrained cross-attention"), if the compressor supports it."""
-    from graftkit.data import VolumeDataset
-
-    init = getattr(run.glm.compressor, "init_queries_from", None)
-    if init is None:
-        return
-    data = VolumeDataset(
-        run.dataset, run.train[:volumes], run.cfg.data.max_slices, skip_unloadable=True
-    )
-    items = [item for item in (data[i] for i in range(len(data))) if item is not None]
-    init(torch.cat([item["slices"] for item in items]))
-    echo(
-        run.accelerator,
-        f"compressor: input standardisation and region queries initialised from {len(items)} training volumes",
-    )
 
 
 def run_curriculum(
@@ -812,43 +705,35 @@ def run_curriculum(
                         else ""
                     ),
                 )
+    loaded = True
     if done:
         load_into(run, run.run_dir / f"phase{done[-1]}")
         echo(run.accelerator, f"resume: phases {done} already complete")
     elif init_from is not None:
-        loaded = load_into(run, init_from)
-        echo(run.accelerator, f"init-from {init_from}: loaded {len(loaded)} tensors")
+        names = load_into(run, init_from)
+        echo(run.accelerator, f"init-from {init_from}: loaded {len(names)} tensors")
     elif first > 1 and is_complete(run.run_dir / f"phase{first - 1}"):
         load_into(run, run.run_dir / f"phase{first - 1}")
-    elif first > 1:
-        echo(
-            run.accelerator,
-            f"warning: phase {first} starts from a fresh bridge (no phase{first - 1} checkpoint, no --init-from)",
-        )
-    fresh = (
-        not done
-        and init_from is None
-        and not (run.run_dir / "checkpoints" / "phase1" / "last").exists()
-    )
-    if first == 1 and fresh:
-        init_compressor(run)
+    else:
+        loaded = False
+        if first > 1:
+            echo(
+                run.accelerator,
+                f"warning: phase {first} starts from a fresh bridge (no phase{first - 1} checkpoint, no --init-from)",
+            )
     results = {}
     with progress_bar(disable=is_quiet() or not run.main) as progress:
-        for n in todo:
-            if (
-                n == 3
-                and warm_bridge is not None
-                and not (resume and (run.run_dir / "checkpoints" / "phase3" / "last").exists())
-            ):
-                loaded = load_into(run, warm_bridge, groups=["projectors", "xattn", "lora"])
-                inv = run.glm.inventory()
-                echo(
-                    run.accelerator,
-                    f"warm bridge from {warm_bridge}: loaded {len(loaded)} tensors "
-                    f"(projectors {inv['projectors']['tensors']}, xattn {inv['xattn']['tensors']}, lora {inv['lora']['tensors']})",
-                )
+        for i, n in enumerate(todo):
+            in_flight = (run.run_dir / "checkpoints" / f"phase{n}" / "last").exists()
             t0 = time.time()
-            result = PhaseRunner(run, n).run_phase(resume=resume, progress=progress)
+            result = run_phase(
+                run,
+                n,
+                resume=resume,
+                progress=progress,
+                fresh_bridge=i == 0 and not loaded and not in_flight,
+                warm_bridge=warm_bridge,
+            )
             result["seconds"] = round(time.time() - t0, 1)
             results[str(n)] = result
             run.update_metrics({"phases": {str(n): result}})

@@ -1,4 +1,4 @@
-"""Phase selection (``--phases 1-4``) and the per-phase view of the declared config."""
+"""Phase selection (``--phases 1-4``) against the curriculum's declared phases."""
 
 from __future__ import annotations
 
@@ -6,18 +6,21 @@ import re
 
 from graftkit.config import ConfigError
 
-PHASE_NUMBERS = (1, 2, 3, 4)
 
+def parse_phase_range(spec: str, count: int = 4) -> list[int]:
+    """``"1-4"`` -> ``[1, 2, 3, 4]``; ``"3"`` -> ``[3]``; ``"5-2"`` is refused with a clear message.
 
-def parse_phase_range(spec: str) -> list[int]:
-    """``"1-4"`` -> ``[1, 2, 3, 4]``; ``"3"`` -> ``[3]``; ``"5-2"`` is refused with a clear message."""
-    match = re.fullmatch(r"\s*(\d)\s*(?:-\s*(\d)\s*)?", spec)
+    ``count`` is the number of phases the curriculum declares (phases are numbered 1..count).
+    """
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", spec)
     if not match:
-        raise ConfigError(f"--phases {spec!r}: expected N or N-M with phases 1-4, e.g. 1-4, 3, 2-3")
+        raise ConfigError(
+            f"--phases {spec!r}: expected N or N-M with phases 1-{count}, e.g. 1-{count}, 3, 2-3"
+        )
     first = int(match.group(1))
     last = int(match.group(2) or first)
-    if first not in PHASE_NUMBERS or last not in PHASE_NUMBERS:
-        raise ConfigError(f"--phases {spec!r}: phases are numbered 1-4")
+    if not (1 <= first <= count and 1 <= last <= count):
+        raise ConfigError(f"--phases {spec!r}: phases are numbered 1-{count}")
     if last < first:
         raise ConfigError(
             f"--phases {spec!r}: the range runs backwards; did you mean {last}-{first}?"

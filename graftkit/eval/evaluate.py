@@ -472,4 +472,4 @@ def evaluate(
 
 
 def _phases_run(run) -> list[int]:
-    return [n for n in (1, 2, 3, 4) if is_complete(Path(run.run_dir) / f"phase{n}")]
+    return [n for n in run.cfg.phases.numbers if is_complete(Path(run.run_dir) / f"phase{n}")]

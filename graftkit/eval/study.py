@@ -28,18 +28,23 @@ from graftkit.config import RunConfig
 def _phase3(
     run, label: str, text: str, start_state: dict, warm: dict | None = None
 ) -> list[dict[str, Any]]:
-    from graftkit.curriculum.engine import PhaseRunner
+    """Phase 3 of the run's curriculum with its text set to ``text``, from ``start_state`` (and
+    the ``warm`` projectors, adapters and LoRA), in its own folder; returns its history rows."""
+    from graftkit.config import PhasesConfig
+    from graftkit.curriculum.engine import run_phase
 
-    sub = dataclasses.replace(run, run_dir=run.run_dir / label)
-    sub.run_dir.mkdir(parents=True, exist_ok=True)
-    phases = run.cfg.phases.model_copy(
-        update={"p3": run.cfg.phases.p3.model_copy(update={"text": text})}
+    phases = list(run.cfg.phases)
+    phases[2] = phases[2].model_copy(update={"text": text})
+    sub = dataclasses.replace(
+        run,
+        run_dir=run.run_dir / label,
+        cfg=run.cfg.model_copy(update={"phases": PhasesConfig(phases)}),
     )
-    sub.cfg = run.cfg.model_copy(update={"phases": phases})
+    sub.run_dir.mkdir(parents=True, exist_ok=True)
     run.glm.load_bridge_state_dict(start_state)
     if warm is not None:
         run.glm.load_bridge_state_dict(warm, groups=["projectors", "xattn", "lora"])
-    PhaseRunner(sub, 3).run_phase(resume=False)
+    run_phase(sub, 3)
     return [json.loads(line) for line in (sub.run_dir / "history.jsonl").read_text().splitlines()]
 
 
@@ -62,7 +67,8 @@ def _gen_f1(run, skip_decode: bool) -> float:
         run.cfg.eval.batch_size,
         seed=run.cfg.seed,
     )
-    extractor = get("extractor", run.cfg.eval.extractor or run.dataset.default_extractor)()
+    name = run.cfg.eval.extractor or run.dataset.default_extractor
+    extractor = get("extractor", name)(**run.cfg.eval.extractor_options)
     return generation_scores(extractor, texts, volumes, run.dataset.class_names)["macro_f1"]
 
 

@@ -86,6 +86,7 @@ def load_llm(
     dtype: str | torch.dtype = "float32",
     *,
     visual_token: str | None = VISUAL_TOKEN,
+    device: str | torch.device | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a local causal LM and its tokenizer with ``local_files_only=True``.
 
@@ -94,6 +95,8 @@ def load_llm(
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``.
         visual_token: added as a special token if the tokenizer lacks it (``None``: leave the
             vocabulary as it is).
+        device: load the weights directly onto this device, in ``dtype`` (no float32 copy of
+            the model on the host); ``None`` or a CPU device: the host.
 
     Returns:
         ``(model, tokenizer)``: the model in eval mode; the tokenizer with a pad token (EOS when it
@@ -112,7 +115,12 @@ def load_llm(
         raise LLMLoadError(f"cannot load a tokenizer from {path}: {err}") from err
     try:
         with hf_progress_bars(enabled=not is_quiet()):
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+            placement = {}
+            if device is not None and torch.device(device).type != "cpu":
+                placement["device_map"] = {"": torch.device(device)}
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, local_files_only=True, **placement
+            )
     except (OSError, ValueError, KeyError) as err:
         raise LLMLoadError(f"cannot load a causal LM from {path}: {err}") from err
     model.eval()

@@ -118,3 +118,34 @@ def test_profile_examples_configure_a_run(doc_plugin):
     assert cfg.bridge.num_zones == 4 and cfg.phases.get(1).epochs == 1
     args.profile = "toy-2gpu"
     assert resolve_config(args).launch.num_processes == 2
+
+
+def test_callback_example_freezes_its_group_and_resumes_frozen(doc_plugin):
+    from graftkit.config import PhaseConfig
+    from graftkit.curriculum.callbacks import PhaseContext, build_callbacks
+
+    phase = PhaseConfig(
+        name="p",
+        trainable=["heads"],
+        losses={"bce": 1.0},
+        text="conditions",
+        epochs=3,
+        batch_size=2,
+        lr=1e-3,
+        callbacks={"freeze_group": {"group": "heads", "after_epoch": 2}},
+    )
+    (callback,) = build_callbacks(phase, 1)
+    heads = {"w": torch.nn.Parameter(torch.zeros(2))}
+    glm = SimpleNamespace(parameter_groups=lambda: {"heads": heads})
+    ctx = PhaseContext(SimpleNamespace(glm=glm), 1, phase)
+    row: dict = {}
+    callback.on_epoch_begin(ctx, 1)
+    callback.on_evaluate(ctx, 1, row)
+    assert heads["w"].requires_grad and row == {"heads_frozen": 0.0}
+    callback.on_epoch_begin(ctx, 2)
+    assert not heads["w"].requires_grad
+    resumed = build_callbacks(phase, 1)[0]
+    resumed.load_state_dict(callback.state_dict())
+    heads["w"].requires_grad_(True)
+    resumed.on_epoch_begin(ctx, 0)  # a resumed phase re-applies the freeze at once
+    assert not heads["w"].requires_grad

@@ -11,7 +11,7 @@ from typing import ClassVar
 import pytest
 
 from graftkit import plugins
-from graftkit.config import BridgeConfig, Profile
+from graftkit.config import BridgeConfig, ConfigError, Profile
 from graftkit.data import GraftDataset
 from graftkit.encoders import EncodedVolume, Encoder
 from graftkit.hookspecs import hookimpl
@@ -108,6 +108,41 @@ def test_hook_register_profiles():
 
     with _Registered(P(), "test-profiles"):
         assert plugins.get("profile", "fast").overrides == {"seed": 3}
+
+
+def test_hook_register_callbacks():
+    from graftkit.config import PhaseConfig
+    from graftkit.curriculum.callbacks import Callback, build_callbacks
+
+    class Halve(Callback):
+        name = "halve"
+
+        def __init__(self, factor: float = 0.5):
+            self.factor = factor
+
+    class P:
+        @hookimpl
+        def register_callbacks(self, register):
+            register("halve", Halve)
+
+    phase = PhaseConfig(
+        name="p",
+        trainable=["heads"],
+        losses={"bce": 1.0},
+        text="conditions",
+        epochs=1,
+        batch_size=2,
+        lr=1e-3,
+        callbacks={"halve": {"factor": 0.25}, "freeze_lora": {"after_epoch": 2}},
+    )
+    with _Registered(P(), "test-callbacks"):
+        halve, freeze = build_callbacks(phase, 3)
+        assert isinstance(halve, Halve) and halve.factor == 0.25
+        assert freeze.name == "freeze_lora" and freeze.after_epoch == 2
+        with pytest.raises(ConfigError, match=r"phases\.p3\.callbacks\.halve: .*unexpected"):
+            build_callbacks(phase.model_copy(update={"callbacks": {"halve": {"x": 1}}}), 3)
+    with pytest.raises(ConfigError, match=r"phases\.p3\.callbacks: unknown callback 'halve'"):
+        build_callbacks(phase, 3)
 
 
 def test_misspelled_hook_is_refused_naming_the_plugin():

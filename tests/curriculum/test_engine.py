@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+from typing import ClassVar
 
 import pytest
+import torch
 
 from graftkit import plugins
-from graftkit.config import build_config
+from graftkit.config import Profile, build_config
 from graftkit.curriculum import batches
-from graftkit.curriculum.engine import prepare_run, run_phase
+from graftkit.curriculum.callbacks import Callback
+from graftkit.curriculum.checkpoint import is_complete, load_checkpoint
+from graftkit.curriculum.engine import prepare_run, run_curriculum, run_phase
+from graftkit.curriculum.phases import parse_phase_range
+from graftkit.hookspecs import hookimpl
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +103,7 @@ PAPER_P3_LOSSES = {"lm": 1.0, "focal": 1.0, "jepa": 1.0, "llm_cls": 3.0}
             {
                 "phases.p3.losses": PAPER_P3_LOSSES,
                 "phases.p3.epochs": 1,
-                "phases.p3.recalibrate_every": None,
+                "phases.p3.callbacks.recalibrate": None,
             },
             {"predictor", "lora", "xattn", "projectors", "heads"},
         ),
@@ -125,7 +132,7 @@ def test_lora_freezes_at_the_declared_epoch(run, monkeypatch):
         run,
         **{
             "phases.p3.epochs": 3,
-            "phases.p3.lora_freeze_epoch": 2,
+            "phases.p3.callbacks.freeze_lora.after_epoch": 2,
             "phases.p3.losses": PAPER_P3_LOSSES,
         },
     )
@@ -191,3 +198,135 @@ def test_each_phase_gets_its_declared_text(run, monkeypatch, number, kind):
         labels = batch["labels_lm"][0]
         decoded = run.tokenizer.decode(labels[labels != -100], skip_special_tokens=True)
         assert want.split(".")[0].strip() in decoded
+
+
+def _phase(name, trainable, losses, text, **extra):
+    return {
+        "name": name,
+        "trainable": trainable,
+        "losses": losses,
+        "text": text,
+        "epochs": 1,
+        "batch_size": 16,
+        "lr": 1e-3,
+        **extra,
+    }
+
+
+ALIGN = _phase(
+    "align",
+    ["compressor", "heads"],
+    {"bce": 1.0, "mil": 1.0},
+    "conditions",
+    callbacks={"init_compressor": {}, "phases_seen": {}},
+)
+CONTRAST = _phase("contrast", ["predictor", "heads"], {"infonce": 1.0}, "positive_findings")
+GENERATE = _phase(
+    "generate",
+    ["lora", "xattn", "projectors"],
+    {"lm": 1.0},
+    "canonical_findings",
+    epochs=2,
+    callbacks={"freeze_lora": {"after_epoch": 1}, "phases_seen": {}},
+)
+NARRATE = _phase("narrate", ["lora"], {"lm": 1.0}, "narrative", callbacks={"ewc": {"lambda": 10.0}})
+
+
+class _CurriculumPlugin:
+    """A test plugin declaring a three- and a five-phase curriculum, and a callback that records
+    which phases it ran in."""
+
+    seen: ClassVar[list[int]] = []
+
+    @hookimpl
+    def register_callbacks(self, register):
+        seen = self.seen
+
+        class PhasesSeen(Callback):
+            name = "phases_seen"
+
+            def on_phase_begin(self, ctx):
+                seen.append(ctx.number)
+
+        register("phases_seen", PhasesSeen)
+
+    @hookimpl
+    def register_profiles(self, register):
+        register(
+            "three-phase",
+            Profile(name="three-phase", overrides={"phases": [ALIGN, GENERATE, NARRATE]}),
+        )
+        five = [ALIGN, CONTRAST, GENERATE, dict(GENERATE, name="generate again"), NARRATE]
+        register("five-phase", Profile(name="five-phase", overrides={"phases": five}))
+
+
+@pytest.mark.parametrize(("profile", "count"), [("three-phase", 3), ("five-phase", 5)])
+def test_a_plugin_curriculum_of_any_length_runs(run, profile, count):
+    plugins.load_plugins()
+    plugins.pm.register(_CurriculumPlugin(), name="test-curricula")
+    try:
+        _CurriculumPlugin.seen.clear()
+        run = _with(run, **plugins.get("profile", profile).overrides)
+        assert len(run.cfg.phases) == count
+        results = run_curriculum(run, parse_phase_range(f"1-{count}", count))
+    finally:
+        plugins.pm.unregister(name="test-curricula")
+    assert sorted(results, key=int) == [str(n) for n in range(1, count + 1)]
+    rows = [json.loads(line) for line in (run.run_dir / "history.jsonl").read_text().splitlines()]
+    epochs = [p.epochs for p in run.cfg.phases]
+    assert [r["phase"] for r in rows] == [n for n, e in enumerate(epochs, 1) for _ in range(e)]
+    for n in range(1, count + 1):
+        assert is_complete(run.run_dir / f"phase{n}")
+    generate = [n for n, p in enumerate(run.cfg.phases, 1) if p.name.startswith("generate")]
+    assert _CurriculumPlugin.seen == [1, *generate]
+    narrate = load_checkpoint(run.run_dir / f"phase{count}")[0]
+    assert "ewc" in narrate  # the EWC anchor of the last phase is kept with it
+
+
+@pytest.mark.parametrize(("grad", "scale"), [(1e-6, 30.0), (1e3, 1.0), (0.5, None)])
+def test_lars_projector_scale_stays_in_bounds_and_lasts_one_step(grad, scale):
+    from types import SimpleNamespace
+
+    from graftkit.curriculum.callbacks import LarsProjectorLR
+
+    w = torch.nn.Parameter(torch.full((4, 4), 0.5))  # ‖w‖ = 2
+    other = torch.nn.Parameter(torch.ones(2))
+    w.grad = torch.full((4, 4), grad / 4)  # ‖∇w‖ = grad
+    other.grad = torch.ones(2)
+    optimizer = torch.optim.SGD(
+        [{"params": [w], "lr": 0.1, "group": "projectors"}, {"params": [other], "lr": 0.1}]
+    )
+    lars = LarsProjectorLR(min=1.0, max=30.0)
+    ctx = SimpleNamespace(optimizer=optimizer)
+    lars.on_before_optimizer_step(ctx)
+    want = scale if scale is not None else 2 / grad
+    assert 1.0 <= lars.last_scale <= 30.0
+    assert lars.last_scale == pytest.approx(want)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * want)
+    assert optimizer.param_groups[1]["lr"] == 0.1  # only the projectors
+    optimizer.step()
+    lars.on_after_optimizer_step(ctx)
+    assert optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_paper_phase_3_keeps_the_lars_scale_in_bounds(run, monkeypatch):
+    from graftkit.curriculum import callbacks
+
+    scales = []
+    lars_scale = callbacks.lars_scale
+
+    def record(params, low, high):
+        scales.append(lars_scale(params, low, high))
+        return scales[-1]
+
+    monkeypatch.setattr(callbacks, "lars_scale", record)
+    run = _with(
+        run,
+        **{
+            "phases.p3.epochs": 1,
+            "phases.p3.losses": PAPER_P3_LOSSES,
+            "phases.p3.callbacks.lars_projector_lr": {"min": 1.0, "max": 30.0},
+        },
+    )
+    run_phase(run, 3)
+    assert len(scales) == 3 and all(1.0 <= s <= 30.0 for s in scales)  # 48 volumes / 16

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from graftkit.config import PhaseConfig
-from graftkit.curriculum.engine import PhaseRunner
+from graftkit.curriculum.engine import build_scheduler
 
 
 def _former_factor(step: int, schedule: str, warmup: int, total: int) -> float:
@@ -35,7 +34,7 @@ def _lrs(schedule: str, warmup: int, epochs: int, steps_per_epoch: int) -> list[
         warmup_steps=warmup,
     )
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=cfg.lr)
-    scheduler = PhaseRunner._scheduler(SimpleNamespace(cfg=cfg), optimizer, steps_per_epoch)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     lrs = []
     for _ in range(epochs * steps_per_epoch):
         lrs.append(optimizer.param_groups[0]["lr"])

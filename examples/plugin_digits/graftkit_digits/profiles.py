@@ -33,7 +33,7 @@ TINY = {
     "eval.generation.max_new_tokens": 64,
     **_phase(1, epochs=4, batch_size=64, lr=2e-3),
     **_phase(2, epochs=3, batch_size=128, lr=5e-4),
-    **_phase(3, epochs=6, batch_size=32, lr=2e-3, lora_freeze_epoch=4),
+    **_phase(3, epochs=6, batch_size=32, lr=2e-3, **{"callbacks.freeze_lora.after_epoch": 4}),
     **_phase(4, epochs=1, batch_size=32, lr=1e-4),
 }
 
@@ -50,7 +50,7 @@ SMOKE = {
     "eval.probe_folds": 2,
     **_phase(1, epochs=1),
     **_phase(2, epochs=1),
-    **_phase(3, epochs=2, lora_freeze_epoch=1),
+    **_phase(3, epochs=2, **{"callbacks.freeze_lora.after_epoch": 1}),
     **_phase(4, epochs=1),
 }
 

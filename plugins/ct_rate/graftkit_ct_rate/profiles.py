@@ -65,12 +65,10 @@ TINY = {
         epochs=10,
         batch_size=16,
         lr=2e-3,
-        lora_freeze_epoch=6,
         text="canonical_findings",
         losses={"lm": 1.0},
         finding_weight=2.0,
-        projector_lr_scale=None,
-        **{"early_stopping.patience": 4},
+        **{"early_stopping.patience": 4, "callbacks.lars_projector_lr": None},
     ),
     **_phase(4, epochs=1, batch_size=16),  # the paper's lr 5e-7 with EWC: a light touch
 }
@@ -92,7 +90,7 @@ SMOKE = {
     "eval.probe_folds": 2,
     **_phase(1, epochs=1, batch_size=16),
     **_phase(2, epochs=1, batch_size=16),
-    **_phase(3, epochs=2, batch_size=16, lora_freeze_epoch=1),
+    **_phase(3, epochs=2, batch_size=16, **{"callbacks.freeze_lora.after_epoch": 1}),
     **_phase(4, epochs=1, batch_size=16),
 }
 

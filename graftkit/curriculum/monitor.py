@@ -1,0 +1,71 @@
+"""The collapse monitor as a phase callback: the one place the curriculum uses ``graftkit.eval``.
+
+Each epoch it generates reports for a fixed validation subset with real and zeroed visual tokens
+(greedy), scores them with the run's label extractor and feeds the F1 pair to
+:class:`graftkit.eval.collapse.CollapseMonitor` (DESIGN.md, "Evaluation": reliance on the visual
+tokens). It adds ``gen_f1_real``, ``gen_f1_zero`` and ``gen_f1`` (= real) to the epoch's row,
+which a phase may early-stop on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from graftkit.curriculum.callbacks import Callback, PhaseContext
+from graftkit.eval.collapse import CollapseMonitor as _Collapse
+from graftkit.eval.generation import ablate, generate_reports, generation_scores, visual_tokens
+
+
+class CollapseMonitor(Callback):
+    """Generation F1 with real and zeroed tokens on ``subset`` validation volumes (default
+    ``eval.monitor_subset``), with collapse warnings in ``RUN/collapse.jsonl``."""
+
+    name = "collapse_monitor"
+
+    def __init__(self, subset: int | None = None):
+        self.subset = subset
+        self._extractor: Any = None
+        self._monitor: _Collapse | None = None
+
+    def on_phase_begin(self, ctx: PhaseContext) -> None:
+        from graftkit import plugins
+
+        run = ctx.run
+        name = run.cfg.eval.extractor or run.dataset.default_extractor
+        self._extractor = plugins.get("extractor", name)(**run.cfg.eval.extractor_options)
+        floor = run.cfg.eval.reliance_floor
+        path = run.run_dir / "collapse.jsonl"
+        self._monitor = (
+            _Collapse.from_jsonl(path, reliance_floor=floor)
+            if path.is_file()
+            else _Collapse(reliance_floor=floor)
+        )
+
+    def on_evaluate(self, ctx: PhaseContext, epoch: int, row: dict[str, Any]) -> None:
+        run = ctx.run
+        subset = run.valid[: self.subset or run.cfg.eval.monitor_subset]
+        with run.accelerator.autocast():
+            tokens = visual_tokens(
+                run.glm, run.dataset, subset, run.cfg.eval.batch_size, run.cfg.data.max_slices
+            )
+            gen = run.cfg.eval.generation.model_dump()
+            gen.update(do_sample=False, num_beams=1)
+            gen.pop("temperature"), gen.pop("top_p")
+            f1 = {}
+            for mode in ("real", "zero"):
+                texts = generate_reports(
+                    run.glm,
+                    run.tokenizer,
+                    run.dataset.prompt,
+                    ablate(tokens, mode),
+                    gen,
+                    run.cfg.eval.batch_size,
+                )
+                f1[mode] = generation_scores(
+                    self._extractor, texts, subset, run.dataset.class_names
+                )["macro_f1"]
+        row.update(gen_f1_real=f1["real"], gen_f1_zero=f1["zero"], gen_f1=f1["real"])
+        for warning in self._monitor.update(ctx.number, row["epoch"], f1["real"], f1["zero"]):
+            ctx.echo(f"[collapse monitor] {warning}")
+        if run.main:
+            self._monitor.to_jsonl(run.run_dir / "collapse.jsonl")
