@@ -327,7 +327,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     ]
     for module, name in (
         ("graftkit.data", "DataError"),
-        ("graftkit.curriculum.checkpoint", "CheckpointError"),
+        ("graftkit.checkpoint", "CheckpointError"),
     ):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))

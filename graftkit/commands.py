@@ -246,7 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if path is not None and not path.exists():
             raise CLIError(f"{flag} {path}: no such checkpoint")
     if args.init_from is not None:
-        from graftkit.curriculum.checkpoint import CheckpointError, verify_checkpoint
+        from graftkit.checkpoint import CheckpointError, verify_checkpoint
 
         try:
             verify_checkpoint(args.init_from)
@@ -399,7 +399,7 @@ def _run_config(run_dir: Path, **overrides) -> RunConfig:
 
 def _final_checkpoint(run_dir: Path) -> Path:
     """The checkpoint a run's own evaluation uses: its last complete phase."""
-    from graftkit.curriculum.checkpoint import is_complete
+    from graftkit.checkpoint import is_complete
 
     done = [run_dir / f"phase{n}" for n in (4, 3, 2, 1) if is_complete(run_dir / f"phase{n}")]
     if not done:
@@ -409,7 +409,7 @@ def _final_checkpoint(run_dir: Path) -> Path:
 
 def _unfinished_phases(run_dir: Path) -> list[int]:
     """Phases that were started (``checkpoints/phaseN``) but have no complete ``phaseN/``."""
-    from graftkit.curriculum.checkpoint import is_complete
+    from graftkit.checkpoint import is_complete
 
     return [
         n
@@ -435,7 +435,7 @@ def _open_run(run_dir: Path, checkpoint: str | None = None, verb: str = "eval", 
     ``run.summary["checkpoint"]``); a run with a phase started but not finished is warned about,
     since its last complete phase is an earlier one.
     """
-    from graftkit.curriculum.checkpoint import CheckpointError
+    from graftkit.checkpoint import CheckpointError
     from graftkit.curriculum.engine import load_into, prepare_run
     from graftkit.progress import is_quiet, progress_bar
 
@@ -778,7 +778,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from graftkit.eval.study import run_study
+    from graftkit.study import run_study
 
     cfg = resolve_config(args)
     output = args.output or (

@@ -226,3 +226,22 @@ def collate_volumes(items: list[dict[str, Any] | None]) -> dict[str, torch.Tenso
         "mask": mask,
         "labels": torch.stack([item["labels"] for item in items]),
     }
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """The per-sample text-order RNG; a pure function of (seed, epoch, index) so resume repeats it."""
+    return random.Random((seed * 1_000_003 + epoch) * 1_000_003 + index)
+
+
+#: The response text of each text kind a phase may declare (``PhaseConfig.text``).
+RESPONSE_TEXTS = {
+    "positive_findings": lambda dataset, volume, rng: dataset.positive_findings_text(volume, rng),
+    "canonical_findings": lambda dataset, volume, rng: dataset.canonical_findings_text(volume),
+    "narrative": lambda dataset, volume, rng: dataset.narrative_text(volume),
+}
+
+
+def response_text(dataset: GraftDataset, volume: Volume, kind: str, rng: random.Random) -> str:
+    """The target text of ``volume`` for a phase of text kind ``kind`` (:data:`RESPONSE_TEXTS`);
+    ``conditions`` phases train no LM and fall back to the positive-findings text."""
+    return RESPONSE_TEXTS.get(kind, RESPONSE_TEXTS["positive_findings"])(dataset, volume, rng)

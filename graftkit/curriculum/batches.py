@@ -7,12 +7,29 @@ one segment per positive condition in a per-sample random order) or ``narrative`
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import torch
 
-from graftkit.data import GraftDataset, Volume, VolumeDataset, collate_volumes
+from graftkit.data import (
+    RESPONSE_TEXTS,
+    GraftDataset,
+    Volume,
+    VolumeDataset,
+    collate_volumes,
+    response_text,
+    sample_rng,
+)
+
+__all__ = [
+    "RESPONSE_TEXTS",
+    "PhaseCollator",
+    "TextTargets",
+    "finding_weights",
+    "make_loader",
+    "response_text",
+    "sample_rng",
+]
 from graftkit.lm import encode_chat, pad_batch
 
 
@@ -47,25 +64,6 @@ class TextTargets:
             "cond_mask": mask,
             "text_emb": torch.stack([self.summary[i] for i in indices]),
         }
-
-
-def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
-    """The per-sample text-order RNG; a pure function of (seed, epoch, index) so resume repeats it."""
-    return random.Random((seed * 1_000_003 + epoch) * 1_000_003 + index)
-
-
-#: The response text of each text kind a phase may declare (``PhaseConfig.text``).
-RESPONSE_TEXTS = {
-    "positive_findings": lambda dataset, volume, rng: dataset.positive_findings_text(volume, rng),
-    "canonical_findings": lambda dataset, volume, rng: dataset.canonical_findings_text(volume),
-    "narrative": lambda dataset, volume, rng: dataset.narrative_text(volume),
-}
-
-
-def response_text(dataset: GraftDataset, volume: Volume, kind: str, rng: random.Random) -> str:
-    """The target text of ``volume`` for a phase of text kind ``kind`` (:data:`RESPONSE_TEXTS`);
-    ``conditions`` phases train no LM and fall back to the positive-findings text."""
-    return RESPONSE_TEXTS.get(kind, RESPONSE_TEXTS["positive_findings"])(dataset, volume, rng)
 
 
 class PhaseCollator:

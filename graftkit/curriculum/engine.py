@@ -35,10 +35,7 @@ from accelerate.utils import DistributedDataParallelKwargs, send_to_device
 
 from graftkit import plugins
 from graftkit.align import InfoNCE, imq_alpha, positive_weights
-from graftkit.config import PARAMETER_GROUPS, ConfigError, PhaseConfig, RunConfig
-from graftkit.curriculum.batches import PhaseCollator, TextTargets, make_loader
-from graftkit.curriculum.callbacks import Callback, EarlyStopping, PhaseContext, build_callbacks
-from graftkit.curriculum.checkpoint import (
+from graftkit.checkpoint import (
     CheckpointError,
     flatten_state,
     is_complete,
@@ -48,6 +45,9 @@ from graftkit.curriculum.checkpoint import (
     unflatten_state,
     verify_checkpoint,
 )
+from graftkit.config import PARAMETER_GROUPS, ConfigError, PhaseConfig, RunConfig
+from graftkit.curriculum.batches import PhaseCollator, TextTargets, make_loader
+from graftkit.curriculum.callbacks import Callback, EarlyStopping, PhaseContext, build_callbacks
 from graftkit.curriculum.model import build_grafted, resolve_llm_path, text_embedding_layer
 from graftkit.curriculum.objective import NEEDS_TEXT_TARGETS, NEEDS_TOKENS, Objective
 from graftkit.curriculum.textspace import TextSpace

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from graftkit.curriculum.batches import response_text, sample_rng
-from graftkit.curriculum.checkpoint import is_complete, load_checkpoint
-from graftkit.data import Volume, VolumeDataset, collate_volumes
+from graftkit.checkpoint import is_complete, load_checkpoint
+from graftkit.data import Volume, VolumeDataset, collate_volumes, response_text, sample_rng
 from graftkit.eval.generation import (
     ABLATIONS,
     ablate,

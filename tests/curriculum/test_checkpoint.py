@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from graftkit.curriculum.checkpoint import (
+from graftkit.checkpoint import (
     CheckpointError,
     flatten_state,
     is_complete,
@@ -83,7 +83,7 @@ def test_an_overwrite_killed_midway_recovers_a_complete_checkpoint(tmp_path, mon
     kill before the renames keeps the previous one."""
     import os
 
-    from graftkit.curriculum import checkpoint
+    from graftkit import checkpoint
 
     last = tmp_path / "last"
     save_checkpoint(last, {"model": {"w": torch.zeros(2)}}, {"epoch": 0})

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from graftkit import plugins
+from graftkit.checkpoint import is_complete, load_checkpoint
 from graftkit.config import Profile, build_config
 from graftkit.curriculum import batches
 from graftkit.curriculum.callbacks import Callback
-from graftkit.curriculum.checkpoint import is_complete, load_checkpoint
 from graftkit.curriculum.engine import prepare_run, run_curriculum, run_phase
 from graftkit.curriculum.phases import parse_phase_range
 from graftkit.hookspecs import hookimpl

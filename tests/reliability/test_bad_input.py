@@ -521,7 +521,7 @@ def test_a_forged_safetensors_header_is_refused_naming_the_file(tmp_path):
 
     import torch
 
-    from graftkit.curriculum.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from graftkit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
     ckpt = save_checkpoint(tmp_path / "ck", {"model": {"w": torch.ones(2, 3)}}, {"phase": 1})
     raw = (ckpt / "model.safetensors").read_bytes()
