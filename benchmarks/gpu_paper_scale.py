@@ -13,15 +13,18 @@ Measured, in this order:
 
 1. generation tokens/s of the plain model, batch 1 and 8, KV cache on, greedy, 64 new tokens
    after a prompt of 32 + 32 text tokens;
-2. phase-3 training (the paper's trainable groups and losses: LM + focal + JEPA + 3.0 LLM-cls),
-   batch 8, N up to 600 slices, ~300 text tokens: samples/s and peak GPU memory;
+2. phase-3 training through the engine's own step (:func:`graftkit.curriculum.engine.train_step`:
+   the paper's phase 3 from ``paper.yaml`` with its trainable groups, losses and step-level
+   callbacks, model/optimiser/schedule through ``accelerator.prepare``, bf16 autocast with the
+   bridge in float32 on CUDA), batch 8, N up to 600 slices, ~300 text tokens: samples/s and
+   peak GPU memory;
 3. generation tokens/s of the grafted model (LoRA merged, adapters active, 32 visual tokens in
    place of the 32 plain prompt tokens), batch 1 and 8, same lengths.
 
 Alongside, :func:`phase3_step_flops` counts the step's matmul FLOPs so the result can be compared
 with the H100/H200 peak (and, without a GPU, stands as an estimate). ``--tiny`` swaps in a
 4-layer, 64-wide config of the same family, d_v = 32 and short sequences, and runs the same code.
-This file imports only graftkit, torch and transformers so it can be copied to a GPU machine.
+This file imports only graftkit, accelerate, torch and transformers.
 """
 
 from __future__ import annotations
@@ -31,15 +34,25 @@ import json
 import platform
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 import yaml
+from accelerate import Accelerator
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 import graftkit
 from graftkit.align import InfoNCE
 from graftkit.bridge import GraftConfig, GraftedLM, graft
+from graftkit.config import PhaseConfig
+from graftkit.curriculum.callbacks import PhaseContext, build_callbacks
+from graftkit.curriculum.engine import (
+    bridge_to_float32,
+    build_optimizer,
+    build_scheduler,
+    train_step,
+)
 from graftkit.curriculum.objective import Objective
 
 CONFIGS = Path(graftkit.__file__).parent / "configs"
@@ -89,7 +102,7 @@ TINY_OVERRIDES = {
 def paper_profile() -> dict[str, Any]:
     """The bridge, LoRA and phase-3 sections of ``paper.yaml`` (every paper number lives there)."""
     cfg = yaml.safe_load(PAPER.read_text())
-    return {"bridge": cfg["bridge"], "lora": cfg["model"]["lora"], "p3": cfg["phases"]["p3"]}
+    return {"bridge": cfg["bridge"], "lora": cfg["model"]["lora"], "p3": cfg["phases"][2]}
 
 
 def llama_config(tiny: bool = False, overrides: dict[str, Any] | None = None) -> PretrainedConfig:
@@ -205,9 +218,10 @@ def make_batch(
     glm: GraftedLM, batch: int, shapes: dict[str, int], device: torch.device, seed: int = 0
 ) -> dict[str, torch.Tensor]:
     """A phase-3 batch: slices ``[B, N_max, d_v]`` (N in min..max, one item at max), K
-    placeholders + prompt + ``text_tokens`` response tokens, labels, whitened text targets."""
+    placeholders + prompt + ``text_tokens`` response tokens, labels, whitened text targets, in
+    the bridge's dtype."""
     gen = torch.Generator().manual_seed(seed)
-    dtype = glm.llm.get_input_embeddings().weight.dtype
+    dtype = next(glm.compressor.parameters()).dtype
     n_max, k = shapes["max_slices"], glm.num_visual_tokens
     lengths = torch.randint(shapes["min_slices"], n_max + 1, (batch,), generator=gen)
     lengths[0] = n_max
@@ -336,23 +350,40 @@ def run(
             )
             generation[f"batch{b}"] = {"plain_tokens_per_s": b * shapes["new_tokens"] / seconds}
 
-    # 2. phase-3 training
+    # 2. phase-3 training, one engine step at a time
     glm = graft(model, graft_config(profile, shapes["visual_dim"]))
-    glm.set_trainable(profile["p3"]["trainable"])
+    accelerator = Accelerator(
+        cpu=dev.type == "cpu",
+        mixed_precision="bf16" if dev.type == "cuda" and torch_dtype == torch.bfloat16 else "no",
+        step_scheduler_with_optimizer=False,
+    )
+    if accelerator.mixed_precision != "no":
+        bridge_to_float32(glm)
     if checkpointing:
         glm.gradient_checkpointing_enable({"use_reentrant": False})
-    objective = Objective(
-        glm, InfoNCE(), torch.ones(NUM_CLASSES), mmd_alpha=4 * 5 / (2 * 256 - 3)
-    ).to(dev)
-    objective.set_losses(profile["p3"]["losses"])
-    params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=float(profile["p3"]["lr"]))
+    objective = Objective(glm, InfoNCE(), torch.ones(NUM_CLASSES), mmd_alpha=4 * 5 / (2 * 256 - 3))
+    phase = PhaseConfig.model_validate(profile["p3"])
+    objective.set_losses(phase.losses)
+    glm.set_trainable(phase.trainable)
+    # the phase's callbacks that act on every step (the others act per epoch or need a dataset)
+    callbacks = [cb for cb in build_callbacks(phase, 3) if cb.name == "lars_projector_lr"]
+    groups = [
+        {"params": [p for p in params.values() if p.requires_grad], "lr": phase.lr, "group": name}
+        for name, params in glm.parameter_groups().items()
+        if name in phase.trainable
+    ]
+    optimizer = build_optimizer(phase, [g for g in groups if g["params"]])
+    scheduler = build_scheduler(phase, optimizer, steps_per_epoch=warmup_steps + steps)
+    model_, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+    ctx = PhaseContext(SimpleNamespace(accelerator=accelerator, glm=glm), 3, phase, optimizer)
     inventory = glm.inventory()
     result["trainable_parameters"] = sum(g["trainable"] for g in inventory.values())
     result["lora_tensors"] = inventory["lora"]["tensors"]
     result["xattn_layers"] = glm.xattn_layers
+    result["bridge_dtype"] = str(next(glm.compressor.parameters()).dtype).removeprefix("torch.")
+    result["mixed_precision"] = accelerator.mixed_precision
     data = make_batch(glm, batch, shapes, dev, seed)
-    objective.train()
+    model_.train()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     losses = []
@@ -360,11 +391,7 @@ def run(
     for step in range(warmup_steps + steps):
         _sync(dev)
         start = time.perf_counter()
-        terms = objective(data)
-        terms["total"].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        terms, _ = train_step(ctx, model_, scheduler, callbacks, data)
         _sync(dev)
         if step >= warmup_steps:
             step_times.append(time.perf_counter() - start)
@@ -397,7 +424,8 @@ def run(
         "peak_memory_gib": _peak_memory(dev),
         "activation_checkpointing": checkpointing,
     }
-    del optimizer, params, data
+    del optimizer, scheduler, model_, data
+    accelerator.free_memory()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
 

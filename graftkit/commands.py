@@ -291,7 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_eval and run.main:
         run.summary["checkpoint"] = checkpoint_info(run_dir, run_dir / f"phase{phases[-1]}")
         clear_evaluation(run_dir)
-        with progress_bar(disable=is_quiet()) as progress:
+        with progress_bar(disable=is_quiet()) as progress, run.accelerator.autocast():
             metrics = evaluate(run, progress=progress)
         _print_summary(run_dir, metrics)
     if run.main:
@@ -522,7 +522,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = _open_run(args.run_dir, args.checkpoint)
     if out == args.run_dir:
         clear_evaluation(out)
-    with progress_bar(disable=is_quiet()) as progress:
+    with progress_bar(disable=is_quiet()) as progress, run.accelerator.autocast():
         metrics = evaluate(
             run,
             split=args.split,

@@ -374,7 +374,14 @@ class GraftedLM(nn.Module):
     def encode(
         self, slices: Tensor | list[Tensor], z_mm: Tensor | None = None, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Slices -> ``(zones [B, K, d_v], tokens [B, K, d_l])``: compressor -> predictor -> calibrator."""
+        """Slices -> ``(zones [B, K, d_v], tokens [B, K, d_l])``: compressor -> predictor -> calibrator.
+
+        Inputs are moved to the bridge's device, so callers that collate on the host (evaluation,
+        recalibration) work on an accelerator too."""
+        from accelerate.utils import send_to_device
+
+        device = next(self.predictor.parameters()).device
+        slices, z_mm, mask = send_to_device((slices, z_mm, mask), device)
         zones = self.compressor(slices, z_mm=z_mm, mask=mask)
         return zones, self.calibrator(self.predictor(zones))
 

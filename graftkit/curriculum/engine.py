@@ -195,11 +195,7 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: boo
         cfg, llm, tokenizer, dataset.embedding_dim, len(dataset.class_names), textspace.dim
     )
     if accelerator.mixed_precision != "no":
-        # the bridge trains in float32 under autocast: AdamW on pure-bf16 weights loses updates
-        # smaller than bf16's resolution (docs/distributed.md); LoRA is peft's float32 already
-        for group in PARAMETER_GROUPS:
-            if group != "lora":
-                getattr(glm, group).float()
+        bridge_to_float32(glm)
     labels = np.stack([v.labels for v in train])
     constants = cfg.objective
     objective = Objective(
@@ -266,6 +262,15 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: boo
     for warning in dataset.warnings:
         echo(accelerator, f"data: warning: {warning}")
     return run
+
+
+def bridge_to_float32(glm) -> None:
+    """Keep the bridge's trained weights in float32 under mixed precision: AdamW on pure-bf16
+    weights loses every update below bf16's resolution (docs/distributed.md); autocast runs the
+    matmuls in bf16. LoRA is peft's float32 already."""
+    for group in PARAMETER_GROUPS:
+        if group != "lora":
+            getattr(glm, group).float()
 
 
 def _text_space(cfg, run_dir, dataset, train, valid, llm, tokenizer, accelerator) -> TextSpace:
@@ -380,11 +385,42 @@ def _loader(ctx: PhaseContext, split: str, epoch: int, shuffle: bool):
     )
 
 
+def train_step(
+    ctx: PhaseContext, model, scheduler, callbacks: list[Callback], batch: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimizer step of the phase: batch to the device; under autocast the objective's loss
+    plus the callbacks' terms; backward; clip; the callbacks around ``optimizer.step()``; the
+    schedule. Returns the step's terms and loss (still on the device)."""
+    acc, phase, optimizer = ctx.run.accelerator, ctx.config, ctx.optimizer
+    batch = send_to_device(batch, acc.device)
+    with acc.autocast():
+        terms = model(batch)
+        loss = terms["total"]
+        for cb in callbacks:
+            for name, term in cb.loss_terms(ctx).items():
+                terms[name] = term
+                loss = loss + term
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"phase {ctx.number}: non-finite loss {float(loss)}")
+    acc.backward(loss)
+    if phase.grad_clip:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, phase.grad_clip)
+    for cb in callbacks:
+        cb.on_before_optimizer_step(ctx)
+    optimizer.step()
+    for cb in callbacks:
+        cb.on_after_optimizer_step(ctx)
+    optimizer.zero_grad(set_to_none=True)
+    if phase.schedule != "plateau":
+        scheduler.step()
+    return terms, loss
+
+
 def train_epoch(ctx: PhaseContext, model, scheduler, callbacks, epoch: int, progress=None):
-    """One pass over this process's shard: per step autocast -> loss + callback terms ->
-    backward -> clip -> step. Returns the per-term means, averaged over processes."""
-    run, phase, optimizer = ctx.run, ctx.config, ctx.optimizer
-    acc = run.accelerator
+    """One pass over this process's shard (:func:`train_step` per batch). Returns the per-term
+    means, averaged over processes."""
+    acc = ctx.run.accelerator
     model.train()
     loader = _loader(ctx, "train", epoch, shuffle=True)
     sums: dict[str, torch.Tensor] = {}  # float64 on the device: no host sync per step
@@ -397,30 +433,10 @@ def train_epoch(ctx: PhaseContext, model, scheduler, callbacks, epoch: int, prog
     for batch in loader:
         if batch is None:  # every volume of it failed to load (recorded in dataset.skips)
             continue
-        batch = send_to_device(batch, acc.device)
-        with acc.autocast():
-            terms = model(batch)
-            loss = terms["total"]
-            for cb in callbacks:
-                for name, term in cb.loss_terms(ctx).items():
-                    terms[name] = term
-                    loss = loss + term
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"phase {ctx.number}: non-finite loss {float(loss)} at epoch {epoch + 1}"
-            )
-        acc.backward(loss)
-        if phase.grad_clip:
-            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, phase.grad_clip)
-        for cb in callbacks:
-            cb.on_before_optimizer_step(ctx)
-        optimizer.step()
-        for cb in callbacks:
-            cb.on_after_optimizer_step(ctx)
-        optimizer.zero_grad(set_to_none=True)
-        if phase.schedule != "plateau":
-            scheduler.step()
+        try:
+            terms, loss = train_step(ctx, model, scheduler, callbacks, batch)
+        except FloatingPointError as err:
+            raise FloatingPointError(f"{err} at epoch {epoch + 1}") from None
         for k, v in terms.items():
             sums[k] = sums.get(k, 0) + v.detach().double()
         steps += 1

@@ -120,6 +120,9 @@ def test_gpu_paper_scale_runs_tiny_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["parameter_dtype"] == "bfloat16"
+    assert (
+        result["mixed_precision"] == "no" and result["bridge_dtype"] == "bfloat16"
+    )  # no autocast on a CPU
     assert result["tiny"] and result["xattn_layers"] == [1, 2, 3]  # 7/14/21 of 28 -> 4 layers
     assert result["lora_tensors"] == 4 * 7 * 2  # A and B on 7 projections of every layer
     train = result["train"]
@@ -132,6 +135,27 @@ def test_gpu_paper_scale_runs_tiny_on_cpu(tmp_path):
         )
     h100 = result["estimates"]["H100"]
     assert h100["samples_per_s"] == pytest.approx(8 / h100["step_s"])
+
+
+@pytest.mark.slow
+def test_gpu_smoke_runs_on_cpu(tmp_path):
+    """``python -m benchmarks.gpu_smoke --cpu``: the one-command GPU check, at its CPU size."""
+    out = tmp_path / "smoke.json"
+    env = {
+        **__import__("os").environ,
+        "GRAFTKIT_CACHE": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, "-m", "benchmarks.gpu_smoke", "--cpu", "--output", str(out)]
+    cmd += ["--run-dir", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["problems"] == [] and result["off_device"] == []
+    assert result["device"] == "cpu" and result["phases"] == [1, 2, 3, 4]
+    assert result["phase3_train_total"][1] < result["phase3_train_total"][0]
+    assert result["step_s_median"] > 0 and 0 <= result["macro_f1"] <= 1
+    assert "gpu_smoke: ok on cpu" in proc.stdout
 
 
 @pytest.mark.slow
