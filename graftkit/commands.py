@@ -401,10 +401,17 @@ def _final_checkpoint(run_dir: Path) -> Path:
     """The checkpoint a run's own evaluation uses: its last complete phase."""
     from graftkit.checkpoint import is_complete
 
-    done = [run_dir / f"phase{n}" for n in (4, 3, 2, 1) if is_complete(run_dir / f"phase{n}")]
+    done = [run_dir / f"phase{n}" for n in _phase_numbers(run_dir)[::-1]]
+    done = [path for path in done if is_complete(path)]
     if not done:
-        raise CLIError(f"{run_dir}: no complete phase checkpoint (phase1..phase4) to evaluate")
+        raise CLIError(f"{run_dir}: no complete phase checkpoint (phase1, phase2, ...) to evaluate")
     return done[0]
+
+
+def _phase_numbers(run_dir: Path) -> list[int]:
+    """The phase numbers a run folder has folders for (``phaseN/`` or ``checkpoints/phaseN``)."""
+    names = [p.name for p in [*run_dir.glob("phase*"), *run_dir.glob("checkpoints/phase*")]]
+    return sorted({int(n[5:]) for n in names if n[5:].isdigit()})
 
 
 def _unfinished_phases(run_dir: Path) -> list[int]:
@@ -413,7 +420,7 @@ def _unfinished_phases(run_dir: Path) -> list[int]:
 
     return [
         n
-        for n in (1, 2, 3, 4)
+        for n in _phase_numbers(run_dir)
         if (run_dir / "checkpoints" / f"phase{n}").exists()
         and not is_complete(run_dir / f"phase{n}")
     ]

@@ -11,7 +11,7 @@ Plugins add callbacks through the ``register_callbacks`` hook (docs/plugins.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -36,7 +36,6 @@ class PhaseContext:
     fresh_bridge: bool = False
     #: ``--warm-bridge PATH`` of the invocation, if any
     warm_bridge: Path | None = None
-    messages: list[str] = field(default_factory=list)
 
     def echo(self, message: str) -> None:
         from graftkit.curriculum.engine import echo

@@ -81,8 +81,7 @@ def plan(cfg: RunConfig, num_classes: int | None = None) -> dict[str, Any]:
     phases = {}
     world = cfg.launch.num_processes * cfg.launch.num_machines
     dtype_bytes = BYTES[cfg.model.dtype]
-    for n in (1, 2, 3, 4):
-        phase = cfg.phases.get(n)
+    for n, phase in enumerate(cfg.phases, 1):
         trainable = {g: inventory[g] for g in phase.trainable if g in inventory}
         frozen = {g: inventory[g] for g in inventory if g not in phase.trainable}
         t_params = sum(v["parameters"] for v in trainable.values())

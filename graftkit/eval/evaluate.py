@@ -169,7 +169,7 @@ def linear_probes(run, volumes: list[Volume]) -> dict[str, Any]:
         )
     }
     current = {k: v.clone() for k, v in run.glm.bridge_state_dict().items()}
-    for n in (1, 2, 3, 4):
+    for n in run.cfg.phases.numbers:
         path = run.run_dir / f"phase{n}"
         if is_complete(path):
             tensors, _ = load_checkpoint(path)

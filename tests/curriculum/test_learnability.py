@@ -116,7 +116,7 @@ def encode_batch(tokenizer, labels: np.ndarray | None, placeholders: int) -> dic
 
 def train_graft(family: str, path: str, tokenizer, steps: int = 240):
     """Graft, then train the declared phase-3 groups on the phase-3 LM loss; returns the model."""
-    phase3 = load_yaml(default_config_path())["phases"]["p3"]
+    phase3 = load_yaml(default_config_path())["phases"][2]  # the paper's phase 3
     xattn_layers = [] if path == "placeholders" else [0, 1]
     glm = graft(
         pretrained_prior(family, tokenizer),
