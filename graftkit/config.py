@@ -69,6 +69,11 @@ class PriorConfig(Strict):
     batch_size: int = Field(8, gt=0)
     lr: float = Field(3e-3, gt=0)
     seed: int = 0
+    corpus: list[Literal["narrative", "canonical_findings"]] = Field(
+        default_factory=lambda: ["narrative"],
+        min_length=1,
+        description="text kinds of the training split the prior is pretrained on, each text once",
+    )
 
 
 class LoraConfig(Strict):

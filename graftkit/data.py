@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -148,9 +149,16 @@ class GraftDataset(ABC):
             return f"{volume.findings} {volume.impressions}"
         return volume.findings
 
-    def corpus(self) -> list[str]:
-        """Texts the language prior is pretrained on (the training split's raw reports)."""
-        return [self.narrative_text(v) for v in self.records(self.splits[0])]
+    def corpus(self, kinds: Sequence[str] = ("narrative",)) -> list[str]:
+        """Texts the language prior is pretrained on: for each text kind in ``kinds``
+        (``narrative``: the raw reports; ``canonical_findings``), that text of every training
+        volume. No images and no other split are involved."""
+        texts = {
+            "narrative": self.narrative_text,
+            "canonical_findings": self.canonical_findings_text,
+        }
+        train = self.records(self.splits[0])
+        return [texts[kind](v) for kind in kinds for v in train]
 
     def oracle(self) -> dict[str, Any] | None:
         """The best achievable scores, for cohorts that know their own signal."""
