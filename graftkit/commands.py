@@ -610,26 +610,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from graftkit.embed import VolumeResult, check_unique_outputs, discover_inputs, run_embed
+    from graftkit.embed import VolumeResult, check_unique_outputs, run_embed
     from graftkit.progress import is_quiet, progress_bar
 
     encoder_cls = plugins.get("encoder", args.encoder)
     options = _options(args.option)
-    for key in ("rescale", "rescale_slope", "rescale_intercept"):
-        if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
     if args.limit is not None and args.limit < 1:
         raise CLIError(f"--limit {args.limit}: must be at least 1")
     try:
-        inputs = discover_inputs(args.input, kinds=encoder_cls.input_kinds)
+        inputs = encoder_cls.discover_inputs(args.input)
     except FileNotFoundError as err:
         raise CLIError(f"--input: {err}") from None
     if not inputs:
         raise CLIError(
-            f"--input {' '.join(map(str, args.input))}: no NIfTI files or DICOM series found"
+            f"--input {' '.join(map(str, args.input))}: no inputs of encoder {args.encoder} "
+            f"found ({encoder_cls.describe_inputs()})"
         )
     try:
-        check_unique_outputs(inputs[: args.limit], args.output)
+        check_unique_outputs(inputs[: args.limit], args.output, encoder_cls)
     except ValueError as err:
         raise CLIError(f"--input: {err}") from None
     try:

@@ -1,8 +1,15 @@
-"""The encoder interface: one volume (or signal) -> per-slice embeddings ``[N, d]`` and ``z_mm[N]``."""
+"""The encoder interface: one volume (or signal) -> per-slice embeddings ``[N, d]`` and ``z_mm[N]``.
+
+An encoder owns its inputs: which files (or folders) under ``graftkit embed --input`` it reads
+(:meth:`Encoder.discover_inputs`), what each output is named (:meth:`Encoder.input_stem`) and any
+reader options (its ``--option KEY=VALUE`` settings). The core knows no file format.
+"""
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -29,8 +36,12 @@ class Encoder(ABC):
     dim: ClassVar[int] = 0
     preprocessing: ClassVar[str] = ""
     weights_source: ClassVar[str] = ""
-    #: What ``graftkit embed --input`` looks for: ``nifti``, ``dicom`` (series folders), ``embeddings``.
-    input_kinds: ClassVar[tuple[str, ...]] = ("nifti", "dicom")
+    #: File-name endings of the inputs (``(".npy",)``, ``(".nii.gz", ".nii")``, ...): the files
+    #: :meth:`discover_inputs` takes from a folder, stripped by :meth:`input_stem`. Empty: every
+    #: file. An encoder whose inputs are not single files (a DICOM series folder) overrides both.
+    input_suffixes: ClassVar[tuple[str, ...]] = ()
+    #: What the inputs are, for the message when a folder holds none (default: the suffixes).
+    input_description: ClassVar[str] = ""
     #: Slices per forward pass; ``graftkit embed --batch-size`` sets it.
     batch_size: int = 16
 
@@ -38,6 +49,57 @@ class Encoder(ABC):
         self.weights = Path(weights) if weights is not None else None
         self.device = device
         self.options = options
+
+    @classmethod
+    def accepts(cls, path: Path) -> bool:
+        """Whether a file found in an ``--input`` folder is one of this encoder's inputs."""
+        name = path.name.lower()
+        return not cls.input_suffixes or name.endswith(tuple(s.lower() for s in cls.input_suffixes))
+
+    @classmethod
+    def discover_inputs(cls, dir_or_files: str | Path | Iterable[str | Path]) -> list[Path]:
+        """Expand ``graftkit embed --input`` into this encoder's inputs, sorted, no duplicates.
+
+        A path named explicitly is taken as is; a folder is searched recursively for files that
+        :meth:`accepts` (hidden files are left out). Raises ``FileNotFoundError`` naming a path
+        that does not exist.
+        """
+        if isinstance(dir_or_files, (str, Path)):
+            dir_or_files = [dir_or_files]
+        found: set[Path] = set()
+        for item in dir_or_files:
+            path = Path(item)
+            if not path.exists():
+                raise FileNotFoundError(f"input {path} does not exist")
+            if not path.is_dir():
+                found.add(path)
+                continue
+            for folder, dirs, names in os.walk(path):
+                dirs.sort()
+                for name in names:
+                    file = Path(folder) / name
+                    if not name.startswith(".") and cls.accepts(file):
+                        found.add(file)
+        return sorted(found)
+
+    @classmethod
+    def input_stem(cls, path: Path) -> str:
+        """The output name of an input (``{stem}.npz``): its name less the longest matching
+        :attr:`input_suffixes` ending."""
+        name = Path(path).name
+        for suffix in sorted(cls.input_suffixes, key=len, reverse=True):
+            if name.lower().endswith(suffix.lower()):
+                return name[: -len(suffix)]
+        return name
+
+    @classmethod
+    def describe_inputs(cls) -> str:
+        """What :meth:`discover_inputs` looks for, in words."""
+        if cls.input_description:
+            return cls.input_description
+        if cls.input_suffixes:
+            return "files ending " + ", ".join(cls.input_suffixes)
+        return "files"
 
     @abstractmethod
     def encode(self, path: Path) -> EncodedVolume:

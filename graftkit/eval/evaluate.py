@@ -31,29 +31,6 @@ from graftkit.eval.generation import (
 )
 from graftkit.lm import encode_chat, pad_batch
 
-STOPWORDS = {
-    "with",
-    "and",
-    "the",
-    "wall",
-    "pattern",
-    "material",
-    "medical",
-    "lung",
-    "artery",
-    "pulmonary",
-}
-
-
-def finding_words(class_names: list[str]) -> set[str]:
-    """Words that name a finding (from the class names), for the NLL split of paper Table X."""
-    words = set()
-    for name in class_names:
-        for word in re.findall(r"[a-z]+", name.lower()):
-            if len(word) > 3 and word not in STOPWORDS:
-                words.add(word)
-    return words
-
 
 @torch.inference_mode()
 def token_nll(
@@ -428,7 +405,7 @@ def evaluate(
         metrics["ablation"]["zero_drop"] = (
             (real - scores["zero"]["macro_f1"]) / real if real > 0 else 0.0
         )
-        words = finding_words(classes)
+        words = run.dataset.finding_words()
         kind = run.cfg.phases.get(max(_phases_run(run) or [3])).text
         responses = [
             response_text(run.dataset, v, kind, sample_rng(run.cfg.seed, 0, i))

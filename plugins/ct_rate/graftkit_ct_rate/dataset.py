@@ -94,6 +94,17 @@ class CTRateDataset(GraftDataset):
     default_extractor: ClassVar[str] = "ct_rate-rules"
     splits: ClassVar[tuple[str, str]] = layout.SPLITS
     default_profile: ClassVar[str | None] = "tiny"
+    #: Anatomy and generic words of the 18 class names ("Pulmonary fibrotic sequela", "Medical
+    #: material", ...): the NLL split counts "fibrotic", "sequela", not "pulmonary".
+    finding_stopwords: ClassVar[frozenset[str]] = GraftDataset.finding_stopwords | {
+        "wall",
+        "pattern",
+        "material",
+        "medical",
+        "lung",
+        "artery",
+        "pulmonary",
+    }
 
     @classmethod
     def synthesize(cls, output: Path, **options: Any) -> dict[str, Any]:
