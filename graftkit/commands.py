@@ -721,9 +721,9 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)  # before torch is imported: a bad name fails fast
     from graftkit.curriculum.plan import format_plan, plan
 
-    cfg = resolve_config(args)
     result = plan(cfg)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     return 0
@@ -756,9 +756,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args)  # before torch is imported: a bad name fails fast
     from graftkit.eval.study import run_study
 
-    cfg = resolve_config(args)
     output = args.output or (
         Path("runs") / f"study-{cfg.dataset}-{cfg.profile or 'default'}" / "reproduction.md"
     )
