@@ -557,7 +557,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from graftkit.eval.explain import explain_sentences
-    from graftkit.eval.generation import generate_reports
+    from graftkit.eval.generation import generate_reports, generation_settings
 
     if args.volume is not None:
         if not args.encoder:
@@ -593,10 +593,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     run.glm.eval()
     with torch.inference_mode():
         tokens = run.glm.encode(slices, z_mm, torch.ones(1, len(emb), dtype=torch.bool))[1]
-    gen = run.cfg.eval.generation.model_dump()
-    if args.greedy:
-        gen.update(do_sample=False)
-        gen.pop("temperature"), gen.pop("top_p")
+    gen = generation_settings(run.cfg.eval.generation, greedy=args.greedy)
     text = generate_reports(
         run.glm, run.tokenizer, run.dataset.prompt, tokens, gen, seed=run.cfg.seed
     )[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -23,6 +23,34 @@ class EncodedVolume:
 
     embeddings: np.ndarray
     z_mm: np.ndarray
+
+
+def find_inputs(
+    dir_or_files: str | Path | Iterable[str | Path],
+    select: Callable[[Path, list[str]], Iterable[Path]],
+) -> list[Path]:
+    """Paths named explicitly, plus what ``select(folder, names)`` picks in each folder below the
+    folders named (``names``: its non-hidden files), sorted and without duplicates.
+
+    The walk shared by every encoder's :meth:`Encoder.discover_inputs`; ``select`` may return
+    files or the folder itself (e.g. a folder of DICOM slices is one input). Raises
+    ``FileNotFoundError`` naming a path that does not exist.
+    """
+    if isinstance(dir_or_files, (str, Path)):
+        dir_or_files = [dir_or_files]
+    found: set[Path] = set()
+    for item in dir_or_files:
+        path = Path(item)
+        if not path.exists():
+            raise FileNotFoundError(f"input {path} does not exist")
+        if not path.is_dir():
+            found.add(path)
+            continue
+        for folder, dirs, names in os.walk(path):
+            dirs.sort()
+            visible = sorted(n for n in names if not n.startswith("."))
+            found.update(select(Path(folder), visible))
+    return sorted(found)
 
 
 class Encoder(ABC):
@@ -64,23 +92,10 @@ class Encoder(ABC):
         :meth:`accepts` (hidden files are left out). Raises ``FileNotFoundError`` naming a path
         that does not exist.
         """
-        if isinstance(dir_or_files, (str, Path)):
-            dir_or_files = [dir_or_files]
-        found: set[Path] = set()
-        for item in dir_or_files:
-            path = Path(item)
-            if not path.exists():
-                raise FileNotFoundError(f"input {path} does not exist")
-            if not path.is_dir():
-                found.add(path)
-                continue
-            for folder, dirs, names in os.walk(path):
-                dirs.sort()
-                for name in names:
-                    file = Path(folder) / name
-                    if not name.startswith(".") and cls.accepts(file):
-                        found.add(file)
-        return sorted(found)
+        return find_inputs(
+            dir_or_files,
+            lambda folder, names: [folder / n for n in names if cls.accepts(folder / n)],
+        )
 
     @classmethod
     def input_stem(cls, path: Path) -> str:

@@ -42,6 +42,7 @@ from graftkit.curriculum.model import build_grafted, resolve_llm_path, text_embe
 from graftkit.curriculum.objective import NEEDS_TEXT_TARGETS, NEEDS_TOKENS, Objective
 from graftkit.curriculum.textspace import TextSpace
 from graftkit.data import GraftDataset, Volume
+from graftkit.labels import evaluation_extractor
 from graftkit.progress import is_quiet, progress_bar
 
 log = logging.getLogger("graftkit")
@@ -521,6 +522,7 @@ class PhaseRunner:
             ablate,
             generate_reports,
             generation_scores,
+            generation_settings,
             visual_tokens,
         )
 
@@ -529,9 +531,7 @@ class PhaseRunner:
         tokens = visual_tokens(
             run.glm, run.dataset, subset, run.cfg.eval.batch_size, run.cfg.data.max_slices
         )
-        gen = run.cfg.eval.generation.model_dump()
-        gen.update(do_sample=False, num_beams=1)
-        gen.pop("temperature"), gen.pop("top_p")
+        gen = generation_settings(run.cfg.eval.generation, greedy=True)
         extractor = _extractor(run)
         out = {}
         for mode in ("real", "zero"):
@@ -732,10 +732,7 @@ def _extractor(run: Run):
     name = run.cfg.eval.extractor or run.dataset.default_extractor
     cache = getattr(run, "_extractor_cache", None)
     if cache is None or cache[0] != name:
-        run._extractor_cache = (
-            name,
-            plugins.get("extractor", name)(**run.cfg.eval.extractor_options),
-        )
+        run._extractor_cache = (name, evaluation_extractor(run.cfg.eval, run.dataset))
     return run._extractor_cache[1]
 
 

@@ -19,13 +19,14 @@ a CT in HU, about -2048 after a second rescale and about 0 for raw stored values
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from graftkit.encoders import find_inputs
 
 AIR_HU_RANGE = (-1250.0, -700.0)
 """Plausible air level (HU) of a CT volume: air is -1000 HU, lung and noise lift the percentile."""
@@ -58,31 +59,13 @@ def discover_ct_inputs(dir_or_files: str | Path | Iterable[str | Path]) -> list[
     the ``.dcm`` suffix is recognised by its magic). Raises ``FileNotFoundError`` naming a path
     that does not exist.
     """
-    if isinstance(dir_or_files, (str, Path)):
-        dir_or_files = [dir_or_files]
-    found: set[Path] = set()
-    for item in dir_or_files:
-        path = Path(item)
-        if not path.exists():
-            raise FileNotFoundError(f"input {path} does not exist")
-        if path.is_file():
-            found.add(path)
-            continue
-        for folder, dirs, names in os.walk(path):
-            dirs.sort()
-            folder_path = Path(folder)
-            has_dicom = False
-            for name in names:
-                file = folder_path / name
-                if name.startswith("."):
-                    continue
-                if is_nifti(file):
-                    found.add(file)
-                elif not has_dicom and is_dicom_file(file):
-                    has_dicom = True
-            if has_dicom:
-                found.add(folder_path)
-    return sorted(found)
+
+    def select(folder: Path, names: list[str]) -> list[Path]:
+        files = [folder / name for name in names]
+        series = [folder] if any(is_dicom_file(f) for f in files if not is_nifti(f)) else []
+        return [f for f in files if is_nifti(f)] + series
+
+    return find_inputs(dir_or_files, select)
 
 
 class VolumeError(ValueError):
