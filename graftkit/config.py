@@ -112,26 +112,64 @@ class ModelConfig(Strict):
     )
 
 
-class BridgeConfig(Strict):
-    """The bridge: zone compressor, predictor, calibrator, adapters, heads (DESIGN.md)."""
+class CompressorSettings(BaseModel):
+    """Settings of the zone compressor (DESIGN.md, "Zone-constrained cross-attention"), defined
+    once: :class:`graftkit.bridge.ZoneCompressorConfig` extends them with the input width and
+    module-only options, compressor builders (:mod:`graftkit.compressors`) read them from the
+    run's ``bridge`` section, which extends :class:`BridgeSettings`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    num_zones: int = Field(32, gt=0, description="K, the number of zone (visual) tokens")
+    num_heads: int = Field(16, gt=0, description="heads of the zone attention and global layers")
+    num_global_layers: int = Field(1, ge=0, description="TransformerEncoder layers across K tokens")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout of the compressor's layers")
+    position_scale: float = Field(
+        1.0,
+        ge=0,
+        description="β in s + β·PE(z): below 1 when a unit-size PE drowns weak, localised signals",
+    )
+    query_residual: bool = Field(
+        True,
+        description="token k = q_k + attention output (a per-zone offset); False: the output alone",
+    )
+    slice_norm: bool = Field(
+        True,
+        description="LayerNorm each slice before K/V; False keeps a finding's amplitude in the slice",
+    )
+
+
+class BridgeSettings(CompressorSettings):
+    """Settings of the bridge :func:`graftkit.bridge.graft` builds around the compressor
+    (DESIGN.md, "Data flow"), defined once: :class:`graftkit.bridge.GraftConfig` extends them
+    with what a graft learns from its LLM and data, the run's :class:`BridgeConfig` with run-only
+    choices. The defaults are the paper's."""
+
+    predictor_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the predictor")
+    xattn_layers: list[int] | None = Field(
+        None, description="decoder layers with adapters; None = paper layers mapped by depth"
+    )
+    paper_layers: list[int] = Field(default_factory=lambda: [7, 14, 21])
+    paper_depth: int = Field(28, gt=0, description="depth of the paper's decoder (Llama-3.2-3B)")
+    xattn_heads: int = Field(8, gt=0, description="heads of each cross-attention adapter")
+    jepa_dim: int = Field(256, gt=0, description="width of the JEPA head's output (text space)")
+
+    @field_validator("xattn_layers", "paper_layers")
+    @classmethod
+    def _non_negative(cls, layers: list[int] | None) -> list[int] | None:
+        if layers is not None and any(layer < 0 for layer in layers):
+            raise ValueError(f"layer indices must be >= 0, got {layers}")
+        return layers
+
+
+class BridgeConfig(BridgeSettings):
+    """The run's ``bridge`` section: the bridge's own settings (:class:`BridgeSettings`, handed
+    to the components as they are) plus which compressor to build and the text-space width."""
 
     compressor: str = Field("zone", description="registered compressor name")
     visual_dim: int | None = Field(
         None, gt=0, description="d_v for `plan`; runs read it from the data"
     )
-    num_zones: int = Field(32, gt=0)
-    num_heads: int = Field(16, gt=0)
-    num_global_layers: int = Field(1, ge=0)
-    position_scale: float = Field(1.0, ge=0, description="β in s + β·PE(z) of the compressor")
-    query_residual: bool = Field(True, description="compressor token = query + attention output")
-    slice_norm: bool = Field(True, description="compressor LayerNorms each slice before K/V")
-    dropout: float = Field(0.1, ge=0, lt=1)
-    predictor_dropout: float = Field(0.1, ge=0, lt=1)
-    xattn_layers: list[int] | None = Field(None, description="None = paper layers mapped by depth")
-    paper_layers: list[int] = Field(default_factory=lambda: [7, 14, 21])
-    paper_depth: int = 28
-    xattn_heads: int = Field(8, gt=0)
-    jepa_dim: int = Field(256, gt=0)
     whitening_components: int = Field(256, gt=0)
 
 
