@@ -37,6 +37,12 @@ def _add_common_run_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override any config field, e.g. --set phases.p3.lr=1e-5 (repeatable)",
     )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print every setting once with where it came from (paper.yaml, profile, --config, "
+        "a flag, --set, default) and exit",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,9 @@ from graftkit.config import (
     ConfigError,
     RunConfig,
     build_config,
+    build_config_with_sources,
     default_config_path,
+    format_config,
     load_yaml,
     parse_overrides,
 )
@@ -50,25 +52,46 @@ def _options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def resolve_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> RunConfig:
-    """paper.yaml -> profile overrides -> ``--config`` file -> CLI flags -> ``--set`` pairs."""
+def resolve_config_sources(
+    args: argparse.Namespace, flags: list[tuple[str, dict[str, Any]]] | None = None
+) -> tuple[RunConfig, dict[str, str]]:
+    """paper.yaml -> profile overrides -> ``--config`` file -> CLI flags -> ``--set`` pairs, and
+    where each setting came from (``--print-config``). ``flags`` are ``(flag, {key: value})``."""
     dataset_cls = plugins.get("dataset", args.dataset)
-    base = load_yaml(args.config) if args.config else load_yaml(default_config_path())
-    overrides: dict[str, Any] = {}
+    if args.config:
+        base, base_source = load_yaml(args.config), f"--config {args.config}"
+    else:
+        base, base_source = load_yaml(default_config_path()), default_config_path().name
+    layers: list[tuple[str, dict[str, Any]]] = [("argument", {"dataset": args.dataset})]
     profile_name = args.profile or (None if args.config else dataset_cls.default_profile)
     profile = plugins.get("profile", profile_name) if profile_name else None
+    source = f"profile {profile_name}"
     if profile is not None and not args.config:
-        overrides.update(profile.overrides)
+        values = dict(profile.overrides)
         if profile.launch is not None:
-            overrides["launch"] = profile.launch.model_dump()
+            values["launch"] = profile.launch.model_dump()
+        layers.append((source, values))
     if profile_name:
-        overrides["profile"] = profile_name
-    overrides.update(extra or {})
+        how = "--profile" if args.profile else f"dataset {args.dataset}'s default profile"
+        layers.append((how, {"profile": profile_name}))
+    layers += flags or []
     user = parse_overrides(args.overrides)
     for key in user:
         _check_key(key)
-    overrides.update(user)
-    return build_config(args.dataset, base, overrides)
+    layers.append(("--set", user))
+    return build_config_with_sources(args.dataset, base, base_source, layers)
+
+
+def resolve_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> RunConfig:
+    """The run config of a command (:func:`resolve_config_sources`); ``extra`` holds settings
+    of command-line flags (dotted key -> value)."""
+    return resolve_config_sources(args, [("flag", extra)] if extra else None)[0]
+
+
+def print_config(cfg: RunConfig, sources: dict[str, str]) -> int:
+    """``--print-config``: every setting once with where it came from; nothing is run."""
+    print(format_config(cfg, sources))
+    return 0
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
@@ -212,16 +235,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     started = time.time()
     phases = parse_phase_range(args.phases)
-    extra: dict[str, Any] = {}
+    flags: list[tuple[str, dict[str, Any]]] = []
     if args.data_dir:
         if not args.data_dir.is_dir():
             raise CLIError(f"--data-dir {args.data_dir}: no such directory")
-        extra["data.data_dir"] = str(args.data_dir)
+        flags.append(("--data-dir", {"data.data_dir": str(args.data_dir)}))
     if args.llm:
-        extra["model.llm"] = str(args.llm)
-    cfg = resolve_config(args, extra)
+        flags.append(("--llm", {"model.llm": str(args.llm)}))
+    cfg, sources = resolve_config_sources(args, flags)
     run_dir = args.output_dir or Path("runs") / f"{cfg.dataset}-{cfg.profile or 'default'}"
     cfg = cfg.model_copy(update={"output_dir": run_dir})
+    if args.print_config:
+        sources["output_dir"] = (
+            "--output-dir" if args.output_dir else "default (runs/DATASET-PROFILE)"
+        )
+        return print_config(cfg, sources)
     for flag, path in (("--init-from", args.init_from), ("--warm-bridge", args.warm_bridge)):
         if path is not None and not path.exists():
             raise CLIError(f"{flag} {path}: no such checkpoint")
@@ -718,7 +746,9 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    cfg = resolve_config(args)  # before torch is imported: a bad name fails fast
+    cfg, sources = resolve_config_sources(args)  # before torch: a bad name fails fast
+    if args.print_config:
+        return print_config(cfg, sources)
     from graftkit.curriculum.plan import format_plan, plan
 
     result = plan(cfg)
@@ -753,7 +783,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    cfg = resolve_config(args)  # before torch is imported: a bad name fails fast
+    cfg, sources = resolve_config_sources(args)  # before torch: a bad name fails fast
+    if args.print_config:
+        return print_config(cfg, sources)
     from graftkit.eval.study import run_study
 
     output = args.output or (

@@ -334,8 +334,9 @@ class RunConfig(Strict):
 
     def save(self, path: Path) -> None:
         """Write the resolved config; ``graftkit run --config PATH`` repeats the run from it alone."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False))
+        from graftkit.io import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False))
 
 
 def default_config_path(name: str = "paper") -> Path:
@@ -409,3 +410,60 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise ConfigError(f"config {path} must hold a mapping at the top level")
     return tree
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance: where each setting of a resolved config came from (``--print-config``)
+
+#: what a setting no layer names comes from: the field's default in this module
+DEFAULT_SOURCE = "default"
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves of a config tree as ``{dotted.key: value}``; a list of mappings is entered with
+    ``[i]`` (``phases[0].lr``), any other list is one value."""
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    if isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        out = {}
+        stem = prefix.rstrip(".")
+        for i, value in enumerate(tree):
+            out.update(flatten(value, f"{stem}[{i}]."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def build_config_with_sources(
+    dataset: str, base: dict[str, Any], base_source: str, layers: list[tuple[str, dict[str, Any]]]
+) -> tuple[RunConfig, dict[str, str]]:
+    """:func:`build_config` over named layers, later layers winning, and where each setting of
+    the result came from: ``{dotted.key: source}`` for every leaf (:func:`flatten`) of the
+    resolved config. ``base`` is a YAML tree; each layer maps dotted keys to values (a mapping
+    value replaces that whole section). A leaf no layer names has :data:`DEFAULT_SOURCE`.
+    """
+    overrides: dict[str, Any] = {}
+    sources = dict.fromkeys(flatten(base), base_source)
+    for source, values in layers:
+        for key, value in values.items():
+            overrides.pop(key, None)
+            overrides[key] = value
+            for old in [k for k in sources if k == key or k.startswith((f"{key}.", f"{key}["))]:
+                del sources[old]
+            for leaf in flatten(value, f"{key}.") if isinstance(value, dict) else [key]:
+                sources[leaf] = source
+    cfg = build_config(dataset, base, overrides)
+    resolved = flatten(json.loads(cfg.model_dump_json()))
+    return cfg, {key: sources.get(key, DEFAULT_SOURCE) for key in resolved}
+
+
+def format_config(cfg: RunConfig, sources: dict[str, str]) -> str:
+    """Every setting of ``cfg`` once, as ``key: value  # source``, in the config's own order."""
+    rows = [
+        (key, json.dumps(value, default=str), sources.get(key, DEFAULT_SOURCE))
+        for key, value in flatten(json.loads(cfg.model_dump_json())).items()
+    ]
+    width = min(max(len(k) + len(v) for k, v, _ in rows) + 2, 64)
+    return "\n".join(f"{f'{k}: {v}':<{width}}  # {s}" for k, v, s in rows)

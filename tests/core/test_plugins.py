@@ -217,7 +217,12 @@ print("LOADED", *[m for m in {heavy!r} if m in sys.modules])
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["run", "no-such-dataset"], ["plan", "no-such-dataset"], ["plugins", "--json"]],
+    [
+        ["--help"],
+        ["run", "no-such-dataset"],
+        ["plan", "no-such-dataset"],
+        ["plugins", "--json"],
+    ],
 )
 def test_help_and_name_errors_import_no_torch_nor_plugin_code(argv):
     """Issue 17 item 5: help, an unknown dataset and the plugin listing read names only (plugins
