@@ -30,7 +30,7 @@ from graftkit.config import (
     load_yaml,
     parse_overrides,
 )
-from graftkit.io import decode_utf8
+from graftkit.io import atomic_file, atomic_write_text, decode_utf8
 
 #: What an evaluation writes into a run directory: ``metrics.json`` sections and files. Cleared
 #: before the run's own evaluation is written again, so no part of an earlier one survives.
@@ -195,9 +195,7 @@ def clear_evaluation(run_dir: Path) -> None:
         if any(key in metrics for key in EVALUATION_KEYS):
             for key in EVALUATION_KEYS:
                 metrics.pop(key, None)
-            tmp = run_dir / ".metrics.json.tmp"
-            tmp.write_text(json.dumps(metrics, indent=2))
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(metrics, indent=2))
     for name in EVALUATION_FILES:
         (run_dir / name).unlink(missing_ok=True)
 
@@ -731,16 +729,11 @@ def cmd_label(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, OSError, ValidationError) as err:
         raise CLIError(f"extractor {args.extractor}: {_one_line_error(err)}") from None
     labels = extractor.extract([row[args.text_column] or "" for row in rows])
-    tmp = args.output.with_name(f".{args.output.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow([id_column, *extractor.class_names])
-            for row, vec in zip(rows, labels, strict=True):
-                writer.writerow([row[id_column], *map(int, vec)])
-        os.replace(tmp, args.output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(args.output) as staging, staging.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([id_column, *extractor.class_names])
+        for row, vec in zip(rows, labels, strict=True):
+            writer.writerow([row[id_column], *map(int, vec)])
     print(f"labelled {len(rows)} rows with {args.extractor} -> {args.output}")
     return 0
 

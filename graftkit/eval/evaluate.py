@@ -30,6 +30,7 @@ from graftkit.eval.generation import (
     visual_tokens,
     zone_features,
 )
+from graftkit.io import atomic_write_text
 from graftkit.labels import evaluation_extractor
 from graftkit.lm import encode_chat, pad_batch
 
@@ -433,26 +434,27 @@ def evaluate(
         metrics["probe"] = linear_probes(run, volumes)
         grounding = zone_grounding(run, volumes, tokens)
         if run.main:
-            (out / "grounding.json").write_text(json.dumps(grounding, indent=2))
+            atomic_write_text(out / "grounding.json", json.dumps(grounding, indent=2))
     if run.main:
-        with (out / "generations.jsonl").open("w") as fh:
-            predicted = extractor.extract(texts["real"])
-            for i, v in enumerate(volumes):
-                row = {
-                    "name": v.name,
-                    "generated": texts["real"][i],
-                    "reference": references[i],
-                    "labels": [classes[c] for c in np.flatnonzero(truth[i])],
-                    "predicted": [classes[c] for c in np.flatnonzero(predicted[i])],
-                }
-                if ablations:
-                    row["generated_zero"] = texts["zero"][i]
-                fh.write(json.dumps(row) + "\n")
+        predicted = extractor.extract(texts["real"])
+        rows = []
+        for i, v in enumerate(volumes):
+            row = {
+                "name": v.name,
+                "generated": texts["real"][i],
+                "reference": references[i],
+                "labels": [classes[c] for c in np.flatnonzero(truth[i])],
+                "predicted": [classes[c] for c in np.flatnonzero(predicted[i])],
+            }
+            if ablations:
+                row["generated_zero"] = texts["zero"][i]
+            rows.append(json.dumps(row) + "\n")
+        atomic_write_text(out / "generations.jsonl", "".join(rows))
         if out == Path(run.run_dir):
             run.update_metrics(metrics)
         else:
             fresh = {"data": run.summary.get("data", {}), **metrics}
-            (out / "metrics.json").write_text(json.dumps(fresh, indent=2))
+            atomic_write_text(out / "metrics.json", json.dumps(fresh, indent=2))
         write_report(out)
     return metrics
 
