@@ -262,3 +262,24 @@ def test_two_processes_embed_every_volume_exactly_once(tmp_path):
         ok, failed = (tmp_path / f"summary.{r}").read_text().split("|")
         assert sorted(ok.split()) == sorted(p.name for p in inputs) and failed == "valid_7_a_1.npy"
     assert sorted(os.listdir(tmp_path / "out")) == [f"valid_{i}_a_1.npz" for i in range(7)]
+
+
+def test_cli_says_what_the_encoder_looks_for_when_a_folder_holds_none(tmp_path, capsys):
+    """``graftkit embed`` takes its inputs from the encoder: a folder of CT volumes holds nothing
+    for ``precomputed``, and the one-line error names what that encoder reads."""
+    from graftkit.cli import main
+
+    (tmp_path / "in").mkdir()
+    write_nifti(tmp_path / "in" / "valid_1_a_1.nii.gz", ct_phantom(3, seed=1))
+    argv = [
+        "embed",
+        "precomputed",
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("no inputs of encoder precomputed found (files ending .npy, .npz)"), err
+    assert not (tmp_path / "o").exists()
