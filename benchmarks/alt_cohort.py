@@ -3,13 +3,13 @@
 Issue 14 asks that the embedded default's recipe hold on a cohort it was not tuned on, written by
 different code. This writer shares nothing with the synthetic generator but the file layout:
 
-- reports and labels: the 800 *real* labelled CT-RATE reports shipped with the plugin, each used
-  once with its manual labels (600 train / 200 valid), instead of bootstrapped label vectors and
-  per-class sentences;
+- reports and labels: the 800 *real* labelled CT-RATE reports shipped with the plugin with their
+  manual labels (200 valid, each once; the other 600 train, each ``copies`` times with fresh
+  slices), instead of bootstrapped label vectors and per-class sentences;
 - slices (``d`` = 48 by default): a per-volume AR(1) random walk in a 6-d background subspace plus
   white noise and a per-patient offset; a positive class adds a *box-shaped* plateau (not a
   Gaussian bump) of random length at a random place inside a class-specific band of the body
-  axis, along a per-volume mixture of two class directions;
+  axis, along a per-volume mixture of two class directions, of height ``amplitude`` x U(0.4, 1.2);
 - ``N`` uniform in 80..360 slices, ``ZSpacing`` drawn from {1, 1.25, 1.5, 2, 3} mm;
 - no ``oracle.json``: the reference is the quality ladder's linear MIL probe on raw zone means.
 
@@ -26,15 +26,25 @@ import numpy as np
 import pandas as pd
 from graftkit_ct_rate import layout
 from graftkit_ct_rate.classes import CLASSES
+from scipy.signal import lfilter
 
 
-def write(output: Path, dim: int = 48, seed: int = 11, n_valid: int = 200) -> dict[str, int]:
+def write(
+    output: Path,
+    dim: int = 48,
+    seed: int = 11,
+    n_valid: int = 200,
+    copies: int = 1,
+    amplitude: float = 1.0,
+) -> dict[str, int]:
+    """Write the cohort under ``output``; returns the number of volumes per split."""
     rng = np.random.default_rng(seed)
     source = resources.files("graftkit_ct_rate") / "data" / "ct_rate_labeled_reports.csv"
     with resources.as_file(source) as path:
         reports = pd.read_csv(path)
     reports = reports.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    splits = {"valid": reports.iloc[:n_valid], "train": reports.iloc[n_valid:]}
+    train = pd.concat([reports.iloc[n_valid:]] * copies, ignore_index=True)
+    splits = {"valid": reports.iloc[:n_valid], "train": train}
     background = np.linalg.qr(rng.normal(size=(dim, 6)))[0].T  # [6, d]
     first = rng.normal(size=(len(CLASSES), dim))
     second = rng.normal(size=(len(CLASSES), dim))
@@ -51,9 +61,8 @@ def write(output: Path, dim: int = 48, seed: int = 11, n_valid: int = 200) -> di
             name = f"{split}_{i + 1}_a_1.nii.gz"
             n = int(rng.integers(80, 361))
             spacing = float(rng.choice([1.0, 1.25, 1.5, 2.0, 3.0]))
-            walk = np.zeros((n, 6))
-            for t in range(1, n):
-                walk[t] = 0.95 * walk[t - 1] + 0.3 * rng.normal(size=6)
+            steps = np.vstack([np.zeros((1, 6)), 0.3 * rng.normal(size=(n - 1, 6))])
+            walk = lfilter([1.0], [1.0, -0.95], steps, axis=0)  # AR(1): w_t = 0.95 w_{t-1} + e_t
             slices = walk @ background + 0.5 * rng.normal(size=(n, dim))
             slices += rng.normal(size=dim) * 0.5 + 2.0  # patient offset + a shared direction
             for c in np.flatnonzero(y):
@@ -62,7 +71,7 @@ def write(output: Path, dim: int = 48, seed: int = 11, n_valid: int = 200) -> di
                 start = int(n * rng.uniform(lo, max(lo, hi - length / n)))
                 angle = rng.uniform(0, np.pi / 2)
                 pattern = np.cos(angle) * first[c] + np.sin(angle) * second[c]
-                slices[start : start + length] += rng.uniform(0.4, 1.2) * pattern
+                slices[start : start + length] += amplitude * rng.uniform(0.4, 1.2) * pattern
             np.save(
                 output / layout.EMBEDDINGS_DIR / f"{layout.volume_stem(name)}.npy",
                 slices.astype(np.float16),
@@ -105,8 +114,18 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--dim", type=int, default=48)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--copies", type=int, default=1, help="volumes per training report")
+    parser.add_argument("--amplitude", type=float, default=1.0, help="scale of the findings")
     args = parser.parse_args()
-    print(write(args.output, dim=args.dim, seed=args.seed))
+    print(
+        write(
+            args.output,
+            dim=args.dim,
+            seed=args.seed,
+            copies=args.copies,
+            amplitude=args.amplitude,
+        )
+    )
 
 
 if __name__ == "__main__":

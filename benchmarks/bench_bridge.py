@@ -96,7 +96,7 @@ def _bare_matmuls(comp: ZoneCompressor, slices: torch.Tensor, mask: torch.Tensor
 def bench_compressor(quick: bool) -> list[dict]:
     torch.manual_seed(0)
     b, dim, heads, n_max = (2, 256, 4, 150) if quick else (8, 1024, 16, SLICES_MAX)
-    comp = ZoneCompressor(dim, num_zones=K, num_heads=heads, num_global_layers=1)
+    comp = ZoneCompressor(dim, num_zones=K, num_heads=heads, num_global_layers=1, dropout=0.0)
     lengths = torch.randint(20, n_max + 1, (b,))
     lengths[0] = n_max
     slices = torch.randn(b, n_max, dim)

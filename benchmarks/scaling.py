@@ -57,7 +57,9 @@ def linear_fit(x: list[float], y: list[float]) -> dict[str, float]:
 
 def compressor_curve(sizes: dict) -> dict[str, list[float]]:
     torch.manual_seed(0)
-    comp = ZoneCompressor(sizes["dim"], num_zones=K, num_heads=sizes["heads"], num_global_layers=1)
+    comp = ZoneCompressor(
+        sizes["dim"], num_zones=K, num_heads=sizes["heads"], num_global_layers=1, dropout=0.0
+    )
     seconds = []
     for n in sizes["slices"]:
         slices = torch.randn(sizes["batch"], n, sizes["dim"])

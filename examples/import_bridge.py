@@ -73,7 +73,9 @@ def build(seed: int = 0):
             pad_token_id=PAD,
         )
     )
-    compressor = ZoneCompressor(VISUAL_DIM, num_zones=ZONES, num_heads=4, num_global_layers=1)
+    compressor = ZoneCompressor(
+        VISUAL_DIM, num_zones=ZONES, num_heads=4, num_global_layers=1, dropout=0.0
+    )
     config = GraftConfig(
         visual_dim=VISUAL_DIM,
         num_zones=ZONES,

@@ -16,8 +16,14 @@ def register_compressors(register):
 
 @hookimpl
 def register_callbacks(register):
-    from graftkit.curriculum.callbacks import BUILTIN_CALLBACKS
-    from graftkit.curriculum.monitor import CollapseMonitor
-
-    for cls in (*BUILTIN_CALLBACKS, CollapseMonitor):
-        register(cls.name, cls)
+    # by reference: listing plugins imports neither torch nor graftkit.eval
+    for name, attr in (
+        ("init_compressor", "InitCompressor"),
+        ("warm_bridge", "WarmBridge"),
+        ("freeze_lora", "FreezeLoRA"),
+        ("recalibrate", "Recalibrate"),
+        ("lars_projector_lr", "LarsProjectorLR"),
+        ("ewc", "EWCPenalty"),
+    ):
+        register(name, f"graftkit.curriculum.callbacks:{attr}")
+    register("collapse_monitor", "graftkit.curriculum.monitor:CollapseMonitor")

@@ -37,6 +37,12 @@ def _add_common_run_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override any config field, e.g. --set phases.p3.lr=1e-5 (repeatable)",
     )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print every setting once with where it came from (paper.yaml, profile, --config, "
+        "a flag, --set, default) and exit",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,7 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         "embed", parents=[common], help="turn volumes into per-slice embeddings with an encoder"
     )
     p.add_argument("encoder", help="registered encoder name, e.g. lejepa-ct")
-    p.add_argument("--input", required=True, nargs="+", type=Path, help="folder(s) or files")
+    p.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        type=Path,
+        help="files, or folders searched for the encoder's inputs",
+    )
     p.add_argument("--output", required=True, type=Path)
     p.add_argument("--weights", type=Path)
     p.add_argument("--batch-size", type=int, default=16)
@@ -166,21 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="skip complete outputs (default on)",
     )
-    p.add_argument(
-        "--rescale",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="apply RescaleSlope/Intercept (DICOM default: yes; data already in HU: --no-rescale)",
-    )
-    p.add_argument("--rescale-slope", type=float, help="NIfTI stored-value slope")
-    p.add_argument("--rescale-intercept", type=float, help="NIfTI stored-value intercept")
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     p.add_argument(
         "--option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="encoder option, e.g. dtype=bfloat16, image_size=252, allow_random_weights=true",
+        help="encoder option, reader settings included (e.g. dtype=bfloat16); the encoder's "
+        "documentation lists them",
     )
 
     p = sub.add_parser(

@@ -28,11 +28,13 @@ from graftkit.config import (
     PhasesConfig,
     RunConfig,
     build_config,
+    build_config_with_sources,
     default_config_path,
+    format_config,
     load_yaml,
     parse_overrides,
 )
-from graftkit.io import decode_utf8
+from graftkit.io import atomic_file, atomic_write_text, decode_utf8
 
 #: What an evaluation writes into a run directory: ``metrics.json`` sections and files. Cleared
 #: before the run's own evaluation is written again, so no part of an earlier one survives.
@@ -54,25 +56,46 @@ def _options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def resolve_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> RunConfig:
-    """paper.yaml -> profile overrides -> ``--config`` file -> CLI flags -> ``--set`` pairs."""
+def resolve_config_sources(
+    args: argparse.Namespace, flags: list[tuple[str, dict[str, Any]]] | None = None
+) -> tuple[RunConfig, dict[str, str]]:
+    """paper.yaml -> profile overrides -> ``--config`` file -> CLI flags -> ``--set`` pairs, and
+    where each setting came from (``--print-config``). ``flags`` are ``(flag, {key: value})``."""
     dataset_cls = plugins.get("dataset", args.dataset)
-    base = load_yaml(args.config) if args.config else load_yaml(default_config_path())
-    overrides: dict[str, Any] = {}
+    if args.config:
+        base, base_source = load_yaml(args.config), f"--config {args.config}"
+    else:
+        base, base_source = load_yaml(default_config_path()), default_config_path().name
+    layers: list[tuple[str, dict[str, Any]]] = [("argument", {"dataset": args.dataset})]
     profile_name = args.profile or (None if args.config else dataset_cls.default_profile)
     profile = plugins.get("profile", profile_name) if profile_name else None
+    source = f"profile {profile_name}"
     if profile is not None and not args.config:
-        overrides.update(profile.overrides)
+        values = dict(profile.overrides)
         if profile.launch is not None:
-            overrides["launch"] = profile.launch.model_dump()
+            values["launch"] = profile.launch.model_dump()
+        layers.append((source, values))
     if profile_name:
-        overrides["profile"] = profile_name
-    overrides.update(extra or {})
+        how = "--profile" if args.profile else f"dataset {args.dataset}'s default profile"
+        layers.append((how, {"profile": profile_name}))
+    layers += flags or []
     user = parse_overrides(args.overrides)
     for key in user:
         _check_key(key)
-    overrides.update(user)
-    return build_config(args.dataset, base, overrides)
+    layers.append(("--set", user))
+    return build_config_with_sources(args.dataset, base, base_source, layers)
+
+
+def resolve_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> RunConfig:
+    """The run config of a command (:func:`resolve_config_sources`); ``extra`` holds settings
+    of command-line flags (dotted key -> value)."""
+    return resolve_config_sources(args, [("flag", extra)] if extra else None)[0]
+
+
+def print_config(cfg: RunConfig, sources: dict[str, str]) -> int:
+    """``--print-config``: every setting once with where it came from; nothing is run."""
+    print(format_config(cfg, sources))
+    return 0
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
@@ -191,9 +214,7 @@ def clear_evaluation(run_dir: Path) -> None:
         if any(key in metrics for key in EVALUATION_KEYS):
             for key in EVALUATION_KEYS:
                 metrics.pop(key, None)
-            tmp = run_dir / ".metrics.json.tmp"
-            tmp.write_text(json.dumps(metrics, indent=2))
-            os.replace(tmp, path)
+            atomic_write_text(path, json.dumps(metrics, indent=2))
     for name in EVALUATION_FILES:
         (run_dir / name).unlink(missing_ok=True)
 
@@ -230,18 +251,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from graftkit.progress import is_quiet, progress_bar
 
     started = time.time()
-    extra: dict[str, Any] = {}
+    flags: list[tuple[str, dict[str, Any]]] = []
     if args.data_dir:
         if not args.data_dir.is_dir():
             raise CLIError(f"--data-dir {args.data_dir}: no such directory")
-        extra["data.data_dir"] = str(args.data_dir)
+        flags.append(("--data-dir", {"data.data_dir": str(args.data_dir)}))
     if args.llm:
-        extra["model.llm"] = str(args.llm)
-    cfg = resolve_config(args, extra)
+        flags.append(("--llm", {"model.llm": str(args.llm)}))
+    cfg, sources = resolve_config_sources(args, flags)
     count = len(cfg.phases)
     phases = parse_phase_range(args.phases or f"1-{count}", count)
     run_dir = args.output_dir or Path("runs") / f"{cfg.dataset}-{cfg.profile or 'default'}"
     cfg = cfg.model_copy(update={"output_dir": run_dir})
+    if args.print_config:
+        sources["output_dir"] = (
+            "--output-dir" if args.output_dir else "default (runs/DATASET-PROFILE)"
+        )
+        return print_config(cfg, sources)
     for flag, path in (("--init-from", args.init_from), ("--warm-bridge", args.warm_bridge)):
         if path is not None and not path.exists():
             raise CLIError(f"{flag} {path}: no such checkpoint")
@@ -584,7 +610,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from graftkit.eval.explain import explain_sentences
-    from graftkit.eval.generation import generate_reports
+    from graftkit.eval.generation import generate_reports, generation_settings
 
     if args.volume is not None:
         if not args.encoder:
@@ -620,10 +646,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     run.glm.eval()
     with torch.inference_mode():
         tokens = run.glm.encode(slices, z_mm, torch.ones(1, len(emb), dtype=torch.bool))[1]
-    gen = run.cfg.eval.generation.model_dump()
-    if args.greedy:
-        gen.update(do_sample=False)
-        gen.pop("temperature"), gen.pop("top_p")
+    gen = generation_settings(run.cfg.eval.generation, greedy=args.greedy)
     text = generate_reports(
         run.glm, run.tokenizer, run.dataset.prompt, tokens, gen, seed=run.cfg.seed
     )[0]
@@ -637,26 +660,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from graftkit.embed import VolumeResult, check_unique_outputs, discover_inputs, run_embed
+    from graftkit.embed import VolumeResult, check_unique_outputs, run_embed
     from graftkit.progress import is_quiet, progress_bar
 
     encoder_cls = plugins.get("encoder", args.encoder)
     options = _options(args.option)
-    for key in ("rescale", "rescale_slope", "rescale_intercept"):
-        if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
     if args.limit is not None and args.limit < 1:
         raise CLIError(f"--limit {args.limit}: must be at least 1")
     try:
-        inputs = discover_inputs(args.input, kinds=encoder_cls.input_kinds)
+        inputs = encoder_cls.discover_inputs(args.input)
     except FileNotFoundError as err:
         raise CLIError(f"--input: {err}") from None
     if not inputs:
         raise CLIError(
-            f"--input {' '.join(map(str, args.input))}: no NIfTI files or DICOM series found"
+            f"--input {' '.join(map(str, args.input))}: no inputs of encoder {args.encoder} "
+            f"found ({encoder_cls.describe_inputs()})"
         )
     try:
-        check_unique_outputs(inputs[: args.limit], args.output)
+        check_unique_outputs(inputs[: args.limit], args.output, encoder_cls)
     except ValueError as err:
         raise CLIError(f"--input: {err}") from None
     try:
@@ -735,24 +756,21 @@ def cmd_label(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, OSError, ValidationError) as err:
         raise CLIError(f"extractor {args.extractor}: {_one_line_error(err)}") from None
     labels = extractor.extract([row[args.text_column] or "" for row in rows])
-    tmp = args.output.with_name(f".{args.output.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow([id_column, *extractor.class_names])
-            for row, vec in zip(rows, labels, strict=True):
-                writer.writerow([row[id_column], *map(int, vec)])
-        os.replace(tmp, args.output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(args.output) as staging, staging.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([id_column, *extractor.class_names])
+        for row, vec in zip(rows, labels, strict=True):
+            writer.writerow([row[id_column], *map(int, vec)])
     print(f"labelled {len(rows)} rows with {args.extractor} -> {args.output}")
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    cfg, sources = resolve_config_sources(args)  # before torch: a bad name fails fast
+    if args.print_config:
+        return print_config(cfg, sources)
     from graftkit.curriculum.plan import format_plan, plan
 
-    cfg = resolve_config(args)
     result = plan(cfg)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     return 0
@@ -785,9 +803,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    cfg, sources = resolve_config_sources(args)  # before torch: a bad name fails fast
+    if args.print_config:
+        return print_config(cfg, sources)
     from graftkit.study import run_study
 
-    cfg = resolve_config(args)
     output = args.output or (
         Path("runs") / f"study-{cfg.dataset}-{cfg.profile or 'default'}" / "reproduction.md"
     )

@@ -26,21 +26,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from graftkit.config import CompressorSettings
+
 if TYPE_CHECKING:
     from torch import nn
 
     from graftkit.config import BridgeConfig
 
-#: the ``bridge`` fields a compressor builder reads
-COMPRESSOR_SETTINGS = (
-    "num_zones",
-    "num_heads",
-    "num_global_layers",
-    "dropout",
-    "position_scale",
-    "query_residual",
-    "slice_norm",
-)
+#: the ``bridge`` fields a compressor builder reads (:class:`graftkit.config.CompressorSettings`)
+COMPRESSOR_SETTINGS = tuple(CompressorSettings.model_fields)
 #: the settings a preset may fix: the compressor's architecture
 ARCHITECTURE_SETTINGS = ("num_zones", "num_heads", "num_global_layers", "slice_norm")
 
@@ -54,15 +48,7 @@ def zone_compressor(dim: int, bridge: BridgeConfig, **module_options: Any) -> nn
     from graftkit.bridge import ZoneCompressor
 
     return ZoneCompressor(
-        dim,
-        num_zones=bridge.num_zones,
-        num_heads=bridge.num_heads,
-        num_global_layers=bridge.num_global_layers,
-        dropout=bridge.dropout,
-        position_scale=bridge.position_scale,
-        query_residual=bridge.query_residual,
-        slice_norm=bridge.slice_norm,
-        **module_options,
+        dim, **bridge.model_dump(include=set(COMPRESSOR_SETTINGS)), **module_options
     )
 
 

@@ -71,6 +71,11 @@ class PriorConfig(Strict):
     batch_size: int = Field(8, gt=0)
     lr: float = Field(3e-3, gt=0)
     seed: int = 0
+    corpus: list[Literal["narrative", "canonical_findings"]] = Field(
+        default_factory=lambda: ["narrative"],
+        min_length=1,
+        description="text kinds of the training split the prior is pretrained on, each text once",
+    )
 
 
 class LoraConfig(Strict):
@@ -109,26 +114,64 @@ class ModelConfig(Strict):
     )
 
 
-class BridgeConfig(Strict):
-    """The bridge: zone compressor, predictor, calibrator, adapters, heads (DESIGN.md)."""
+class CompressorSettings(BaseModel):
+    """Settings of the zone compressor (DESIGN.md, "Zone-constrained cross-attention"), defined
+    once: :class:`graftkit.bridge.ZoneCompressorConfig` extends them with the input width and
+    module-only options, compressor builders (:mod:`graftkit.compressors`) read them from the
+    run's ``bridge`` section, which extends :class:`BridgeSettings`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    num_zones: int = Field(32, gt=0, description="K, the number of zone (visual) tokens")
+    num_heads: int = Field(16, gt=0, description="heads of the zone attention and global layers")
+    num_global_layers: int = Field(1, ge=0, description="TransformerEncoder layers across K tokens")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout of the compressor's layers")
+    position_scale: float = Field(
+        1.0,
+        ge=0,
+        description="β in s + β·PE(z): below 1 when a unit-size PE drowns weak, localised signals",
+    )
+    query_residual: bool = Field(
+        True,
+        description="token k = q_k + attention output (a per-zone offset); False: the output alone",
+    )
+    slice_norm: bool = Field(
+        True,
+        description="LayerNorm each slice before K/V; False keeps a finding's amplitude in the slice",
+    )
+
+
+class BridgeSettings(CompressorSettings):
+    """Settings of the bridge :func:`graftkit.bridge.graft` builds around the compressor
+    (DESIGN.md, "Data flow"), defined once: :class:`graftkit.bridge.GraftConfig` extends them
+    with what a graft learns from its LLM and data, the run's :class:`BridgeConfig` with run-only
+    choices. The defaults are the paper's."""
+
+    predictor_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before the predictor")
+    xattn_layers: list[int] | None = Field(
+        None, description="decoder layers with adapters; None = paper layers mapped by depth"
+    )
+    paper_layers: list[int] = Field(default_factory=lambda: [7, 14, 21])
+    paper_depth: int = Field(28, gt=0, description="depth of the paper's decoder (Llama-3.2-3B)")
+    xattn_heads: int = Field(8, gt=0, description="heads of each cross-attention adapter")
+    jepa_dim: int = Field(256, gt=0, description="width of the JEPA head's output (text space)")
+
+    @field_validator("xattn_layers", "paper_layers")
+    @classmethod
+    def _non_negative(cls, layers: list[int] | None) -> list[int] | None:
+        if layers is not None and any(layer < 0 for layer in layers):
+            raise ValueError(f"layer indices must be >= 0, got {layers}")
+        return layers
+
+
+class BridgeConfig(BridgeSettings):
+    """The run's ``bridge`` section: the bridge's own settings (:class:`BridgeSettings`, handed
+    to the components as they are) plus which compressor to build and the text-space width."""
 
     compressor: str = Field("zone", description="registered compressor name")
     visual_dim: int | None = Field(
         None, gt=0, description="d_v for `plan`; runs read it from the data"
     )
-    num_zones: int = Field(32, gt=0)
-    num_heads: int = Field(16, gt=0)
-    num_global_layers: int = Field(1, ge=0)
-    position_scale: float = Field(1.0, ge=0, description="β in s + β·PE(z) of the compressor")
-    query_residual: bool = Field(True, description="compressor token = query + attention output")
-    slice_norm: bool = Field(True, description="compressor LayerNorms each slice before K/V")
-    dropout: float = Field(0.1, ge=0, lt=1)
-    predictor_dropout: float = Field(0.1, ge=0, lt=1)
-    xattn_layers: list[int] | None = Field(None, description="None = paper layers mapped by depth")
-    paper_layers: list[int] = Field(default_factory=lambda: [7, 14, 21])
-    paper_depth: int = 28
-    xattn_heads: int = Field(8, gt=0)
-    jepa_dim: int = Field(256, gt=0)
     whitening_components: int = Field(256, gt=0)
 
 
@@ -386,8 +429,9 @@ class RunConfig(Strict):
 
     def save(self, path: Path) -> None:
         """Write the resolved config; ``graftkit run --config PATH`` repeats the run from it alone."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False))
+        from graftkit.io import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False))
 
 
 def default_config_path(name: str = "paper") -> Path:
@@ -480,3 +524,61 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise ConfigError(f"config {path} must hold a mapping at the top level")
     return tree
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance: where each setting of a resolved config came from (``--print-config``)
+
+#: what a setting no layer names comes from: the field's default in this module
+DEFAULT_SOURCE = "default"
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves of a config tree as ``{dotted.key: value}``; the phases are entered by number as
+    ``--set`` addresses them (``phases.p1.lr``), another list of mappings with ``[i]``, any other
+    list is one value."""
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    if isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        out = {}
+        stem = prefix.rstrip(".")
+        for i, value in enumerate(tree):
+            out.update(flatten(value, f"{stem}.p{i + 1}." if stem == "phases" else f"{stem}[{i}]."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def build_config_with_sources(
+    dataset: str, base: dict[str, Any], base_source: str, layers: list[tuple[str, dict[str, Any]]]
+) -> tuple[RunConfig, dict[str, str]]:
+    """:func:`build_config` over named layers, later layers winning, and where each setting of
+    the result came from: ``{dotted.key: source}`` for every leaf (:func:`flatten`) of the
+    resolved config. ``base`` is a YAML tree; each layer maps dotted keys to values (a mapping
+    value replaces that whole section). A leaf no layer names has :data:`DEFAULT_SOURCE`.
+    """
+    overrides: dict[str, Any] = {}
+    sources = dict.fromkeys(flatten(base), base_source)
+    for source, values in layers:
+        for key, value in values.items():
+            overrides.pop(key, None)
+            overrides[key] = value
+            for old in [k for k in sources if k == key or k.startswith((f"{key}.", f"{key}["))]:
+                del sources[old]
+            for leaf in flatten(value, f"{key}.") if isinstance(value, dict) else [key]:
+                sources[leaf] = source
+    cfg = build_config(dataset, base, overrides)
+    resolved = flatten(json.loads(cfg.model_dump_json()))
+    return cfg, {key: sources.get(key, DEFAULT_SOURCE) for key in resolved}
+
+
+def format_config(cfg: RunConfig, sources: dict[str, str]) -> str:
+    """Every setting of ``cfg`` once, as ``key: value  # source``, in the config's own order."""
+    rows = [
+        (key, json.dumps(value, default=str), sources.get(key, DEFAULT_SOURCE))
+        for key, value in flatten(json.loads(cfg.model_dump_json())).items()
+    ]
+    width = min(max(len(k) + len(v) for k, v, _ in rows) + 2, 64)
+    return "\n".join(f"{f'{k}: {v}':<{width}}  # {s}" for k, v, s in rows)

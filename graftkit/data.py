@@ -8,8 +8,10 @@ slice embeddings ``[N, d]`` with physical positions ``z_mm[N]``.
 from __future__ import annotations
 
 import random
+import re
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -75,6 +77,22 @@ class GraftDataset(ABC):
     splits: ClassVar[tuple[str, str]] = ("train", "valid")
     #: The profile ``graftkit run NAME`` uses when none is given (the embedded default).
     default_profile: ClassVar[str | None] = None
+    #: Words of the class names that do not name a finding on their own (connectives, and for a
+    #: modality its anatomy, e.g. CT-RATE's "lung" or "artery"): :meth:`finding_words` leaves them
+    #: out. The default holds English connectives only; a dataset adds its domain's words.
+    finding_stopwords: ClassVar[frozenset[str]] = frozenset({"with", "and", "the"})
+
+    @classmethod
+    def finding_words(cls) -> set[str]:
+        """Words that name a finding, for the evaluation's NLL split on finding words vs other
+        words (paper Table X): the lower-cased words of :attr:`class_names` longer than three
+        letters, less :attr:`finding_stopwords`."""
+        words = set()
+        for name in cls.class_names:
+            for word in re.findall(r"[a-z]+", name.lower()):
+                if len(word) > 3 and word not in cls.finding_stopwords:
+                    words.add(word)
+        return words
 
     @classmethod
     def synthesize(cls, output: Path, **options: Any) -> dict[str, Any]:
@@ -148,9 +166,16 @@ class GraftDataset(ABC):
             return f"{volume.findings} {volume.impressions}"
         return volume.findings
 
-    def corpus(self) -> list[str]:
-        """Texts the language prior is pretrained on (the training split's raw reports)."""
-        return [self.narrative_text(v) for v in self.records(self.splits[0])]
+    def corpus(self, kinds: Sequence[str] = ("narrative",)) -> list[str]:
+        """Texts the language prior is pretrained on: for each text kind in ``kinds``
+        (``narrative``: the raw reports; ``canonical_findings``), that text of every training
+        volume. No images and no other split are involved."""
+        texts = {
+            "narrative": self.narrative_text,
+            "canonical_findings": self.canonical_findings_text,
+        }
+        train = self.records(self.splits[0])
+        return [texts[kind](v) for kind in kinds for v in train]
 
     def oracle(self) -> dict[str, Any] | None:
         """The best achievable scores, for cohorts that know their own signal."""

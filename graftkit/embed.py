@@ -1,4 +1,4 @@
-"""The embedding runner behind ``graftkit embed``: volumes → one slice-embedding file per volume.
+"""The embedding runner behind ``graftkit embed``: inputs → one slice-embedding file per input.
 
 DESIGN.md, data flow: an encoder plugin turns each volume into ``S ∈ R^{N×d_v}`` and physical
 positions ``z ∈ R^N``. :func:`run_embed` applies a registered :class:`~graftkit.encoders.Encoder`
@@ -6,6 +6,9 @@ to many inputs and writes ``{stem}.npz`` holding ``embeddings`` (float16, ``[N, 
 ``z_mm`` (float32, ``[N]``): the layout the CT-RATE dataset reads ("Precomputed slice embeddings":
 ``{VolumeName without .nii.gz}`` + ``.npz`` with key ``embeddings``).
 
+- Which inputs a folder holds, and the output name of each, are the encoder's
+  (:meth:`~graftkit.encoders.Encoder.discover_inputs`, :meth:`~graftkit.encoders.Encoder.input_stem`):
+  this module knows no file format.
 - Each file is written to a hidden temporary name and renamed, so an interrupted run never leaves
   a file that looks complete; with ``resume`` a complete output is skipped and a partial or
   corrupt one is redone.
@@ -20,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -29,115 +32,28 @@ from typing import Literal
 import numpy as np
 
 from graftkit.encoders import EncodedVolume, Encoder
+from graftkit.io import atomic_file
 
 log = logging.getLogger(__name__)
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-EMBEDDING_SUFFIXES = (".npz", ".npy")
-InputKind = Literal["nifti", "dicom", "embeddings"]
-DEFAULT_KINDS: tuple[InputKind, ...] = ("nifti", "dicom")
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs
-
-
-def is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
-def is_dicom_file(path: Path) -> bool:
-    """A ``.dcm`` file, or any file with the DICOM Part 10 magic ``DICM`` after its preamble."""
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def volume_stem(path: Path) -> str:
-    """Output name of an input: the file name without ``.nii.gz``/``.nii``/``.npz``/``.npy``/``.dcm``,
-    or the folder name of a DICOM series."""
-    name = path.name
-    for suffix in (*NIFTI_SUFFIXES, *EMBEDDING_SUFFIXES, ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def discover_inputs(
-    dir_or_files: str | Path | Iterable[str | Path], kinds: Iterable[InputKind] = DEFAULT_KINDS
-) -> list[Path]:
-    """Expand files and folders into the inputs of a run, sorted and without duplicates.
-
-    A file named explicitly is taken as is. A folder is searched recursively for NIfTI files
-    (``kinds`` has ``"nifti"``), folders that directly hold DICOM files, each one series
-    (``"dicom"``), and ``.npy``/``.npz`` embedding files (``"embeddings"``, for the
-    ``precomputed`` encoder). Raises ``FileNotFoundError`` naming a path that does not exist.
-    """
-    if isinstance(dir_or_files, (str, Path)):
-        dir_or_files = [dir_or_files]
-    kinds = set(kinds)
-    unknown = kinds - {"nifti", "dicom", "embeddings"}
-    if unknown:
-        raise ValueError(f"unknown input kinds {sorted(unknown)}; known: nifti, dicom, embeddings")
-    found: set[Path] = set()
-    for item in dir_or_files:
-        path = Path(item)
-        if not path.exists():
-            raise FileNotFoundError(f"input {path} does not exist")
-        if path.is_file():
-            found.add(path)
-            continue
-        for folder, dirs, names in os.walk(path):
-            dirs.sort()
-            folder_path = Path(folder)
-            has_dicom = False
-            for name in names:
-                file = folder_path / name
-                if name.startswith("."):
-                    continue
-                if is_nifti(file):
-                    if "nifti" in kinds:
-                        found.add(file)
-                elif name.lower().endswith(EMBEDDING_SUFFIXES):
-                    if "embeddings" in kinds:
-                        found.add(file)
-                elif "dicom" in kinds and not has_dicom and is_dicom_file(file):
-                    has_dicom = True
-            if has_dicom:
-                found.add(folder_path)
-    return sorted(found)
 
 
 # ---------------------------------------------------------------------------------------------
 # Outputs
 
 
-def output_file(output: Path, path: Path) -> Path:
-    return Path(output) / f"{volume_stem(path)}.npz"
+def output_file(output: Path, path: Path, encoder: Encoder | type[Encoder]) -> Path:
+    """Where the embeddings of input ``path`` go: ``output/{encoder.input_stem(path)}.npz``."""
+    return Path(output) / f"{encoder.input_stem(path)}.npz"
 
 
 def write_embeddings(target: Path, encoded: EncodedVolume) -> None:
     """Write ``embeddings`` (float16) and ``z_mm`` (float32) to ``target`` atomically."""
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                embeddings=np.asarray(encoded.embeddings, dtype=np.float16),
-                z_mm=np.asarray(encoded.z_mm, dtype=np.float32),
-            )
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(target, fsync=True) as tmp, open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            embeddings=np.asarray(encoded.embeddings, dtype=np.float16),
+            z_mm=np.asarray(encoded.z_mm, dtype=np.float32),
+        )
 
 
 def read_embeddings(path: Path) -> EncodedVolume:
@@ -261,7 +177,7 @@ def run_embed(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     inputs = [Path(p) for p in inputs][: limit if limit is not None else None]
-    check_unique_outputs(inputs, output)
+    check_unique_outputs(inputs, output, encoder)
     if hasattr(encoder, "batch_size"):
         encoder.batch_size = batch_size
     rank, world = dist_rank_world()
@@ -281,8 +197,8 @@ def run_embed(
 
 
 def _embed_one(encoder: Encoder, path: Path, output: Path, dim: int, resume: bool) -> VolumeResult:
-    target = output_file(output, path)
-    for stale in output.glob(f".{target.name}.tmp*"):
+    target = output_file(output, path, encoder)
+    for stale in output.glob(f".{target.name}.tmp*"):  # left by a killed run (this rank's input)
         stale.unlink(missing_ok=True)
     if resume and is_complete(target, dim):
         return VolumeResult(path.name, "skipped")
@@ -307,11 +223,13 @@ def _embed_one(encoder: Encoder, path: Path, output: Path, dim: int, resume: boo
     )
 
 
-def check_unique_outputs(inputs: list[Path], output: Path) -> None:
+def check_unique_outputs(
+    inputs: list[Path], output: Path, encoder: Encoder | type[Encoder]
+) -> None:
     """Raise ``ValueError`` naming both inputs when two would write the same output file."""
     seen: dict[Path, Path] = {}
     for path in inputs:
-        target = output_file(output, path)
+        target = output_file(output, path, encoder)
         if target in seen:
             raise ValueError(
                 f"inputs {seen[target]} and {path} would both write {target.name}; rename one"

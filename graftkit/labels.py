@@ -29,3 +29,17 @@ class LabelExtractor(ABC):
     def sentence_labels(self, sentence: str) -> set[int]:
         """Classes that one sentence asserts as present (used by positive-findings text builders)."""
         return {int(i) for i in np.flatnonzero(self.extract([sentence])[0])}
+
+
+def evaluation_extractor(eval_config, dataset, name: str | None = None) -> LabelExtractor:
+    """The label extractor an evaluation scores generated text with: ``name`` if given, else
+    ``eval.extractor``, else the dataset's ``default_extractor``; built with
+    ``eval.extractor_options`` (e.g. ``model_dir`` of ``ct_rate-radbert``).
+
+    The one place this choice is made, for the final evaluation, the per-epoch monitor and the
+    study alike.
+    """
+    from graftkit import plugins
+
+    chosen = name or eval_config.extractor or dataset.default_extractor
+    return plugins.get("extractor", chosen)(**eval_config.extractor_options)

@@ -4,14 +4,21 @@ Plugins are found in the ``graftkit`` entry-point group. ``GRAFTKIT_LOAD_PLUGINS
 allow-list (comma-separated entry-point names; set but empty loads none). Every hook receives a
 ``register(name, obj)`` callable; the host checks the type of ``obj`` and refuses duplicate names,
 naming the plugin in the error. ``GRAFTKIT_TRACE_PLUGINS=1`` logs every hook call.
+
+``obj`` may also be a reference ``"package.module:Attribute"``: the name is registered at once and
+the module is imported (and the object type-checked) only when that name is asked for. A plugin
+that registers its dataset this way lets ``graftkit run OTHER`` fail, or ``graftkit plugins``
+list, without importing torch or the dataset's code.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import inspect
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,6 +107,18 @@ def check_pending() -> None:
         raise PluginError(f"plugin {pm.get_name(err.plugin)!r}: {err}") from err
 
 
+#: ``"package.module:Attribute"``: a registration resolved on first use.
+REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def _resolve(reference: str) -> Any:
+    module, _, attr = reference.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 @dataclass
 class Registry:
     """Name -> object for one hook, filled by calling that hook on every plugin."""
@@ -132,37 +151,54 @@ class Registry:
                 f"plugin {plugin!r}: {self.kind} {name!r} is already registered by plugin "
                 f"{self.owners[name]!r}"
             )
+        if not (isinstance(obj, str) and REFERENCE.match(obj)):
+            self._check(name, obj, plugin)
+        self.items[name] = obj
+        self.owners[name] = plugin
+
+    def _check(self, name: str, obj: Any, plugin: str) -> None:
         if not self.check(obj):
             raise PluginError(
                 f"plugin {plugin!r}: {self.kind} {name!r} must be {self.expected}, "
                 f"got {type(obj).__name__}"
             )
-        self.items[name] = obj
-        self.owners[name] = plugin
 
     def get(self, name: str) -> Any:
+        """The object registered as ``name``; a ``"module:Attribute"`` reference is imported and
+        checked here, once."""
         if name not in self.items:
             raise UnknownNameError(self.kind, name, list(self.items))
-        return self.items[name]
+        obj = self.items[name]
+        if isinstance(obj, str) and REFERENCE.match(obj):
+            plugin = self.owners[name]
+            try:
+                obj = _resolve(obj)
+            except (ImportError, AttributeError) as err:
+                raise PluginError(
+                    f"plugin {plugin!r}: {self.kind} {name!r} refers to {self.items[name]!r}, "
+                    f"which cannot be loaded ({type(err).__name__}: {err})"
+                ) from err
+            self._check(name, obj, plugin)
+            self.items[name] = obj
+        return obj
 
     def names(self) -> list[str]:
         return sorted(self.items)
 
 
-def _subclass_of(base: type) -> Callable[[Any], bool]:
-    return lambda obj: inspect.isclass(obj) and issubclass(obj, base)
+def _subclass_of(base: str) -> Callable[[Any], bool]:
+    """A check that ``obj`` subclasses ``base`` (``"module:Class"``, imported when checking, so
+    that collecting names imports no torch)."""
+    return lambda obj: inspect.isclass(obj) and issubclass(obj, _resolve(base))
 
 
 def _registries() -> dict[str, Registry]:
-    from graftkit.config import Profile
-    from graftkit.curriculum.callbacks import Callback
-    from graftkit.data import GraftDataset
-    from graftkit.encoders import Encoder
-    from graftkit.labels import LabelExtractor
-
     return {
         "encoder": Registry(
-            "encoder", "register_encoders", _subclass_of(Encoder), "an Encoder subclass"
+            "encoder",
+            "register_encoders",
+            _subclass_of("graftkit.encoders:Encoder"),
+            "an Encoder subclass",
         ),
         "compressor": Registry(
             "compressor",
@@ -173,22 +209,25 @@ def _registries() -> dict[str, Registry]:
         "extractor": Registry(
             "extractor",
             "register_label_extractors",
-            _subclass_of(LabelExtractor),
+            _subclass_of("graftkit.labels:LabelExtractor"),
             "a LabelExtractor subclass",
         ),
         "dataset": Registry(
-            "dataset", "register_datasets", _subclass_of(GraftDataset), "a GraftDataset subclass"
+            "dataset",
+            "register_datasets",
+            _subclass_of("graftkit.data:GraftDataset"),
+            "a GraftDataset subclass",
         ),
         "profile": Registry(
             "profile",
             "register_profiles",
-            lambda o: isinstance(o, Profile),
+            lambda o: isinstance(o, _resolve("graftkit.config:Profile")),
             "a graftkit.config.Profile",
         ),
         "callback": Registry(
             "callback",
             "register_callbacks",
-            _subclass_of(Callback),
+            _subclass_of("graftkit.curriculum.callbacks:Callback"),
             "a graftkit.curriculum.callbacks.Callback subclass",
         ),
     }

@@ -49,14 +49,19 @@ def _phase3(
 
 
 def _gen_f1(run, skip_decode: bool) -> float:
-    from graftkit.eval.generation import generate_reports, generation_scores, visual_tokens
-    from graftkit.plugins import get
+    from graftkit.eval.generation import (
+        generate_reports,
+        generation_scores,
+        generation_settings,
+        visual_tokens,
+    )
+    from graftkit.labels import evaluation_extractor
 
     volumes = run.valid
     tokens = visual_tokens(
         run.glm, run.dataset, volumes, run.cfg.eval.batch_size, run.cfg.data.max_slices
     )
-    gen = run.cfg.eval.generation.model_dump()
+    gen = generation_settings(run.cfg.eval.generation)
     gen["xattn_on_decode"] = not skip_decode
     texts = generate_reports(
         run.glm,
@@ -67,8 +72,7 @@ def _gen_f1(run, skip_decode: bool) -> float:
         run.cfg.eval.batch_size,
         seed=run.cfg.seed,
     )
-    name = run.cfg.eval.extractor or run.dataset.default_extractor
-    extractor = get("extractor", name)(**run.cfg.eval.extractor_options)
+    extractor = evaluation_extractor(run.cfg.eval, run.dataset)
     return generation_scores(extractor, texts, volumes, run.dataset.class_names)["macro_f1"]
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -40,7 +40,7 @@ from graftkit.bridge.xattn import (
     match_batch,
 )
 from graftkit.bridge.zones import ZoneCompressor, ZoneCompressorConfig
-from graftkit.config import PARAMETER_GROUPS, LoraConfig
+from graftkit.config import PARAMETER_GROUPS, BridgeSettings, CompressorSettings, LoraConfig
 
 __all__ = [
     "BRIDGE_GROUPS",
@@ -81,36 +81,31 @@ def _peft_checkpointing_probe():
         yield
 
 
-class GraftConfig(BaseModel):
-    """Everything :func:`graft` builds; saved as JSON next to the bridge weights."""
+class GraftConfig(BridgeSettings):
+    """Everything :func:`graft` builds; saved as JSON next to the bridge weights.
+
+    The bridge's settings are :class:`~graftkit.config.BridgeSettings` (one definition, shared
+    with a run's ``bridge`` section); this adds what a graft learns from its data and LLM.
+    """
 
     model_config = ConfigDict(extra="forbid", from_attributes=True)
 
     visual_dim: int = Field(gt=0, description="d_v, width of the encoder's slice embeddings")
-    num_zones: int = Field(32, gt=0, description="K, visual tokens per sample")
-    num_heads: int = Field(16, gt=0, description="compressor heads")
-    num_global_layers: int = Field(1, ge=0)
-    compressor_dropout: float = Field(0.1, ge=0, lt=1)
-    predictor_dropout: float = Field(0.1, ge=0, lt=1)
-    xattn_layers: list[int] | None = Field(
-        None, description="decoder layers with adapters; None = paper layers by depth"
-    )
-    paper_layers: list[int] = Field(default_factory=lambda: [7, 14, 21])
-    paper_depth: int = Field(28, gt=0)
-    xattn_heads: int = Field(8, gt=0)
     xattn_dropout: float = Field(0.0, ge=0, lt=1)
     num_classes: int = Field(18, gt=0)
-    jepa_dim: int = Field(256, gt=0)
     jepa_hidden: int | None = Field(None, gt=0, description="JEPA head hidden width; None = d_l")
     lora: LoraSettings | None = Field(default_factory=LoraSettings)
     visual_token: str = VISUAL_TOKEN
 
-    @field_validator("xattn_layers", "paper_layers")
+    @model_validator(mode="before")
     @classmethod
-    def _non_negative(cls, layers: list[int] | None) -> list[int] | None:
-        if layers is not None and any(layer < 0 for layer in layers):
-            raise ValueError(f"layer indices must be >= 0, got {layers}")
-        return layers
+    def _renamed_fields(cls, data: Any) -> Any:
+        # grafts saved before the settings were shared call the compressor's dropout
+        # ``compressor_dropout``; they still load
+        if isinstance(data, dict) and "compressor_dropout" in data:
+            data = dict(data)
+            data.setdefault("dropout", data.pop("compressor_dropout"))
+        return data
 
 
 def resolve_xattn_layers(config: GraftConfig, depth: int) -> list[int]:
@@ -253,11 +248,7 @@ class GraftedLM(nn.Module):
 
         if compressor is None:
             compressor = ZoneCompressor(
-                config.visual_dim,
-                num_zones=config.num_zones,
-                num_heads=config.num_heads,
-                num_global_layers=config.num_global_layers,
-                dropout=config.compressor_dropout,
+                config.visual_dim, **config.model_dump(include=set(CompressorSettings.model_fields))
             )
         self.compressor = compressor
         self.num_visual_tokens = int(getattr(compressor, "num_zones", config.num_zones))

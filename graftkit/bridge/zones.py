@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
+
+from graftkit.config import CompressorSettings
 
 __all__ = [
     "ZoneCompressor",
@@ -85,34 +88,17 @@ def sinusoidal_position_encoding(z: Tensor, dim: int, max_period: float = 10000.
     return pe
 
 
-class ZoneCompressorConfig(BaseModel):
-    """Hyper-parameters of :class:`ZoneCompressor` (paper: d=1024, K=32, 16 heads, 1 global layer)."""
-
-    model_config = ConfigDict(extra="forbid")
+class ZoneCompressorConfig(CompressorSettings):
+    """Hyper-parameters of :class:`ZoneCompressor` (paper: d=1024, K=32, 16 heads, 1 global layer):
+    the compressor settings a run's ``bridge`` section holds (:class:`~graftkit.config.CompressorSettings`,
+    one definition) plus the input width and module-only options."""
 
     dim: int = Field(gt=0, description="slice-embedding width d_v (even)")
-    num_zones: int = Field(32, gt=0, description="K, the number of region tokens")
-    num_heads: int = Field(16, gt=0, description="heads of the zone attention and global layers")
-    num_global_layers: int = Field(1, ge=0, description="TransformerEncoder layers across K tokens")
-    dropout: float = Field(0.0, ge=0, lt=1)
     ff_mult: int = Field(4, gt=0, description="feed-forward width of the global layers, × dim")
     max_period: float = Field(10000.0, gt=1, description="longest PE period in mm (÷ 2π)")
-    position_scale: float = Field(
-        1.0,
-        ge=0,
-        description="β in s + β·PE(z): below 1 when a unit-size PE drowns weak, localised signals",
-    )
     relative_z: bool = Field(
         True,
         description="encode z relative to each volume's first valid slice (scanner origin free)",
-    )
-    query_residual: bool = Field(
-        True,
-        description="token k = q_k + attention output (a per-zone offset); False: the output alone",
-    )
-    slice_norm: bool = Field(
-        True,
-        description="LayerNorm each slice before K/V; False keeps a finding's amplitude in the slice",
     )
 
     @model_validator(mode="after")
@@ -138,34 +124,17 @@ class ZoneCompressor(nn.Module):
     slice) raises a ``ValueError`` naming the batch item.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_zones: int = 32,
-        num_heads: int = 16,
-        num_global_layers: int = 1,
-        dropout: float = 0.0,
-        ff_mult: int = 4,
-        max_period: float = 10000.0,
-        relative_z: bool = True,
-        position_scale: float = 1.0,
-        query_residual: bool = True,
-        slice_norm: bool = True,
-    ) -> None:
+    def __init__(self, dim: int, **options: Any) -> None:
+        """``options``: any field of :class:`ZoneCompressorConfig` (``num_zones``, ``num_heads``,
+        ``dropout``, ``max_period``, ...); the defaults are that config's, defined once."""
         super().__init__()
-        self.config = ZoneCompressorConfig(
-            dim=dim,
-            num_zones=num_zones,
-            num_heads=num_heads,
-            num_global_layers=num_global_layers,
-            dropout=dropout,
-            ff_mult=ff_mult,
-            max_period=max_period,
-            relative_z=relative_z,
-            position_scale=position_scale,
-            query_residual=query_residual,
-            slice_norm=slice_norm,
+        self.config = config = ZoneCompressorConfig(dim=dim, **options)
+        num_zones, num_heads, num_global_layers = (
+            config.num_zones,
+            config.num_heads,
+            config.num_global_layers,
         )
+        dropout, ff_mult, slice_norm = config.dropout, config.ff_mult, config.slice_norm
         self.dim, self.num_zones, self.num_heads = dim, num_zones, num_heads
         self.queries = nn.Parameter(torch.randn(num_zones, dim) * dim**-0.5)
         # Per-dimension standardisation of the frozen encoder's embeddings (identity until

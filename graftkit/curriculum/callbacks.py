@@ -318,17 +318,6 @@ class EarlyStopping(Callback):
         self.best_state = state.get("best_state")
 
 
-#: The engine's own callbacks, registered by the built-in plugin (``graftkit.builtin``).
-BUILTIN_CALLBACKS: tuple[type[Callback], ...] = (
-    InitCompressor,
-    WarmBridge,
-    FreezeLoRA,
-    Recalibrate,
-    LarsProjectorLR,
-    EWCPenalty,
-)
-
-
 def build_callbacks(phase: PhaseConfig, number: int) -> list[Callback]:
     """The phase's declared callbacks, constructed from their options, in declaration order."""
     from graftkit import plugins

@@ -182,11 +182,13 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: boo
         cache = cache_root(cfg) / "prior"
         if accelerator.is_main_process:
             llm_path = build_or_load_prior(
-                dataset.corpus(), cfg.model.prior, cache, progress=progress
+                dataset.corpus(cfg.model.prior.corpus), cfg.model.prior, cache, progress=progress
             )
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
-            llm_path = build_or_load_prior(dataset.corpus(), cfg.model.prior, cache)
+            llm_path = build_or_load_prior(
+                dataset.corpus(cfg.model.prior.corpus), cfg.model.prior, cache
+            )
     llm, tokenizer = load_llm(llm_path, dtype=cfg.model.dtype, device=accelerator.device)
     prior_seconds = round(time.time() - t_prior, 1)
 

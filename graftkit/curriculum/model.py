@@ -6,26 +6,16 @@ from pathlib import Path
 
 from graftkit.bridge import GraftConfig, GraftedLM, graft
 from graftkit.compressors import build_compressor
-from graftkit.config import RunConfig
+from graftkit.config import BridgeSettings, RunConfig
 
 
 def graft_config(cfg: RunConfig, visual_dim: int, num_classes: int, jepa_dim: int) -> GraftConfig:
-    """Map the run's ``bridge``/``model.lora`` sections onto the bridge's own config."""
-    b = cfg.bridge
+    """The bridge's config: the run's ``bridge`` section *is* a :class:`BridgeSettings`, handed
+    over whole; the graft adds the data's width and classes, the text space's width and LoRA."""
+    settings = cfg.bridge.model_dump(include=set(BridgeSettings.model_fields))
+    settings["jepa_dim"] = jepa_dim
     return GraftConfig(
-        visual_dim=visual_dim,
-        num_zones=b.num_zones,
-        num_heads=b.num_heads,
-        num_global_layers=b.num_global_layers,
-        compressor_dropout=b.dropout,
-        predictor_dropout=b.predictor_dropout,
-        xattn_layers=b.xattn_layers,
-        paper_layers=b.paper_layers,
-        paper_depth=b.paper_depth,
-        xattn_heads=b.xattn_heads,
-        num_classes=num_classes,
-        jepa_dim=jepa_dim,
-        lora=cfg.model.lora,
+        **settings, visual_dim=visual_dim, num_classes=num_classes, lora=cfg.model.lora
     )
 
 

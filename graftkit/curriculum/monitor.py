@@ -13,7 +13,14 @@ from typing import Any
 
 from graftkit.curriculum.callbacks import Callback, PhaseContext
 from graftkit.eval.collapse import CollapseMonitor as _Collapse
-from graftkit.eval.generation import ablate, generate_reports, generation_scores, visual_tokens
+from graftkit.eval.generation import (
+    ablate,
+    generate_reports,
+    generation_scores,
+    generation_settings,
+    visual_tokens,
+)
+from graftkit.labels import evaluation_extractor
 
 
 class CollapseMonitor(Callback):
@@ -28,11 +35,8 @@ class CollapseMonitor(Callback):
         self._monitor: _Collapse | None = None
 
     def on_phase_begin(self, ctx: PhaseContext) -> None:
-        from graftkit import plugins
-
         run = ctx.run
-        name = run.cfg.eval.extractor or run.dataset.default_extractor
-        self._extractor = plugins.get("extractor", name)(**run.cfg.eval.extractor_options)
+        self._extractor = evaluation_extractor(run.cfg.eval, run.dataset)
         floor = run.cfg.eval.reliance_floor
         path = run.run_dir / "collapse.jsonl"
         self._monitor = (
@@ -48,9 +52,7 @@ class CollapseMonitor(Callback):
             tokens = visual_tokens(
                 run.glm, run.dataset, subset, run.cfg.eval.batch_size, run.cfg.data.max_slices
             )
-            gen = run.cfg.eval.generation.model_dump()
-            gen.update(do_sample=False, num_beams=1)
-            gen.pop("temperature"), gen.pop("top_p")
+            gen = generation_settings(run.cfg.eval.generation, greedy=True)
             f1 = {}
             for mode in ("real", "zero"):
                 texts = generate_reports(

@@ -23,35 +23,15 @@ from graftkit.eval.generation import (
     ablate,
     generate_reports,
     generation_scores,
+    generation_settings,
     label_matrix,
     label_token_oracle,
     visual_tokens,
     zone_features,
 )
+from graftkit.io import atomic_write_text
+from graftkit.labels import evaluation_extractor
 from graftkit.lm import encode_chat, pad_batch
-
-STOPWORDS = {
-    "with",
-    "and",
-    "the",
-    "wall",
-    "pattern",
-    "material",
-    "medical",
-    "lung",
-    "artery",
-    "pulmonary",
-}
-
-
-def finding_words(class_names: list[str]) -> set[str]:
-    """Words that name a finding (from the class names), for the NLL split of paper Table X."""
-    words = set()
-    for name in class_names:
-        for word in re.findall(r"[a-z]+", name.lower()):
-            if len(word) > 3 and word not in STOPWORDS:
-                words.add(word)
-    return words
 
 
 @torch.inference_mode()
@@ -103,6 +83,21 @@ def split_nll(
 
 
 @torch.inference_mode()
+def occlusion_rise(run, tokens: torch.Tensor, text: str) -> torch.Tensor:
+    """``[K]``: the rise of ``text``'s mean teacher-forced NLL when zone k's visual token is
+    zeroed, for one volume's tokens ``[K, d]`` (positive: the text relied on zone k)."""
+    k = tokens.shape[0]
+    variants = tokens.unsqueeze(0).repeat(k + 1, 1, 1)
+    for z in range(k):
+        variants[z + 1, z] = 0
+    nll = token_nll(
+        run.glm, run.tokenizer, run.dataset.prompt, [text] * (k + 1), variants, batch_size=k + 1
+    )
+    mean = torch.tensor([sum(n for _, n in seq) / max(1, len(seq)) for seq in nll])
+    return mean[1:] - mean[0]
+
+
+@torch.inference_mode()
 def zone_grounding(
     run, volumes: list[Volume], tokens: torch.Tensor, per_class: int = 4
 ) -> dict[str, Any]:
@@ -112,7 +107,7 @@ def zone_grounding(
     ``per_class`` such volumes with all tokens, then with token k zeroed (k = 0 apex .. K-1 base).
     Rows are normalised to sum to 1 over zones (negative rises clipped to 0).
     """
-    dataset, glm, tok = run.dataset, run.glm, run.tokenizer
+    dataset = run.dataset
     k = tokens.shape[1]
     rows = []
     for c, name in enumerate(dataset.class_names):
@@ -122,12 +117,7 @@ def zone_grounding(
         rise = torch.zeros(k)
         for i in idx:
             text = dict(dataset.condition_texts(volumes[i])).get(c, dataset.class_text(c))
-            base = tokens[i].unsqueeze(0).repeat(k + 1, 1, 1)
-            for z in range(k):
-                base[z + 1, z] = 0
-            nll = token_nll(glm, tok, dataset.prompt, [text] * (k + 1), base, batch_size=k + 1)
-            totals = torch.tensor([sum(n for _, n in seq) / max(1, len(seq)) for seq in nll])
-            rise += (totals[1:] - totals[0]).clamp_min(0)
+            rise += occlusion_rise(run, tokens[i], text).clamp_min(0)
         weights = rise / rise.sum() if rise.sum() > 0 else rise
         rows.append({"label": name, "weights": weights.tolist(), "volumes": len(idx)})
     return {
@@ -321,7 +311,6 @@ def evaluate(
     tokens (:func:`~graftkit.eval.generation.label_token_oracle`) instead of the compressor's:
     the decoder's ceiling for this recipe on the same data and text.
     """
-    from graftkit import plugins
     from graftkit.eval.metrics import multilabel_scores, optimise_thresholds
     from graftkit.eval.report import write_report
 
@@ -332,12 +321,10 @@ def evaluate(
     volumes = run.train if split == run.dataset.splits[0] else run.valid
     volumes = volumes[: (limit or cfg.limit or len(volumes))]
     ablations = cfg.ablations if ablations is None else ablations
+    extractor = evaluation_extractor(cfg, run.dataset, extractor_name)
     name = extractor_name or cfg.extractor or run.dataset.default_extractor
-    extractor = plugins.get("extractor", name)(**cfg.extractor_options)
     classes = run.dataset.class_names
-    gen = cfg.generation.model_dump()
-    if not gen["do_sample"]:
-        gen.pop("temperature"), gen.pop("top_p")
+    gen = generation_settings(cfg.generation)
 
     if token_source not in ("real", "oracle"):
         raise ValueError(f"unknown token source {token_source!r}; choose 'real' or 'oracle'")
@@ -427,7 +414,7 @@ def evaluate(
         metrics["ablation"]["zero_drop"] = (
             (real - scores["zero"]["macro_f1"]) / real if real > 0 else 0.0
         )
-        words = finding_words(classes)
+        words = run.dataset.finding_words()
         kind = run.cfg.phases.get(max(_phases_run(run) or [3])).text
         responses = [
             response_text(run.dataset, v, kind, sample_rng(run.cfg.seed, 0, i))
@@ -446,26 +433,27 @@ def evaluate(
         metrics["probe"] = linear_probes(run, volumes)
         grounding = zone_grounding(run, volumes, tokens)
         if run.main:
-            (out / "grounding.json").write_text(json.dumps(grounding, indent=2))
+            atomic_write_text(out / "grounding.json", json.dumps(grounding, indent=2))
     if run.main:
-        with (out / "generations.jsonl").open("w") as fh:
-            predicted = extractor.extract(texts["real"])
-            for i, v in enumerate(volumes):
-                row = {
-                    "name": v.name,
-                    "generated": texts["real"][i],
-                    "reference": references[i],
-                    "labels": [classes[c] for c in np.flatnonzero(truth[i])],
-                    "predicted": [classes[c] for c in np.flatnonzero(predicted[i])],
-                }
-                if ablations:
-                    row["generated_zero"] = texts["zero"][i]
-                fh.write(json.dumps(row) + "\n")
+        predicted = extractor.extract(texts["real"])
+        rows = []
+        for i, v in enumerate(volumes):
+            row = {
+                "name": v.name,
+                "generated": texts["real"][i],
+                "reference": references[i],
+                "labels": [classes[c] for c in np.flatnonzero(truth[i])],
+                "predicted": [classes[c] for c in np.flatnonzero(predicted[i])],
+            }
+            if ablations:
+                row["generated_zero"] = texts["zero"][i]
+            rows.append(json.dumps(row) + "\n")
+        atomic_write_text(out / "generations.jsonl", "".join(rows))
         if out == Path(run.run_dir):
             run.update_metrics(metrics)
         else:
             fresh = {"data": run.summary.get("data", {}), **metrics}
-            (out / "metrics.json").write_text(json.dumps(fresh, indent=2))
+            atomic_write_text(out / "metrics.json", json.dumps(fresh, indent=2))
         write_report(out)
     return metrics
 

@@ -10,7 +10,7 @@ import re
 
 import torch
 
-from graftkit.eval.evaluate import token_nll
+from graftkit.eval.evaluate import occlusion_rise
 
 
 def sentences(text: str) -> list[str]:
@@ -22,21 +22,7 @@ def explain_sentences(
     run, tokens: torch.Tensor, text: str, top: int = 3
 ) -> list[tuple[str, list[int]]]:
     """``[(sentence, [zone indices, most relied-on first])]`` for one volume's tokens ``[K, d]``."""
-    k = tokens.shape[0]
-    variants = tokens.unsqueeze(0).repeat(k + 1, 1, 1)
-    for z in range(k):
-        variants[z + 1, z] = 0
-    out = []
-    for sentence in sentences(text):
-        nll = token_nll(
-            run.glm,
-            run.tokenizer,
-            run.dataset.prompt,
-            [sentence] * (k + 1),
-            variants,
-            batch_size=k + 1,
-        )
-        mean = torch.tensor([sum(n for _, n in seq) / max(1, len(seq)) for seq in nll])
-        rise = mean[1:] - mean[0]
-        out.append((sentence, rise.argsort(descending=True)[:top].tolist()))
-    return out
+    return [
+        (sentence, occlusion_rise(run, tokens, sentence).argsort(descending=True)[:top].tolist())
+        for sentence in sentences(text)
+    ]

@@ -103,6 +103,21 @@ def ablate(tokens: torch.Tensor, mode: str, seed: int = 0) -> torch.Tensor:
     raise ValueError(f"unknown ablation {mode!r}; choose from {ABLATIONS}")
 
 
+def generation_settings(generation: Any, greedy: bool = False) -> dict[str, Any]:
+    """``generate`` keyword arguments from the ``eval.generation`` config section.
+
+    ``greedy`` decodes greedily (no sampling, one beam) whatever the config says. Without sampling
+    ``temperature`` and ``top_p`` are left out, so transformers does not warn that they are unused.
+    """
+    gen = generation.model_dump() if hasattr(generation, "model_dump") else dict(generation)
+    if greedy:
+        gen.update(do_sample=False, num_beams=1)
+    if not gen.get("do_sample", True):
+        gen.pop("temperature", None)
+        gen.pop("top_p", None)
+    return gen
+
+
 @torch.inference_mode()
 def generate_reports(
     glm,

@@ -235,6 +235,61 @@ def test_unknown_dataset_is_one_line_and_exit_code_2():
     assert len(lines) == 1 and "ct_rate" in lines[0] and "no-such-dataset" in lines[0]
 
 
+#: Modules the fast paths must not import: torch, and the plugins' dataset/encoder/extractor code.
+HEAVY = ("torch", "sklearn", "pandas", "graftkit_ct_rate.dataset", "graftkit_encoders.lejepa",
+         "graftkit_digits.dataset", "graftkit.data")  # fmt: skip
+
+LOADED = """
+import sys
+from graftkit.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("LOADED", *[m for m in {heavy!r} if m in sys.modules])
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["run", "no-such-dataset"],
+        ["plan", "no-such-dataset"],
+        ["plugins", "--json"],
+    ],
+)
+def test_help_and_name_errors_import_no_torch_nor_plugin_code(argv):
+    """Issue 17 item 5: help, an unknown dataset and the plugin listing read names only (plugins
+    register by ``"module:Class"`` reference), so they take well under a second, not ~5 s."""
+    out = subprocess.run(
+        [sys.executable, "-c", LOADED.format(heavy=HEAVY), *argv],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    loaded = out.stdout.rsplit("LOADED", 1)[1].split()
+    assert loaded == [], f"graftkit {' '.join(argv)} imported {loaded}"
+
+
+def test_a_reference_is_resolved_and_checked_on_first_use():
+    class Lazy:
+        @hookimpl
+        def register_label_extractors(self, register):
+            register("lazy-rules", "graftkit_ct_rate.labels.rules:CTRateRulesExtractor")
+            register("lazy-missing", "graftkit_ct_rate.no_such_module:Thing")
+            register("lazy-wrong", "graftkit.config:RunConfig")
+
+    with _Registered(Lazy(), "lazy-plugin"):
+        reg = plugins.registry("extractor")
+        assert reg.items["lazy-rules"] == "graftkit_ct_rate.labels.rules:CTRateRulesExtractor"
+        from graftkit_ct_rate.labels.rules import CTRateRulesExtractor
+
+        assert reg.get("lazy-rules") is CTRateRulesExtractor
+        with pytest.raises(plugins.PluginError, match=r"lazy-plugin.*lazy-missing.*cannot be"):
+            reg.get("lazy-missing")
+        with pytest.raises(plugins.PluginError, match=r"lazy-plugin.*LabelExtractor subclass"):
+            reg.get("lazy-wrong")
+
+
 def test_help_lists_every_verb():
     out = _cli("--help")
     for verb in ("run", "eval", "generate", "embed", "label", "plan", "synth", "study", "plugins"):

@@ -52,6 +52,28 @@ def tokenizer():
     return train_tokenizer(corpus, vocab_size=320, min_frequency=1)
 
 
+def test_prior_corpus_holds_each_requested_text_kind_of_the_training_split():
+    class _Split(_Texts):
+        splits = ("train", "valid")
+
+        def records(self, split):
+            if split != "train":
+                raise AssertionError("the prior must see the training split only")
+            return [
+                Volume("a", "train", np.asarray([1, 0, 1]), "Alpha and gamma seen."),
+                Volume("b", "train", np.asarray([0, 0, 0]), "Clear."),
+            ]
+
+    data = _Split(None, workdir=".")
+    assert data.corpus() == ["Alpha and gamma seen.", "Clear."]
+    assert data.corpus(["narrative", "canonical_findings"]) == [
+        "Alpha and gamma seen.",
+        "Clear.",
+        "Alpha. Gamma ray.",
+        "Nothing found.",
+    ]
+
+
 def test_canonical_text_names_positive_classes_in_class_order(dataset):
     assert dataset.canonical_findings_text(_volume([0, 1, 1])) == "Beta. Gamma ray."
     assert dataset.canonical_findings_text(_volume([1, 0, 0])) == "Alpha."

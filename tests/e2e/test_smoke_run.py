@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import time
@@ -184,3 +185,48 @@ def test_eval_with_label_token_oracle_writes_its_own_folder(smoke_run, e2e_cache
     assert metrics["eval"]["tokens"] == "label-token oracle"
     assert 0.0 <= metrics["eval"]["macro_f1"] <= 1.0
     assert (smoke_run / "metrics.json").read_text() == own
+
+
+def test_eval_cli_scores_the_volumes_it_was_asked_for(smoke_run, e2e_cache):
+    """``graftkit eval RUN --limit 3 --split train --no-ablations``: a folder of its own holding
+    metrics on exactly those three training volumes, their generations and a report; the run's
+    own evaluation is left as it was."""
+    own = (smoke_run / "metrics.json").read_text()
+    out = run_graftkit(
+        e2e_cache, "eval", str(smoke_run), "--limit", "3", "--split", "train", "--no-ablations"
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = smoke_run / "eval" / "train-limit3-no-ablations"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    e = metrics["eval"]
+    assert (e["split"], e["volumes"], e["extractor"]) == ("train", 3, "ct_rate-rules")
+    assert 0.0 <= e["macro_f1"] <= 1.0 and "ablation" not in metrics
+    rows = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    assert "graftkit run report" in (folder / "report.html").read_text()
+    assert (smoke_run / "metrics.json").read_text() == own
+    again = run_graftkit(
+        e2e_cache, "eval", str(smoke_run), "--limit", "3", "--split", "train", "--no-ablations"
+    )
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_generate_cli_explains_each_sentence_by_zones(smoke_run, e2e_cache, tmp_path):
+    """``graftkit generate RUN --embeddings F --greedy --explain``: a report, then per sentence the
+    zones (1..K) it relied on most, by occlusion."""
+    import numpy as np
+    import yaml
+
+    config = yaml.safe_load((smoke_run / "config.yaml").read_text())
+    zones, dim = config["bridge"]["num_zones"], config["data"]["synth"]["dim"]
+    np.save(tmp_path / "case.npy", np.random.default_rng(0).normal(size=(20, dim)).astype("f4"))
+    args = ("generate", str(smoke_run), "--embeddings", str(tmp_path / "case.npy"))
+    out = run_graftkit(e2e_cache, *args, "--greedy", "--explain")
+    assert out.returncode == 0, out.stderr[-3000:]
+    explained = re.findall(r"zones \(1 = first \.\. (\d+) = last along z\): ([\d, ]+)", out.stdout)
+    assert explained, out.stdout
+    for k, listed in explained:
+        picked = [int(z) for z in listed.split(",")]
+        assert int(k) == zones and len(set(picked)) == len(picked) == min(3, zones)
+        assert all(1 <= z <= zones for z in picked)
+    assert run_graftkit(e2e_cache, *args, "--greedy").stdout == out.stdout.split("\n- ")[0] + "\n"

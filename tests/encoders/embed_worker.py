@@ -5,7 +5,7 @@ from pathlib import Path
 
 from graftkit_encoders.precomputed import PrecomputedEncoder
 
-from graftkit.embed import discover_inputs, dist_rank_world, run_embed
+from graftkit.embed import dist_rank_world, run_embed
 
 
 class RecordingEncoder(PrecomputedEncoder):
@@ -18,7 +18,7 @@ class RecordingEncoder(PrecomputedEncoder):
 
 TMP = Path(sys.argv[1])
 summary = run_embed(
-    RecordingEncoder(expected_dim=8), discover_inputs(TMP / "in", kinds=["embeddings"]), TMP / "out"
+    RecordingEncoder(expected_dim=8), RecordingEncoder.discover_inputs(TMP / "in"), TMP / "out"
 )
 rank, _ = dist_rank_world()
 (TMP / f"summary.{rank}").write_text(

@@ -12,13 +12,8 @@ import numpy as np
 import pytest
 from graftkit_encoders.precomputed import PrecomputedEncoder
 
-from graftkit.embed import (
-    discover_inputs,
-    is_complete,
-    read_embeddings,
-    run_embed,
-    volume_stem,
-)
+from graftkit.embed import is_complete, read_embeddings, run_embed
+from graftkit.encoders import EncodedVolume, Encoder
 
 from .conftest import TINY, ct_phantom, ct_small, write_dicom_series, write_nifti
 
@@ -47,7 +42,11 @@ def make_embedding_inputs(folder: Path, n: int, dim: int = 8) -> list[Path]:
     return paths
 
 
-def test_discover_inputs(tmp_path):
+def test_ct_encoder_discovers_nifti_and_dicom_series(tmp_path):
+    """``lejepa-ct`` owns its input discovery: NIfTI files and DICOM series folders (a file with
+    no extension found by its magic), hidden files and other files left out unless named."""
+    from graftkit_encoders.lejepa import LeJepaCTEncoder
+
     (tmp_path / "nii" / "sub").mkdir(parents=True)
     for name in (
         "nii/a.nii.gz",
@@ -61,7 +60,9 @@ def test_discover_inputs(tmp_path):
     series2 = tmp_path / "dcm" / "patient1" / "series_2"
     series2.mkdir()
     ct_small().save_as(str(series2 / "IM0001"))  # no extension: found by the DICM magic
-    found = discover_inputs([tmp_path / "nii", tmp_path / "dcm", tmp_path / "nii" / "notes.txt"])
+    found = LeJepaCTEncoder.discover_inputs(
+        [tmp_path / "nii", tmp_path / "dcm", tmp_path / "nii" / "notes.txt"]
+    )
     rel = [p.relative_to(tmp_path).as_posix() for p in found]
     assert rel == [
         "dcm/patient1/series_1",
@@ -70,10 +71,47 @@ def test_discover_inputs(tmp_path):
         "nii/notes.txt",
         "nii/sub/b.nii",
     ]
-    assert [p.name for p in discover_inputs(tmp_path / "nii", kinds=["embeddings"])] == ["e.npy"]
-    assert [volume_stem(p) for p in found] == ["series_1", "series_2", "a", "notes.txt", "b"]
+    assert [p.name for p in PrecomputedEncoder.discover_inputs(tmp_path / "nii")] == ["e.npy"]
+    assert [LeJepaCTEncoder.input_stem(p) for p in found] == [
+        "series_1",
+        "series_2",
+        "a",
+        "notes.txt",
+        "b",
+    ]
     with pytest.raises(FileNotFoundError, match="missing"):
-        discover_inputs(tmp_path / "missing")
+        LeJepaCTEncoder.discover_inputs(tmp_path / "missing")
+
+
+class WaveEncoder(Encoder):
+    """A non-CT encoder written to the base class alone: ``.wav`` files, one "slice" per byte."""
+
+    name = "wave"
+    dim = 2
+    input_suffixes = (".wav",)
+
+    def encode(self, path):
+        data = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8).astype(np.float32)
+        return EncodedVolume(
+            np.stack([data, -data], axis=1), np.arange(len(data), dtype=np.float32)
+        )
+
+
+def test_a_non_ct_encoder_gets_its_own_inputs_with_no_ct_setting(tmp_path):
+    """The core's discovery is the encoder's suffixes: a ``.wav`` encoder finds its files (not a
+    NIfTI or DICOM file beside them) and names its outputs after them, with nothing to turn off."""
+    (tmp_path / "in" / "deep").mkdir(parents=True)
+    (tmp_path / "in" / "a.wav").write_bytes(bytes([1, 2, 3]))
+    (tmp_path / "in" / "deep" / "b.WAV").write_bytes(bytes([4, 5]))
+    (tmp_path / "in" / "c.nii.gz").write_bytes(b"")
+    write_dicom_series(tmp_path / "in" / "series", n=2)
+    inputs = WaveEncoder.discover_inputs(tmp_path / "in")
+    assert [p.relative_to(tmp_path / "in").as_posix() for p in inputs] == ["a.wav", "deep/b.WAV"]
+    summary = run_embed(WaveEncoder(), inputs, tmp_path / "out")
+    assert summary.exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.npz", "b.npz"]
+    assert read_embeddings(tmp_path / "out" / "b.npz").embeddings.tolist() == [[4, -4], [5, -5]]
+    assert "ending .wav" in WaveEncoder.describe_inputs()
 
 
 def test_run_writes_float16_npz_and_resumes(tmp_path):
@@ -135,7 +173,7 @@ def test_lejepa_run_reports_bad_volumes_by_name(tmp_path, tiny_options):
     write_dicom_series(tmp_path / "in" / "good", n=3)
     write_dicom_series(tmp_path / "in" / "lonely", n=1)
     (tmp_path / "in" / "broken.nii.gz").write_bytes(b"not a nifti")
-    inputs = discover_inputs(tmp_path / "in")
+    inputs = LeJepaCTEncoder.discover_inputs(tmp_path / "in")
     summary = run_embed(LeJepaCTEncoder(**tiny_options), inputs, tmp_path / "out", batch_size=2)
     assert summary.ok == ["good"]
     assert [name for name, _ in summary.failed] == ["broken.nii.gz", "lonely"]
@@ -224,3 +262,24 @@ def test_two_processes_embed_every_volume_exactly_once(tmp_path):
         ok, failed = (tmp_path / f"summary.{r}").read_text().split("|")
         assert sorted(ok.split()) == sorted(p.name for p in inputs) and failed == "valid_7_a_1.npy"
     assert sorted(os.listdir(tmp_path / "out")) == [f"valid_{i}_a_1.npz" for i in range(7)]
+
+
+def test_cli_says_what_the_encoder_looks_for_when_a_folder_holds_none(tmp_path, capsys):
+    """``graftkit embed`` takes its inputs from the encoder: a folder of CT volumes holds nothing
+    for ``precomputed``, and the one-line error names what that encoder reads."""
+    from graftkit.cli import main
+
+    (tmp_path / "in").mkdir()
+    write_nifti(tmp_path / "in" / "valid_1_a_1.nii.gz", ct_phantom(3, seed=1))
+    argv = [
+        "embed",
+        "precomputed",
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("no inputs of encoder precomputed found (files ending .npy, .npz)"), err
+    assert not (tmp_path / "o").exists()

@@ -43,7 +43,7 @@ def test_dicom_series_sorted_by_position_and_rescaled(tmp_path):
 
 def test_dicom_without_rescale_is_refused_with_flag(tmp_path):
     folder, _ = write_dicom_series(tmp_path / "series", n=3)
-    with pytest.raises(VolumeError, match=r"^series: .*raw stored values.*--rescale"):
+    with pytest.raises(VolumeError, match=r"^series: .*raw stored values.*--option rescale=true"):
         read_volume(folder, rescale=False)
     vol = read_volume(folder, rescale=False, check=False)
     assert air_level(vol.hu) > 0
@@ -51,25 +51,26 @@ def test_dicom_without_rescale_is_refused_with_flag(tmp_path):
 
 def test_dicom_already_hu_rescaled_twice_is_refused(tmp_path):
     """Pixels that already hold HU, with the usual -1024 intercept still in the header: the
-    second rescale puts air near -2000 and the reader says to use --no-rescale."""
+    second rescale puts air near -2000 and the reader says to use --option rescale=false."""
     hu = np.round(ct_phantom(n=3, rows=128, cols=128))
     folder, _ = write_dicom_series(tmp_path / "fixed", n=3, pixels=hu)
     with pytest.raises(
-        VolumeError, match=r"^fixed: air level -20\d\d HU.*rescaled a second time.*--no-rescale"
+        VolumeError,
+        match=r"^fixed: air level -20\d\d HU.*rescaled a second time.*--option rescale=false",
     ):
         read_volume(folder)
     np.testing.assert_array_equal(read_volume(folder, rescale=False).hu, hu)
 
 
 def test_nifti_double_rescale_and_raw(tmp_path):
-    """CT-RATE's fixed release is HU: --rescale on it is refused; raw stored values are refused
-    without --rescale and accepted with it (slope 1, intercept -1024, the metadata's values)."""
+    """CT-RATE's fixed release is HU: rescale=true on it is refused; raw stored values are refused
+    without rescale=true and accepted with it (slope 1, intercept -1024, the metadata's values)."""
     hu = np.round(ct_phantom(n=3))
     fixed = write_nifti(tmp_path / "valid_1_a_1.nii.gz", hu)
     raw = write_nifti(tmp_path / "valid_2_a_1.nii.gz", hu + 1024)
-    with pytest.raises(VolumeError, match=r"^valid_1_a_1\.nii\.gz: .*--no-rescale"):
+    with pytest.raises(VolumeError, match=r"^valid_1_a_1\.nii\.gz: .*--option rescale=false"):
         read_volume(fixed, rescale=True)
-    with pytest.raises(VolumeError, match=r"^valid_2_a_1\.nii\.gz: .*--rescale"):
+    with pytest.raises(VolumeError, match=r"^valid_2_a_1\.nii\.gz: .*--option rescale=true"):
         read_volume(raw)
     np.testing.assert_array_equal(read_volume(raw, rescale=True).hu, hu)
     np.testing.assert_array_equal(read_volume(fixed).hu, hu)

@@ -9,25 +9,21 @@ from graftkit.hookspecs import hookimpl
 __version__ = "0.1.0"
 
 
+# "module:Class" references: graftkit imports a module only when its name is asked for, so
+# `graftkit plugins` or a run of another dataset never loads torch or scikit-learn for digits.
 @hookimpl
 def register_datasets(register):
-    from graftkit_digits.dataset import DigitsDataset
-
-    register("digits", DigitsDataset)
+    register("digits", "graftkit_digits.dataset:DigitsDataset")
 
 
 @hookimpl
 def register_encoders(register):
-    from graftkit_digits.encoder import DigitRowEncoder
-
-    register("digits-rows", DigitRowEncoder)
+    register("digits-rows", "graftkit_digits.encoder:DigitRowEncoder")
 
 
 @hookimpl
 def register_label_extractors(register):
-    from graftkit_digits.text import DigitsRulesExtractor
-
-    register("digits-rules", DigitsRulesExtractor)
+    register("digits-rules", "graftkit_digits.text:DigitsRulesExtractor")
 
 
 @hookimpl

@@ -147,7 +147,7 @@ class DigitRowEncoder(Encoder):
         "8x8 grey image, pixels 0..16 (sklearn load_digits), rows top to bottom"
     )
     weights_source: ClassVar[str] = "trained by the digits dataset on its training images"
-    input_kinds: ClassVar[tuple[str, ...]] = ("embeddings",)  # the .npy files graftkit finds
+    input_suffixes: ClassVar[tuple[str, ...]] = (".npy",)  # one 8x8 image per file
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", **options):
         super().__init__(weights, device, **options)

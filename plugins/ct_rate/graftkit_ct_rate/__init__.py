@@ -7,20 +7,17 @@ from graftkit.hookspecs import hookimpl
 __version__ = "0.1.0"
 
 
+# Registered by reference ("module:Class"): a module is imported when its name is used, so
+# listing plugins or naming another dataset loads no torch or pandas.
 @hookimpl
 def register_datasets(register):
-    from graftkit_ct_rate.dataset import CTRateDataset
-
-    register("ct_rate", CTRateDataset)
+    register("ct_rate", "graftkit_ct_rate.dataset:CTRateDataset")
 
 
 @hookimpl
 def register_label_extractors(register):
-    from graftkit_ct_rate.labels.radbert import RadBertExtractor
-    from graftkit_ct_rate.labels.rules import CTRateRulesExtractor
-
-    register("ct_rate-rules", CTRateRulesExtractor)
-    register("ct_rate-radbert", RadBertExtractor)
+    register("ct_rate-rules", "graftkit_ct_rate.labels.rules:CTRateRulesExtractor")
+    register("ct_rate-radbert", "graftkit_ct_rate.labels.radbert:RadBertExtractor")
 
 
 @hookimpl

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 import warnings
 from collections import Counter
 from pathlib import Path, PurePosixPath
@@ -44,7 +42,7 @@ import pandas as pd
 import torch
 
 from graftkit.data import DataError, GraftDataset, Volume
-from graftkit.io import decode_utf8
+from graftkit.io import atomic_write_text, decode_utf8
 from graftkit_ct_rate import layout
 from graftkit_ct_rate.classes import CLASSES
 from graftkit_ct_rate.embeddings import (
@@ -94,6 +92,17 @@ class CTRateDataset(GraftDataset):
     default_extractor: ClassVar[str] = "ct_rate-rules"
     splits: ClassVar[tuple[str, str]] = layout.SPLITS
     default_profile: ClassVar[str | None] = "tiny"
+    #: Anatomy and generic words of the 18 class names ("Pulmonary fibrotic sequela", "Medical
+    #: material", ...): the NLL split counts "fibrotic", "sequela", not "pulmonary".
+    finding_stopwords: ClassVar[frozenset[str]] = GraftDataset.finding_stopwords | {
+        "wall",
+        "pattern",
+        "material",
+        "medical",
+        "lung",
+        "artery",
+        "pulmonary",
+    }
 
     @classmethod
     def synthesize(cls, output: Path, **options: Any) -> dict[str, Any]:
@@ -136,15 +145,12 @@ class CTRateDataset(GraftDataset):
         cache = Path(self.config.cache_dir or self.workdir)
         target = cache / f"ct_rate_synth_{digest}"
         if not (target / layout.ORACLE_FILE).exists():
-            staging = cache / f".ct_rate_synth_{digest}.{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            synth.synthesize(staging, progress=progress, **options.model_dump())
-            try:
-                os.replace(staging, target)  # atomic: a cohort folder is complete or absent
-            except OSError:
+            try:  # synthesize writes through graftkit.io.atomic_dir: complete or absent
+                synth.synthesize(target, progress=progress, **options.model_dump())
+            except FileExistsError:
                 if not (target / layout.ORACLE_FILE).exists():
                     raise
-                shutil.rmtree(staging, ignore_errors=True)  # another process finished first
+                # another process finished the same cohort first
         self.root = target
 
     def _root(self) -> Path:
@@ -571,8 +577,5 @@ class _ScanCache:
     def save(self) -> None:
         if not self.dirty:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(self.entries))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.entries))
         self.dirty = False

@@ -1,8 +1,8 @@
 """graftkit's encoder plugin: ``lejepa-ct`` (LeJEPA / DALE-CT slice ViT on NIfTI and DICOM CT) and
 ``precomputed`` (existing embedding files), registered exactly as a third-party plugin would.
 
-Heavy imports (torch, transformers, pydicom) are deferred to the encoder modules, so listing
-plugins stays fast.
+The encoders are registered by reference (``"module:Class"``): their modules, and torch,
+transformers and pydicom with them, are imported only when an encoder is used.
 """
 
 from __future__ import annotations
@@ -14,8 +14,5 @@ __version__ = "0.1.0"
 
 @hookimpl
 def register_encoders(register):
-    from graftkit_encoders.lejepa import LeJepaCTEncoder
-    from graftkit_encoders.precomputed import PrecomputedEncoder
-
-    register(LeJepaCTEncoder.name, LeJepaCTEncoder)
-    register(PrecomputedEncoder.name, PrecomputedEncoder)
+    register("lejepa-ct", "graftkit_encoders.lejepa:LeJepaCTEncoder")
+    register("precomputed", "graftkit_encoders.precomputed:PrecomputedEncoder")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from graftkit.encoders import EncodedVolume, Encoder
-from graftkit_encoders.readers import CTVolume, VolumeError, read_volume
+from graftkit_encoders.readers import CTVolume, VolumeError, discover_ct_inputs, read_volume
 
 
 class LeJepaCTConfig(BaseModel):
@@ -156,7 +156,13 @@ class LeJepaCTEncoder(Encoder):
     weights_source = (
         "local safetensors file (--weights), timm vit_large_patch14_dinov2 layout, in_chans=1"
     )
-    input_kinds = ("nifti", "dicom")
+    input_suffixes = (".nii.gz", ".nii", ".dcm")
+    input_description = "NIfTI files (.nii, .nii.gz) or DICOM series folders"
+
+    @classmethod
+    def discover_inputs(cls, dir_or_files) -> list[Path]:
+        """NIfTI files and DICOM series folders (:func:`graftkit_encoders.readers.discover_ct_inputs`)."""
+        return discover_ct_inputs(dir_or_files)
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", **options):
         super().__init__(weights=weights, device=device, **options)

@@ -36,7 +36,7 @@ class PrecomputedEncoder(Encoder):
     dim = 0
     preprocessing = "none: the files already hold per-slice embeddings"
     weights_source = "none"
-    input_kinds = ("embeddings",)
+    input_suffixes = (".npy", ".npz")
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", **options):
         super().__init__(weights=weights, device=device, **options)

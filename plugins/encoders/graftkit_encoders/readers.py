@@ -6,25 +6,66 @@ inferior to superior, their physical positions ``z_mm[N]`` (DESIGN.md, data flow
 convention of DICOM axial images: rows run anterior → posterior and columns run from the
 patient's right to the patient's left, whichever format they came from.
 
+Input discovery (:func:`discover_ct_inputs`: NIfTI files and DICOM series folders) and the reader
+options (``rescale``, ``rescale_slope``, ``rescale_intercept``, ``check_hu``: encoder options,
+``graftkit embed lejepa-ct --option rescale=false``) belong to this plugin, not to the core.
+
 HU sanity (DESIGN.md, "CT-RATE, as its own files lay it out"): the CT-RATE "fixed" release is
 already in HU, and applying the metadata's RescaleSlope/Intercept again is a known bug. The air
 level of a volume (1st percentile of its voxels, constant padding excluded) is about -1000 HU in
 a CT in HU, about -2048 after a second rescale and about 0 for raw stored values;
-:func:`check_hu` refuses the last two and names the flag that fixes them.
+:func:`check_hu` refuses the last two and names the option that fixes them.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from graftkit.embed import is_dicom_file, is_nifti
+from graftkit.encoders import find_inputs
 
 AIR_HU_RANGE = (-1250.0, -700.0)
 """Plausible air level (HU) of a CT volume: air is -1000 HU, lung and noise lift the percentile."""
+
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A ``.dcm`` file, or any file with the DICOM Part 10 magic ``DICM`` after its preamble."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def discover_ct_inputs(dir_or_files: str | Path | Iterable[str | Path]) -> list[Path]:
+    """The CT volumes under files and folders, sorted and without duplicates.
+
+    A path named explicitly is taken as is. A folder is searched recursively for NIfTI files and
+    for folders that directly hold DICOM files (each such folder one series; a DICOM file without
+    the ``.dcm`` suffix is recognised by its magic). Raises ``FileNotFoundError`` naming a path
+    that does not exist.
+    """
+
+    def select(folder: Path, names: list[str]) -> list[Path]:
+        files = [folder / name for name in names]
+        series = [folder] if any(is_dicom_file(f) for f in files if not is_nifti(f)) else []
+        return [f for f in files if is_nifti(f)] + series
+
+    return find_inputs(dir_or_files, select)
 
 
 class VolumeError(ValueError):
@@ -228,18 +269,19 @@ def check_hu(hu: np.ndarray, path: str | Path, rescaled: bool) -> None:
         raise VolumeError(
             path,
             f"{span}: the data looks already in HU and rescaled a second time "
-            "(CT-RATE's fixed release is already HU); use --no-rescale",
+            "(CT-RATE's fixed release is already HU); use --option rescale=false",
         )
     if air > hi and not rescaled:
         raise VolumeError(
             path,
-            f"{span}: the data looks like raw stored values, not HU; use --rescale "
-            "(NIfTI: with --rescale-slope/--rescale-intercept from the metadata), "
-            "or this is not a CT volume",
+            f"{span}: the data looks like raw stored values, not HU; use --option rescale=true "
+            "(NIfTI: with --option rescale_slope=S --option rescale_intercept=I from the "
+            "metadata), or this is not a CT volume",
         )
     raise VolumeError(
         path,
-        f"{span}: implausible for CT; check the modality and the rescale flags (--rescale / --no-rescale)",
+        f"{span}: implausible for CT; check the modality and the encoder option rescale "
+        "(--option rescale=true / false)",
     )
 
 
