@@ -13,7 +13,9 @@ different code. This writer shares nothing with the synthetic generator but the 
 - ``N`` uniform in 80..360 slices, ``ZSpacing`` drawn from {1, 1.25, 1.5, 2, 3} mm;
 - no ``oracle.json``: the reference is the quality ladder's linear MIL probe on raw zone means.
 
-Run: ``python -m benchmarks.alt_cohort --output ALT && graftkit run ct_rate --data-dir ALT``.
+Run (the measured setting, docs/benchmarks.md): ``python -m benchmarks.alt_cohort --output ALT
+--copies 3 --amplitude 2.5 && graftkit run ct_rate --data-dir ALT``. With the defaults (one copy,
+amplitude 1) the findings are too weak for a linear probe of the raw zone means (0.31).
 """
 
 from __future__ import annotations
