@@ -20,13 +20,7 @@ def test_two_process_phases_1_2(e2e_cache, tmp_path):
         "ACCELERATE_USE_CPU": "true",
         "OMP_NUM_THREADS": "1",
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
+    cmd = _torchrun(
         "-m",
         "graftkit",
         "run",
@@ -38,7 +32,7 @@ def test_two_process_phases_1_2(e2e_cache, tmp_path):
         "--no-eval",
         "--output-dir",
         str(run_dir),
-    ]
+    )
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "effective contrastive batch 32 (2 process(es) x 16)" in out.stdout
