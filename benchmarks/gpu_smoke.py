@@ -52,7 +52,7 @@ def run(cpu: bool = False, run_dir: Path | None = None) -> dict[str, Any]:
     from graftkit import plugins
     from graftkit.commands import resolve_config
     from graftkit.curriculum.engine import prepare_run, run_curriculum
-    from graftkit.eval.evaluate import evaluate
+    from graftkit.run_eval import evaluate_run
 
     if not cpu and not torch.cuda.is_available():
         raise RuntimeError("gpu_smoke: no CUDA device; use --cpu to run the same checks on the CPU")
@@ -108,8 +108,7 @@ def run(cpu: bool = False, run_dir: Path | None = None) -> dict[str, Any]:
         for group, params in run.glm.parameter_groups().items()
         for p in params.values()
     }
-    with run.accelerator.autocast():
-        metrics = evaluate(run)
+    metrics = evaluate_run(run)
     rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     p3 = [r["train_total"] for r in rows if r["phase"] == 3]
     result.update(

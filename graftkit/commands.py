@@ -291,7 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return launched
     # imported once the arguments are checked: a usage error is reported without loading torch
     from graftkit.curriculum.engine import prepare_run, run_curriculum
-    from graftkit.eval.evaluate import evaluate
+    from graftkit.run_eval import evaluate_run
 
     if not is_quiet() and "LOCAL_RANK" not in os.environ:
         import torch
@@ -317,8 +317,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_eval and run.main:
         run.summary["checkpoint"] = checkpoint_info(run_dir, run_dir / f"phase{phases[-1]}")
         clear_evaluation(run_dir)
-        with progress_bar(disable=is_quiet()) as progress, run.accelerator.autocast():
-            metrics = evaluate(run, progress=progress)
+        with progress_bar(disable=is_quiet()) as progress:
+            metrics = evaluate_run(run, progress=progress)
         _print_summary(run_dir, metrics)
     if run.main:
         run.update_metrics({"timing": {"total_seconds": round(time.time() - started, 1)}})
@@ -538,8 +538,8 @@ def _eval_folder(args: argparse.Namespace, cfg: RunConfig, dataset_cls: Any) -> 
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from graftkit.eval.evaluate import evaluate
     from graftkit.progress import is_quiet, progress_bar
+    from graftkit.run_eval import evaluate_run
 
     if args.extractor:
         plugins.get("extractor", args.extractor)
@@ -555,8 +555,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = _open_run(args.run_dir, args.checkpoint)
     if out == args.run_dir:
         clear_evaluation(out)
-    with progress_bar(disable=is_quiet()) as progress, run.accelerator.autocast():
-        metrics = evaluate(
+    with progress_bar(disable=is_quiet()) as progress:
+        metrics = evaluate_run(
             run,
             split=args.split,
             extractor_name=args.extractor,
@@ -652,7 +652,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )[0]
     print(text)
     if args.explain:
-        for sentence, zones in explain_sentences(run, tokens[0], text):
+        for sentence, zones in explain_sentences(
+            run.glm, run.tokenizer, run.dataset.prompt, tokens[0], text
+        ):
             print(
                 f"- {sentence}\n    zones (1 = first .. {tokens.shape[1]} = last along z): {', '.join(str(z + 1) for z in zones)}"
             )

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from graftkit.config import RunConfig
+from graftkit.io import atomic_write_text
 
 
 def _phase3(
@@ -143,7 +144,7 @@ def run_study(cfg: RunConfig, output: Path, run_dir: Path | None = None) -> dict
         "",
     ]
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("\n".join(lines))
-    output.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(output, "\n".join(lines))
+    atomic_write_text(output.with_suffix(".json"), json.dumps(result, indent=2))
     print("\n".join(lines))
     return result

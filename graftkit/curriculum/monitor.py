@@ -67,7 +67,11 @@ class CollapseMonitor(Callback):
                     self._extractor, texts, subset, run.dataset.class_names
                 )["macro_f1"]
         row.update(gen_f1_real=f1["real"], gen_f1_zero=f1["zero"], gen_f1=f1["real"])
-        for warning in self._monitor.update(ctx.number, row["epoch"], f1["real"], f1["zero"]):
+        # printed once, by the main process, rather than also logged by every process
+        warnings = self._monitor.update(
+            ctx.number, row["epoch"], f1["real"], f1["zero"], log_warnings=False
+        )
+        for warning in warnings:
             ctx.echo(f"[collapse monitor] {warning}")
         if run.main:
             self._monitor.to_jsonl(run.run_dir / "collapse.jsonl")

@@ -81,8 +81,11 @@ class CollapseMonitor:
     def _phase_rows(self, phase: int) -> list[dict[str, Any]]:
         return [row for row in self.history if row["phase"] == phase]
 
-    def update(self, phase: int, epoch: int, f1_real: float, f1_zero: float) -> list[str]:
-        """Record one epoch's F1 pair and return the warnings it raises (empty list if none)."""
+    def update(
+        self, phase: int, epoch: int, f1_real: float, f1_zero: float, log_warnings: bool = True
+    ) -> list[str]:
+        """Record one epoch's F1 pair and return the warnings it raises (empty list if none);
+        with ``log_warnings`` they are also logged (``graftkit.eval.collapse``, level WARNING)."""
         if isinstance(phase, bool) or not isinstance(phase, int):
             raise TypeError(f"phase must be an int, got {phase!r}")
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
@@ -111,7 +114,7 @@ class CollapseMonitor:
                 f"{self.reliance_floor:.3f} (F1 real {f1_real:.3f}, zeroed {f1_zero:.3f}); "
                 "the decoder may be ignoring the visual tokens"
             )
-        for message in warnings:
+        for message in warnings if log_warnings else ():
             log.warning(message)
         self.history.append(
             {

@@ -1,23 +1,34 @@
-"""``graftkit eval``: generation F1, extractor reference score, classifier thresholds, ablations.
+"""Evaluation of a grafted model: generation F1, extractor reference score, classifier
+thresholds, visual-token ablations, quality ladder, probes and zone grounding (DESIGN.md
+"Evaluation"; paper Tables VIII and X).
 
-Writes ``RUN/metrics.json`` (``eval``, ``ablation``, ``probe``, ``classifier`` and the quality
-``ladder``: where between the encoder's output and the generated text signal is lost), the generated
-reports to ``RUN/generations.jsonl``, the zone-grounding map to ``RUN/grounding.json``, and
-the self-contained ``RUN/report.html`` (DESIGN.md "Evaluation"; issue: paper Tables VIII and X).
+:func:`evaluate` takes a model, tokenizer, dataset, volumes and an ``EvalConfig`` and returns an
+:class:`Evaluation`; it knows nothing of the curriculum and writes no file.
+:mod:`graftkit.run_eval` evaluates a run with it and writes ``RUN/metrics.json``,
+``generations.jsonl``, ``grounding.json`` and ``report.html``.
 """
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from graftkit.checkpoint import is_complete, load_checkpoint
-from graftkit.data import Volume, VolumeDataset, collate_volumes, response_text, sample_rng
+from graftkit.checkpoint import load_checkpoint
+from graftkit.config import EvalConfig
+from graftkit.data import (
+    GraftDataset,
+    Volume,
+    VolumeDataset,
+    collate_volumes,
+    response_text,
+    sample_rng,
+)
 from graftkit.eval.generation import (
     ABLATIONS,
     ablate,
@@ -29,7 +40,6 @@ from graftkit.eval.generation import (
     visual_tokens,
     zone_features,
 )
-from graftkit.io import atomic_write_text
 from graftkit.labels import evaluation_extractor
 from graftkit.lm import encode_chat, pad_batch
 
@@ -83,23 +93,26 @@ def split_nll(
 
 
 @torch.inference_mode()
-def occlusion_rise(run, tokens: torch.Tensor, text: str) -> torch.Tensor:
+def occlusion_rise(glm, tokenizer, prompt: str, tokens: torch.Tensor, text: str) -> torch.Tensor:
     """``[K]``: the rise of ``text``'s mean teacher-forced NLL when zone k's visual token is
     zeroed, for one volume's tokens ``[K, d]`` (positive: the text relied on zone k)."""
     k = tokens.shape[0]
     variants = tokens.unsqueeze(0).repeat(k + 1, 1, 1)
     for z in range(k):
         variants[z + 1, z] = 0
-    nll = token_nll(
-        run.glm, run.tokenizer, run.dataset.prompt, [text] * (k + 1), variants, batch_size=k + 1
-    )
+    nll = token_nll(glm, tokenizer, prompt, [text] * (k + 1), variants, batch_size=k + 1)
     mean = torch.tensor([sum(n for _, n in seq) / max(1, len(seq)) for seq in nll])
     return mean[1:] - mean[0]
 
 
 @torch.inference_mode()
 def zone_grounding(
-    run, volumes: list[Volume], tokens: torch.Tensor, per_class: int = 4
+    glm,
+    tokenizer,
+    dataset: GraftDataset,
+    volumes: Sequence[Volume],
+    tokens: torch.Tensor,
+    per_class: int = 4,
 ) -> dict[str, Any]:
     """Occlusion map: how much the NLL of each finding's sentence rises when zone k is zeroed.
 
@@ -107,7 +120,6 @@ def zone_grounding(
     ``per_class`` such volumes with all tokens, then with token k zeroed (k = 0 apex .. K-1 base).
     Rows are normalised to sum to 1 over zones (negative rises clipped to 0).
     """
-    dataset = run.dataset
     k = tokens.shape[1]
     rows = []
     for c, name in enumerate(dataset.class_names):
@@ -117,7 +129,7 @@ def zone_grounding(
         rise = torch.zeros(k)
         for i in idx:
             text = dict(dataset.condition_texts(volumes[i])).get(c, dataset.class_text(c))
-            rise += occlusion_rise(run, tokens[i], text).clamp_min(0)
+            rise += occlusion_rise(glm, tokenizer, dataset.prompt, tokens[i], text).clamp_min(0)
         weights = rise / rise.sum() if rise.sum() > 0 else rise
         rows.append({"label": name, "weights": weights.tolist(), "volumes": len(idx)})
     return {
@@ -127,8 +139,8 @@ def zone_grounding(
     }
 
 
-def _probe_features(run, volumes, raw: bool) -> np.ndarray:
-    data = VolumeDataset(run.dataset, volumes, run.cfg.data.max_slices)
+def _probe_features(glm, dataset, volumes, raw: bool, max_slices: int | None) -> np.ndarray:
+    data = VolumeDataset(dataset, list(volumes), max_slices)
     feats = []
     with torch.inference_mode():
         for start in range(0, len(data), 32):
@@ -138,53 +150,68 @@ def _probe_features(run, volumes, raw: bool) -> np.ndarray:
                 feats.append(((batch["slices"] * m).sum(1) / m.sum(1)).numpy())
             else:
                 feats.append(
-                    run.glm.compressor(batch["slices"], batch["z_mm"], batch["mask"])
+                    glm.compressor(batch["slices"], batch["z_mm"], batch["mask"])
                     .mean(1)
+                    .float()
+                    .cpu()
                     .numpy()
                 )
     return np.concatenate(feats)
 
 
-def linear_probes(run, volumes: list[Volume]) -> dict[str, Any]:
-    """Paper Table VIII: 5-fold logistic-regression probe on raw slices and each phase's tokens."""
+def linear_probes(
+    glm,
+    dataset: GraftDataset,
+    volumes: Sequence[Volume],
+    checkpoints: Mapping[str, Path] | None = None,
+    folds: int = 5,
+    max_slices: int | None = None,
+) -> dict[str, Any]:
+    """Paper Table VIII: 5-fold logistic-regression probe on the raw slice means (``raw``) and on
+    the compressor's tokens of each bridge checkpoint in ``checkpoints`` (name -> phase
+    checkpoint folder). The model's own bridge is restored afterwards."""
     from graftkit.eval.probe import linear_probe
 
     labels = label_matrix(volumes)
+    classes = dataset.class_names
     out = {
         "raw": linear_probe(
-            _probe_features(run, volumes, raw=True),
+            _probe_features(glm, dataset, volumes, True, max_slices),
             labels,
-            folds=run.cfg.eval.probe_folds,
-            class_names=run.dataset.class_names,
+            folds=folds,
+            class_names=classes,
         )
     }
-    current = {k: v.clone() for k, v in run.glm.bridge_state_dict().items()}
-    for n in run.cfg.phases.numbers:
-        path = run.run_dir / f"phase{n}"
-        if is_complete(path):
+    if not checkpoints:
+        return out
+    current = {k: v.clone() for k, v in glm.bridge_state_dict().items()}
+    try:
+        for name, path in checkpoints.items():
             tensors, _ = load_checkpoint(path)
-            run.glm.load_bridge_state_dict(tensors["model"])
-            out[f"p{n}"] = linear_probe(
-                _probe_features(run, volumes, raw=False),
+            glm.load_bridge_state_dict(tensors["model"])
+            out[name] = linear_probe(
+                _probe_features(glm, dataset, volumes, False, max_slices),
                 labels,
-                folds=run.cfg.eval.probe_folds,
-                class_names=run.dataset.class_names,
+                folds=folds,
+                class_names=classes,
             )
-    run.glm.load_bridge_state_dict(current)
+    finally:
+        glm.load_bridge_state_dict(current)
     return out
 
 
 @torch.inference_mode()
-def llm_cls_on_reports(run, texts: list[str], tokens: torch.Tensor, batch_size: int = 32):
+def llm_cls_on_reports(
+    glm, tokenizer, prompt: str, texts: list[str], tokens: torch.Tensor, batch_size: int = 32
+) -> np.ndarray:
     """LLM-cls probabilities ``[n, C]`` read at the end of each volume's own generated report
     (where phase 3 trains the head: the end-of-turn state of prompt + response)."""
-    glm, tok = run.glm, run.tokenizer
     k = tokens.shape[1]
     out = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
-        encs = [encode_chat(tok, run.dataset.prompt, t or " ", k) for t in chunk]
-        batch = pad_batch(encs, tok.pad_token_id, side="right")
+        encs = [encode_chat(tokenizer, prompt, t or " ", k) for t in chunk]
+        batch = pad_batch(encs, tokenizer.pad_token_id, side="right")
         hidden = glm(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -198,41 +225,44 @@ def llm_cls_on_reports(run, texts: list[str], tokens: torch.Tensor, batch_size: 
 
 
 def quality_ladder(
-    run,
-    volumes: list[Volume],
+    glm,
+    dataset: GraftDataset,
+    train: Sequence[Volume],
+    volumes: Sequence[Volume],
     train_zones: torch.Tensor,
     scores: dict[str, dict[str, Any]],
     head_scores: dict[str, dict[str, Any]],
+    seed: int = 0,
+    max_slices: int | None = None,
 ) -> list[dict[str, Any]]:
     """One row per stage on the same volumes, from what the cohort allows to what the model
     writes (issue 14): where between the encoder's output and the generated text signal is lost.
 
-    ``train_zones`` are the compressor's tokens of the training split (the probes' fit);
-    ``scores`` holds generation scores per token mode (``real``, ``zero``, ``shuffle``,
-    ``random``, ``oracle``); ``head_scores`` the bridge heads' scores at threshold 0.5.
+    ``train_zones`` are the compressor's tokens of ``train`` (the probes' fit); ``scores`` holds
+    generation scores per token mode (``real``, ``zero``, ``shuffle``, ``random``, ``oracle``);
+    ``head_scores`` the bridge heads' scores at threshold 0.5.
     """
     from graftkit.eval.probe import mil_probe
 
-    cfg = run.cfg
-    classes = run.dataset.class_names
-    train_labels, labels = label_matrix(run.train), label_matrix(volumes)
+    classes = dataset.class_names
+    train_labels, labels = label_matrix(train), label_matrix(volumes)
 
-    def features(vols: list[Volume], raw: bool) -> torch.Tensor:
-        return zone_features(run.glm, run.dataset, vols, raw, max_slices=cfg.data.max_slices)
+    def features(vols: Sequence[Volume], raw: bool) -> torch.Tensor:
+        return zone_features(glm, dataset, vols, raw, max_slices=max_slices)
 
     probes = {
         raw: mil_probe(
-            features(run.train, raw) if raw else train_zones,
+            features(train, raw) if raw else train_zones,
             train_labels,
             features(volumes, raw),
             labels,
-            seed=cfg.seed,
+            seed=seed,
             class_names=classes,
         )
         for raw in (True, False)
     }
     rows = []
-    oracle = run.dataset.oracle()
+    oracle = dataset.oracle()
     if oracle and oracle.get("macro_f1") is not None:
         rows.append(
             {
@@ -291,53 +321,71 @@ def _triple(scores: dict[str, Any]) -> dict[str, float]:
     return {k: float(scores[k]) for k in ("macro_f1", "macro_precision", "macro_recall")}
 
 
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` found: the ``metrics.json`` sections (``eval``, ``classifier`` and,
+    with ablations, ``ablation``, ``ladder``, ``probe``), one row per volume for
+    ``generations.jsonl``, and the zone-grounding map for ``grounding.json`` (ablations only)."""
+
+    metrics: dict[str, Any]
+    generations: list[dict[str, Any]]
+    grounding: dict[str, Any] | None = None
+
+
 def evaluate(
-    run,
-    split: str | None = None,
-    extractor_name: str | None = None,
-    ablations: bool | None = None,
-    limit: int | None = None,
-    progress: Any = None,
-    output_dir: Path | None = None,
+    glm,
+    tokenizer,
+    dataset: GraftDataset,
+    volumes: Sequence[Volume],
+    config: EvalConfig,
+    *,
+    train: Sequence[Volume] | None = None,
+    seed: int = 0,
+    max_slices: int | None = None,
+    trained_losses: Collection[str] | None = None,
+    nll_text: str = "positive_findings",
+    probe_checkpoints: Mapping[str, Path] | None = None,
     token_source: str = "real",
-) -> dict[str, Any]:
-    """Evaluate the run's current model on ``split``; returns and writes the metrics.
+    progress: Any = None,
+) -> Evaluation:
+    """Evaluate a grafted model on ``volumes`` (DESIGN.md "Evaluation"; paper Tables VIII, X).
 
-    ``output_dir`` (default: the run directory) receives ``metrics.json``, ``generations.jsonl``,
-    ``grounding.json`` and ``report.html``. Another folder gets a fresh ``metrics.json`` holding
-    this evaluation and the run's data summary only, so no file mixes two evaluations.
+    Generation F1 of the reports the model writes (``config.generation``), scored by
+    ``config.extractor`` (default: the dataset's); the extractor's score on the reference
+    narratives; the classifier head at 0.5 and at thresholds tuned on ``volumes``. With
+    ``config.ablations`` also the reports from zeroed, shuffled, random and label-token-oracle
+    tokens, the quality ladder, the response NLL split into finding and other tokens (on
+    ``nll_text`` responses), the linear probes of ``probe_checkpoints`` and the zone-grounding map;
+    these need the ``train`` volumes (the probes' and the oracle's fit).
 
+    Nothing here knows the curriculum or writes a file: ``trained_losses`` says which bridge
+    heads were trained (``None``: all of them are put on the ladder).
     ``token_source="oracle"`` generates every report (and its ablations) from label-token-oracle
     tokens (:func:`~graftkit.eval.generation.label_token_oracle`) instead of the compressor's:
     the decoder's ceiling for this recipe on the same data and text.
     """
     from graftkit.eval.metrics import multilabel_scores, optimise_thresholds
-    from graftkit.eval.report import write_report
-
-    cfg = run.cfg.eval
-    split = split or cfg.split
-    if split not in run.dataset.splits:
-        raise ValueError(f"unknown split {split!r}; the dataset has {list(run.dataset.splits)}")
-    volumes = run.train if split == run.dataset.splits[0] else run.valid
-    volumes = volumes[: (limit or cfg.limit or len(volumes))]
-    ablations = cfg.ablations if ablations is None else ablations
-    extractor = evaluation_extractor(cfg, run.dataset, extractor_name)
-    name = extractor_name or cfg.extractor or run.dataset.default_extractor
-    classes = run.dataset.class_names
-    gen = generation_settings(cfg.generation)
 
     if token_source not in ("real", "oracle"):
         raise ValueError(f"unknown token source {token_source!r}; choose 'real' or 'oracle'")
-    real_tokens = visual_tokens(
-        run.glm, run.dataset, volumes, cfg.batch_size, run.cfg.data.max_slices
-    )
-    oracle_tokens = None
-    if ablations or token_source == "oracle":
-        train_zones = zone_features(
-            run.glm, run.dataset, run.train, raw=False, max_slices=run.cfg.data.max_slices
+    if not volumes:
+        raise ValueError("evaluate: no volumes to evaluate")
+    volumes = list(volumes)
+    ablations = config.ablations
+    if (ablations or token_source == "oracle") and not train:
+        raise ValueError(
+            "evaluate: ablations and oracle tokens need the training volumes (train=...)"
         )
+    extractor = evaluation_extractor(config, dataset)
+    classes = dataset.class_names
+    gen = generation_settings(config.generation)
+
+    real_tokens = visual_tokens(glm, dataset, volumes, config.batch_size, max_slices)
+    oracle_tokens = train_zones = None
+    if ablations or token_source == "oracle":
+        train_zones = zone_features(glm, dataset, train, raw=False, max_slices=max_slices)
         oracle_tokens = label_token_oracle(
-            run.glm, train_zones, label_matrix(run.train), label_matrix(volumes)
+            glm, train_zones, label_matrix(train), label_matrix(volumes)
         )
     tokens = oracle_tokens if token_source == "oracle" else real_tokens
     texts = {}
@@ -346,43 +394,38 @@ def evaluate(
     if ablations and token_source == "real":
         modes.append("oracle")
     for mode in modes:
-        chosen = oracle_tokens if mode == "oracle" else ablate(tokens, mode, seed=run.cfg.seed)
+        chosen = oracle_tokens if mode == "oracle" else ablate(tokens, mode, seed=seed)
         texts[mode] = generate_reports(
-            run.glm,
-            run.tokenizer,
-            run.dataset.prompt,
+            glm,
+            tokenizer,
+            dataset.prompt,
             chosen,
             gen,
-            cfg.batch_size,
-            seed=run.cfg.seed,
+            config.batch_size,
+            seed=seed,
             progress=progress,
             description=f"generate ({mode} tokens)",
         )
         scores[mode] = generation_scores(extractor, texts[mode], volumes, classes)
 
     truth = label_matrix(volumes)
-    references = [run.dataset.narrative_text(v) for v in volumes]
+    references = [dataset.narrative_text(v) for v in volumes]
     reference_scores = multilabel_scores(truth, extractor.extract(references), classes)
     with torch.inference_mode():
-        probs = torch.sigmoid(run.glm.heads.cls(tokens)).numpy()
+        probs = torch.sigmoid(glm.heads.cls(tokens)).numpy()
     head = multilabel_scores(truth, (probs >= 0.5).astype(np.int64), classes)
     thresholds, tuned = optimise_thresholds(truth, probs, upper_bound=True)
 
-    out = Path(output_dir) if output_dir is not None else Path(run.run_dir)
     metrics: dict[str, Any] = {
         "eval": {
             **scores["real"],
             "tokens": "label-token oracle" if token_source == "oracle" else "real",
-            "split": split,
             "volumes": len(volumes),
-            "extractor": name,
-            **({"checkpoint": run.summary["checkpoint"]} if "checkpoint" in run.summary else {}),
-            "extractor_on_reference": {
-                k: reference_scores[k] for k in ("macro_f1", "macro_precision", "macro_recall")
-            },
+            "extractor": config.extractor or dataset.default_extractor,
+            "extractor_on_reference": _triple(reference_scores),
         },
         "classifier": {
-            "threshold_0.5": {k: head[k] for k in ("macro_f1", "macro_precision", "macro_recall")},
+            "threshold_0.5": _triple(head),
             "tuned_thresholds": {
                 **{k: v for k, v in tuned.items() if k != "per_class"},
                 "thresholds": list(map(float, thresholds)),
@@ -390,73 +433,57 @@ def evaluate(
             },
         },
     }
+    grounding = None
     if ablations:
         real = scores["real"]["macro_f1"]
-        metrics["ablation"] = {
-            mode: {k: scores[mode][k] for k in ("macro_f1", "macro_precision", "macro_recall")}
-            for mode in modes
-        }
-        # a head is on the ladder only if a phase that ran trained it
-        trained = {loss for n in _phases_run(run) for loss in run.cfg.phases.get(n).losses}
+        metrics["ablation"] = {mode: _triple(scores[mode]) for mode in modes}
+        trained = set(trained_losses) if trained_losses is not None else None
         head_scores = {}
-        if trained & {"bce", "focal"}:
+        if trained is None or trained & {"bce", "focal"}:
             head_scores["cls"] = head
-        if "mil" in trained:
+        if trained is None or "mil" in trained:
             with torch.inference_mode():
-                mil = torch.sigmoid(run.glm.heads.mil(tokens)).numpy()
+                mil = torch.sigmoid(glm.heads.mil(tokens)).numpy()
             head_scores["mil"] = multilabel_scores(truth, (mil >= 0.5).astype(np.int64), classes)
-        if "llm_cls" in trained:
-            probs_llm = llm_cls_on_reports(run, texts["real"], tokens)
+        if trained is None or "llm_cls" in trained:
+            probs_llm = llm_cls_on_reports(glm, tokenizer, dataset.prompt, texts["real"], tokens)
             head_scores["llm_cls"] = multilabel_scores(
                 truth, (probs_llm >= 0.5).astype(np.int64), classes
             )
-        metrics["ladder"] = quality_ladder(run, volumes, train_zones, scores, head_scores)
+        metrics["ladder"] = quality_ladder(
+            glm, dataset, train, volumes, train_zones, scores, head_scores, seed, max_slices
+        )
         metrics["ablation"]["zero_drop"] = (
             (real - scores["zero"]["macro_f1"]) / real if real > 0 else 0.0
         )
-        words = run.dataset.finding_words()
-        kind = run.cfg.phases.get(max(_phases_run(run) or [3])).text
+        words = dataset.finding_words()
         responses = [
-            response_text(run.dataset, v, kind, sample_rng(run.cfg.seed, 0, i))
+            response_text(dataset, v, nll_text, sample_rng(seed, 0, i))
             for i, v in enumerate(volumes)
         ]
         metrics["ablation"]["nll"] = {
             mode: split_nll(
-                run.tokenizer,
-                token_nll(
-                    run.glm, run.tokenizer, run.dataset.prompt, responses, ablate(tokens, mode)
-                ),
+                tokenizer,
+                token_nll(glm, tokenizer, dataset.prompt, responses, ablate(tokens, mode)),
                 words,
             )
             for mode in ("real", "zero", "shuffle")
         }
-        metrics["probe"] = linear_probes(run, volumes)
-        grounding = zone_grounding(run, volumes, tokens)
-        if run.main:
-            atomic_write_text(out / "grounding.json", json.dumps(grounding, indent=2))
-    if run.main:
-        predicted = extractor.extract(texts["real"])
-        rows = []
-        for i, v in enumerate(volumes):
-            row = {
-                "name": v.name,
-                "generated": texts["real"][i],
-                "reference": references[i],
-                "labels": [classes[c] for c in np.flatnonzero(truth[i])],
-                "predicted": [classes[c] for c in np.flatnonzero(predicted[i])],
-            }
-            if ablations:
-                row["generated_zero"] = texts["zero"][i]
-            rows.append(json.dumps(row) + "\n")
-        atomic_write_text(out / "generations.jsonl", "".join(rows))
-        if out == Path(run.run_dir):
-            run.update_metrics(metrics)
-        else:
-            fresh = {"data": run.summary.get("data", {}), **metrics}
-            atomic_write_text(out / "metrics.json", json.dumps(fresh, indent=2))
-        write_report(out)
-    return metrics
-
-
-def _phases_run(run) -> list[int]:
-    return [n for n in run.cfg.phases.numbers if is_complete(Path(run.run_dir) / f"phase{n}")]
+        metrics["probe"] = linear_probes(
+            glm, dataset, volumes, probe_checkpoints, config.probe_folds, max_slices
+        )
+        grounding = zone_grounding(glm, tokenizer, dataset, volumes, tokens)
+    predicted = extractor.extract(texts["real"])
+    generations = []
+    for i, v in enumerate(volumes):
+        row = {
+            "name": v.name,
+            "generated": texts["real"][i],
+            "reference": references[i],
+            "labels": [classes[c] for c in np.flatnonzero(truth[i])],
+            "predicted": [classes[c] for c in np.flatnonzero(predicted[i])],
+        }
+        if ablations:
+            row["generated_zero"] = texts["zero"][i]
+        generations.append(row)
+    return Evaluation(metrics, generations, grounding)

@@ -19,10 +19,11 @@ def sentences(text: str) -> list[str]:
 
 @torch.inference_mode()
 def explain_sentences(
-    run, tokens: torch.Tensor, text: str, top: int = 3
+    glm, tokenizer, prompt: str, tokens: torch.Tensor, text: str, top: int = 3
 ) -> list[tuple[str, list[int]]]:
     """``[(sentence, [zone indices, most relied-on first])]`` for one volume's tokens ``[K, d]``."""
-    return [
-        (sentence, occlusion_rise(run, tokens, sentence).argsort(descending=True)[:top].tolist())
-        for sentence in sentences(text)
-    ]
+    out = []
+    for sentence in sentences(text):
+        rise = occlusion_rise(glm, tokenizer, prompt, tokens, sentence)
+        out.append((sentence, rise.argsort(descending=True)[:top].tolist()))
+    return out

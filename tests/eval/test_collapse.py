@@ -45,6 +45,15 @@ def test_warns_when_reliance_drops_below_the_floor(caplog):
     assert monitor.update(3, 2, 0.0, 0.0)  # F1 = 0: reliance 0 < floor
 
 
+def test_a_caller_that_prints_the_warnings_can_keep_them_out_of_the_log(caplog):
+    """The training monitor prints each warning once on the main process, so it asks for them
+    without logging (which every process would also print)."""
+    monitor = CollapseMonitor(reliance_floor=0.2)
+    with caplog.at_level(logging.WARNING, logger="graftkit.eval.collapse"):
+        warnings = monitor.update(3, 0, 0.50, 0.45, log_warnings=False)
+    assert len(warnings) == 1 and caplog.text == ""
+
+
 def test_jsonl_round_trip_resumes_the_streak(tmp_path):
     monitor = CollapseMonitor(reliance_floor=0.3)
     monitor.update(3, 0, 0.4, 0.1)
