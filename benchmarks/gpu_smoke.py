@@ -4,7 +4,8 @@
     python -m benchmarks.gpu_smoke --cpu --output x.json # the same run on the CPU (CI), float32
 
 It is ``graftkit run ct_rate --profile smoke`` through the engine's own functions
-(:func:`graftkit.curriculum.engine.prepare_run`, ``run_curriculum``, then ``evaluate``), with
+(:func:`graftkit.curriculum.engine.prepare_run`, ``run_curriculum``, then
+:func:`graftkit.run_eval.evaluate_run`), with
 ``model.dtype=bfloat16`` and ``launch.mixed_precision=bf16`` on CUDA, and it checks what
 issue 15 asks of the engine's placement:
 

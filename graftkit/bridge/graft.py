@@ -330,6 +330,18 @@ class GraftedLM(nn.Module):
         weight = self.llm.get_input_embeddings().weight
         return visual_tokens.to(device=weight.device, dtype=weight.dtype)
 
+    def _to_bridge_device(self, *inputs: Any) -> tuple[Any, ...]:
+        """Slices (a tensor or a list of tensors), positions and masks on the bridge's device."""
+        from accelerate.utils import send_to_device
+
+        return send_to_device(inputs, next(self.predictor.parameters()).device)
+
+    def _to_llm_device(self, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+        """Token ids, masks and labels on the LLM's device, so callers that tokenize on the host
+        (evaluation, generation) work on an accelerator too."""
+        device = self.llm.get_input_embeddings().weight.device
+        return tuple(t.to(device) if isinstance(t, Tensor) else t for t in tensors)
+
     def _scatter_visual(
         self, module: nn.Module, args: tuple[Any, ...], output: Tensor
     ) -> Tensor | None:
@@ -369,10 +381,7 @@ class GraftedLM(nn.Module):
 
         Inputs are moved to the bridge's device, so callers that collate on the host (evaluation,
         recalibration) work on an accelerator too."""
-        from accelerate.utils import send_to_device
-
-        device = next(self.predictor.parameters()).device
-        slices, z_mm, mask = send_to_device((slices, z_mm, mask), device)
+        slices, z_mm, mask = self._to_bridge_device(slices, z_mm, mask)
         zones = self.compressor(slices, z_mm=z_mm, mask=mask)
         return zones, self.calibrator(self.predictor(zones))
 
@@ -388,6 +397,7 @@ class GraftedLM(nn.Module):
         self, slices: Tensor | list[Tensor], z_mm: Tensor | None = None, mask: Tensor | None = None
     ) -> float:
         """``NormCalibrator.recalibrate`` against this LLM's text embeddings on a batch of slices."""
+        slices, z_mm, mask = self._to_bridge_device(slices, z_mm, mask)
         zones = self.compressor(slices, z_mm=z_mm, mask=mask)
         return self.calibrator.recalibrate(self.text_embedding_norm(), self.predictor(zones))
 
@@ -406,6 +416,7 @@ class GraftedLM(nn.Module):
         placeholders this is exactly the (LoRA-adapted) LM.
         """
         visual_tokens = self._check_visual(visual_tokens)
+        input_ids, attention_mask, labels = self._to_llm_device(input_ids, attention_mask, labels)
         if labels is not None and input_ids is not None:
             labels = labels.masked_fill(input_ids == self.visual_token_id, -100)
         with self._slot.bind(visual_tokens):
@@ -437,6 +448,7 @@ class GraftedLM(nn.Module):
                 raise ValueError("generate: pass visual_tokens or visual, not both")
             visual_tokens = visual
         visual_tokens = self._check_visual(visual_tokens)
+        input_ids, attention_mask = self._to_llm_device(input_ids, attention_mask)
         suppress = set(generation_kwargs.pop("suppress_tokens", None) or [])
         generation_kwargs["suppress_tokens"] = sorted(suppress | {self.visual_token_id})
         if "pad_token_id" not in generation_kwargs and self.tokenizer is not None:

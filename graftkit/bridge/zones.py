@@ -359,7 +359,9 @@ class ZoneCompressor(nn.Module):
             queries[r:] += (
                 0.1
                 * scale
-                * torch.randn(self.num_zones - r, self.dim, dtype=queries.dtype)
+                * torch.randn(
+                    self.num_zones - r, self.dim, dtype=queries.dtype, device=queries.device
+                )
                 / math.sqrt(self.dim)
             )
         self.queries.copy_(queries.to(self.queries.dtype))

@@ -59,7 +59,7 @@ def token_nll(
             attention_mask=batch["attention_mask"],
             visual_tokens=tokens[start : start + batch_size],
         ).logits.float()
-        labels = batch["labels"]
+        labels = batch["labels"].to(logits.device)
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         target = labels[:, 1:]
         valid = target != -100
@@ -149,13 +149,8 @@ def _probe_features(glm, dataset, volumes, raw: bool, max_slices: int | None) ->
                 m = batch["mask"].unsqueeze(-1).float()
                 feats.append(((batch["slices"] * m).sum(1) / m.sum(1)).numpy())
             else:
-                feats.append(
-                    glm.compressor(batch["slices"], batch["z_mm"], batch["mask"])
-                    .mean(1)
-                    .float()
-                    .cpu()
-                    .numpy()
-                )
+                zones = glm.encode(batch["slices"], batch["z_mm"], batch["mask"])[0]
+                feats.append(zones.mean(1).float().cpu().numpy())
     return np.concatenate(feats)
 
 
@@ -317,6 +312,14 @@ def quality_ladder(
     return rows
 
 
+@torch.inference_mode()
+def _head_probabilities(glm, head: str, tokens: torch.Tensor) -> np.ndarray:
+    """Sigmoid of a bridge head (``cls``, ``mil``) on host tokens ``[n, K, d]``, run on the
+    heads' device."""
+    device = next(glm.heads.parameters()).device
+    return torch.sigmoid(getattr(glm.heads, head)(tokens.to(device)).float()).cpu().numpy()
+
+
 def _triple(scores: dict[str, Any]) -> dict[str, float]:
     return {k: float(scores[k]) for k in ("macro_f1", "macro_precision", "macro_recall")}
 
@@ -411,8 +414,7 @@ def evaluate(
     truth = label_matrix(volumes)
     references = [dataset.narrative_text(v) for v in volumes]
     reference_scores = multilabel_scores(truth, extractor.extract(references), classes)
-    with torch.inference_mode():
-        probs = torch.sigmoid(glm.heads.cls(tokens)).numpy()
+    probs = _head_probabilities(glm, "cls", tokens)
     head = multilabel_scores(truth, (probs >= 0.5).astype(np.int64), classes)
     thresholds, tuned = optimise_thresholds(truth, probs, upper_bound=True)
 
@@ -442,8 +444,7 @@ def evaluate(
         if trained is None or trained & {"bce", "focal"}:
             head_scores["cls"] = head
         if trained is None or "mil" in trained:
-            with torch.inference_mode():
-                mil = torch.sigmoid(glm.heads.mil(tokens)).numpy()
+            mil = _head_probabilities(glm, "mil", tokens)
             head_scores["mil"] = multilabel_scores(truth, (mil >= 0.5).astype(np.int64), classes)
         if trained is None or "llm_cls" in trained:
             probs_llm = llm_cls_on_reports(glm, tokenizer, dataset.prompt, texts["real"], tokens)

@@ -60,7 +60,7 @@ def zone_features(
             zones = zone_mask(batch["mask"], glm.num_visual_tokens).float()
             out.append(zones @ batch["slices"].float() / zones.sum(-1, keepdim=True))
         else:
-            out.append(glm.compressor(batch["slices"], batch["z_mm"], batch["mask"]).float().cpu())
+            out.append(glm.encode(batch["slices"], batch["z_mm"], batch["mask"])[0].float().cpu())
     return torch.cat(out)
 
 
