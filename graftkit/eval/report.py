@@ -328,12 +328,12 @@ def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
             ]
         )
     probe = metrics.get("probe") or {}
-    for stage in reversed(plots.PROBE_ORDER):
-        scores = plots.probe_scores(probe.get(stage))
+    for stage in reversed(plots.probe_stages(probe)):
+        scores = plots.probe_scores(probe[stage])
         if "macro_f1" in scores:
             rows.append(
                 [
-                    f"linear probe macro F1 ({plots.PROBE_LABELS[stage]})",
+                    f"linear probe macro F1 ({plots.probe_label(stage)})",
                     fmt(scores["macro_f1"]),
                     "5-fold logistic regression on the mean-pooled visual tokens",
                 ]
