@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, send_to_device
+from accelerate.utils import DistributedDataParallelKwargs, gather_object, send_to_device
 
 from graftkit import plugins
 from graftkit.align import InfoNCE, imq_alpha, positive_weights
@@ -419,21 +419,36 @@ def train_step(
     return terms, loss
 
 
+def any_process_lacks(acc: Accelerator, batch: dict[str, Any] | None) -> bool:
+    """Whether some process has no batch for this step (every volume of it failed to load,
+    recorded in ``dataset.skips``). A step's backward all-reduces the gradients across
+    processes (DDP), so one process cannot skip a step alone: the others would wait for it
+    forever. One process needs no collective, and pays for none."""
+    if acc.num_processes == 1:
+        return batch is None
+    lacks = torch.tensor([float(batch is None)], device=acc.device)
+    return bool(acc.reduce(lacks, "max").item())
+
+
 def train_epoch(ctx: PhaseContext, model, scheduler, callbacks, epoch: int, progress=None):
     """One pass over this process's shard (:func:`train_step` per batch). Returns the per-term
-    means, averaged over processes."""
+    means, averaged over processes.
+
+    A step for which any process lacks a batch is skipped by every process (the same number of
+    steps everywhere), with a line when that left out other processes' volumes."""
     acc = ctx.run.accelerator
     model.train()
     loader = _loader(ctx, "train", epoch, shuffle=True)
     sums: dict[str, torch.Tensor] = {}  # float64 on the device: no host sync per step
-    steps = 0
+    steps = skipped = 0
     task = None
     if progress:
         task = progress.add_task(
             f"phase {ctx.number} epoch {epoch + 1}", total=len(loader), info=""
         )
     for batch in loader:
-        if batch is None:  # every volume of it failed to load (recorded in dataset.skips)
+        if any_process_lacks(acc, batch):
+            skipped += 1
             continue
         try:
             terms, loss = train_step(ctx, model, scheduler, callbacks, batch)
@@ -446,6 +461,12 @@ def train_epoch(ctx: PhaseContext, model, scheduler, callbacks, epoch: int, prog
             progress.update(task, advance=1, info=f"loss {float(loss.detach()):.4f}")
     if progress:
         progress.remove_task(task)
+    if skipped and acc.num_processes > 1:
+        echo(
+            acc,
+            f"phase {ctx.number} epoch {epoch + 1}: {skipped} step(s) skipped by every process: "
+            "a process's batch failed to load (see metrics.json data.items)",
+        )
     names = sorted(sums)
     means = torch.stack([sums[k] / max(1, steps) for k in names]) if names else torch.zeros(0)
     reduced = acc.reduce(means.float().to(acc.device), "mean")
@@ -758,6 +779,7 @@ def run_curriculum(
             result["seconds"] = round(time.time() - t0, 1)
             results[str(n)] = result
             run.update_metrics({"phases": {str(n): result}})
+    gather_skips(run)
     skips = run.dataset.skips.summary()
     if skips["skipped"] != run.summary.get("data", {}).get("skipped", skips["skipped"]):
         run.summary["data"].update(skips)
@@ -768,3 +790,13 @@ def run_curriculum(
             f"{skips['by_reason']} (see metrics.json data.items)",
         )
     return results
+
+
+def gather_skips(run: Run) -> None:
+    """Add every process's skips to this process's ``dataset.skips``: a volume that fails at
+    load is recorded by the process that loaded it, and the main process writes metrics.json."""
+    if run.accelerator.num_processes == 1:
+        return
+    for entries in gather_object([run.dataset.skips.entries]):
+        for entry in entries:
+            run.dataset.skips.skip(*entry)
