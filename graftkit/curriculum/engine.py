@@ -17,6 +17,7 @@ phase (``RUN/phase{N}``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +25,8 @@ import math
 import os
 import random
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +149,19 @@ def make_accelerator(cfg: RunConfig, run_dir: Path | None = None) -> Accelerator
     return accelerator
 
 
+@contextlib.contextmanager
+def warnings_echoed_once(dataset: GraftDataset) -> Iterator[None]:
+    """Hold back the Python warnings whose text the dataset also records in
+    ``dataset.warnings``: the run echoes those as ``data: warning: ...`` (and keeps them in
+    metrics.json), and a plugin that also raises them for library users would print each twice.
+    Any other warning is raised again as it was."""
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    for w in caught:
+        if str(w.message) not in dataset.warnings:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
 def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: bool = True) -> Run:
     """Dataset, language prior (or ``--llm``), text space and grafted model; fails before training.
 
@@ -161,12 +177,13 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: boo
     run_dir.mkdir(parents=True, exist_ok=True)
     dataset_cls = plugins.get("dataset", cfg.dataset)
     dataset: GraftDataset = dataset_cls(cfg.data, workdir=cache_root(cfg) / "data" / cfg.dataset)
-    if accelerator.is_main_process:
-        dataset.prepare(progress=progress)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        dataset.prepare(progress=None)
-    train, valid = (dataset.records(split) for split in dataset.splits)
+    with warnings_echoed_once(dataset):
+        if accelerator.is_main_process:
+            dataset.prepare(progress=progress)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            dataset.prepare(progress=None)
+        train, valid = (dataset.records(split) for split in dataset.splits)
     skips = dataset.skips.summary()
     if not train:
         raise ConfigError(
