@@ -4,7 +4,7 @@ Inputs, all optional (a missing one skips its sections with a note):
 
 * ``RUN/metrics.json``: ``eval`` (macro/per-class scores), ``phases`` (end-of-phase metrics),
   ``ablation`` (real / zero / shuffle / random generation scores, optional ``nll``), ``probe``
-  (raw, p1..p4), ``oracle`` (``macro_f1``, optional ``per_class``), ``prevalence``;
+  (raw, then p1..pN), ``oracle`` (``macro_f1``, optional ``per_class``), ``prevalence``;
 * ``RUN/history.jsonl``: one row per epoch, ``{"phase", "epoch", "step", "loss", ...}``;
 * ``RUN/collapse.jsonl``: :class:`~graftkit.eval.collapse.CollapseMonitor` history;
 * ``RUN/grounding.json``: ``{"zones": K, "rows": [{"label", "weights": [K floats]}]}``;
