@@ -8,8 +8,10 @@ value is reported with the field, the value and what is allowed.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -486,13 +488,68 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _format_validation_error(err: ValidationError, tree: dict[str, Any]) -> str:
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside a field annotation (``X``, ``X | None``), else ``None``."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def config_keys(
+    model: type[BaseModel] = RunConfig, prefix: str = "", phase: str = "p1"
+) -> list[str]:
+    """Every dotted key of ``model``, sections included; the phases' as ``phases.{phase}.*``."""
+    if issubclass(model, PhasesConfig):  # a list addressed by phase number: phases.p3.lr
+        return config_keys(PhaseConfig, f"{prefix}{phase}.", phase)
+    keys = []
+    for name, info in model.model_fields.items():
+        keys.append(prefix + name)
+        sub = _model_of(info.annotation)
+        if sub is not None:
+            keys += config_keys(sub, f"{prefix}{name}.", phase)
+    return keys
+
+
+def unknown_key_hint(key: str) -> str:
+    """``did you mean A, B, C?`` for a dotted key no config section has: the valid keys closest
+    to it as a whole, then those of its own section closest to its last part; with none close,
+    ``keys here: ...`` (the section's keys). The same hint as ``--set`` gives."""
+    parts = key.split(".")
+    phase = next((p for p in parts if re.fullmatch(r"p\d+", p)), "p1")
+    keys = config_keys(phase=phase)
+    parent = ".".join(parts[:-1])
+    here = [k for k in keys if k.rpartition(".")[0] == parent]
+    names = [k.rpartition(".")[2] for k in here]
+    near = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(parts[-1], names)
+    near += [k for k in here if k not in near and k.rpartition(".")[2] in close]
+    return f"did you mean {', '.join(near[:3])}?" if near else f"keys here: {', '.join(here[:20])}"
+
+
+def _source_of(key: str, sources: dict[str, str]) -> str | None:
+    """Where ``key`` (a leaf, or a section holding leaves) was set, from ``{leaf: source}``."""
+    if key in sources:
+        return sources[key]
+    return next((s for k, s in sources.items() if k.startswith(f"{key}.")), None)
+
+
+def _format_validation_error(err: ValidationError, sources: dict[str, str] | None = None) -> str:
+    """One line per error. An unknown key names where it was set (``--config FILE``, a
+    profile) when ``sources`` knows, and the valid keys closest to it."""
     lines = []
     for e in err.errors():
         loc = list(e["loc"])
         if loc[:1] == ["phases"] and len(loc) > 1 and isinstance(loc[1], int):
             loc[1] = f"p{loc[1] + 1}"  # phases are addressed by number, as in --set
         field = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            where = _source_of(field, sources or {})
+            lines.append(
+                f"{where + ': ' if where else ''}unknown config key {field}; "
+                + unknown_key_hint(field)
+            )
+            continue
         value = repr(e.get("input"))
         value = value if len(value) <= 80 else value[:77] + "..."
         lines.append(f"invalid config field {field} = {value}: {e['msg']}")
@@ -503,8 +560,10 @@ def build_config(
     dataset: str,
     base: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
+    sources: dict[str, str] | None = None,
 ) -> RunConfig:
-    """Merge ``base`` (a YAML tree), then dotted ``overrides``; validate with clear errors."""
+    """Merge ``base`` (a YAML tree), then dotted ``overrides``; validate with clear errors.
+    ``sources`` (``{dotted.leaf: where it was set}``) lets an error name the file of a key."""
     tree = copy.deepcopy(base or yaml.safe_load(default_config_path().read_text()))
     tree.setdefault("dataset", dataset)
     tree["dataset"] = dataset
@@ -513,7 +572,7 @@ def build_config(
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, tree)) from None
+        raise ConfigError(_format_validation_error(err, sources)) from None
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -569,7 +628,7 @@ def build_config_with_sources(
                 del sources[old]
             for leaf in flatten(value, f"{key}.") if isinstance(value, dict) else [key]:
                 sources[leaf] = source
-    cfg = build_config(dataset, base, overrides)
+    cfg = build_config(dataset, base, overrides, sources)
     resolved = flatten(json.loads(cfg.model_dump_json()))
     return cfg, {key: sources.get(key, DEFAULT_SOURCE) for key in resolved}
 

@@ -17,6 +17,7 @@ phase (``RUN/phase{N}``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +25,8 @@ import math
 import os
 import random
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, send_to_device
+from accelerate.utils import DistributedDataParallelKwargs, gather_object, send_to_device
 
 from graftkit import plugins
 from graftkit.align import InfoNCE, imq_alpha, positive_weights
@@ -146,6 +149,19 @@ def make_accelerator(cfg: RunConfig, run_dir: Path | None = None) -> Accelerator
     return accelerator
 
 
+@contextlib.contextmanager
+def warnings_echoed_once(dataset: GraftDataset) -> Iterator[None]:
+    """Hold back the Python warnings whose text the dataset also records in
+    ``dataset.warnings``: the run echoes those as ``data: warning: ...`` (and keeps them in
+    metrics.json), and a plugin that also raises them for library users would print each twice.
+    Any other warning is raised again as it was."""
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    for w in caught:
+        if str(w.message) not in dataset.warnings:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
 def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: bool = True) -> Run:
     """Dataset, language prior (or ``--llm``), text space and grafted model; fails before training.
 
@@ -161,12 +177,13 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: boo
     run_dir.mkdir(parents=True, exist_ok=True)
     dataset_cls = plugins.get("dataset", cfg.dataset)
     dataset: GraftDataset = dataset_cls(cfg.data, workdir=cache_root(cfg) / "data" / cfg.dataset)
-    if accelerator.is_main_process:
-        dataset.prepare(progress=progress)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        dataset.prepare(progress=None)
-    train, valid = (dataset.records(split) for split in dataset.splits)
+    with warnings_echoed_once(dataset):
+        if accelerator.is_main_process:
+            dataset.prepare(progress=progress)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            dataset.prepare(progress=None)
+        train, valid = (dataset.records(split) for split in dataset.splits)
     skips = dataset.skips.summary()
     if not train:
         raise ConfigError(
@@ -419,21 +436,36 @@ def train_step(
     return terms, loss
 
 
+def any_process_lacks(acc: Accelerator, batch: dict[str, Any] | None) -> bool:
+    """Whether some process has no batch for this step (every volume of it failed to load,
+    recorded in ``dataset.skips``). A step's backward all-reduces the gradients across
+    processes (DDP), so one process cannot skip a step alone: the others would wait for it
+    forever. One process needs no collective, and pays for none."""
+    if acc.num_processes == 1:
+        return batch is None
+    lacks = torch.tensor([float(batch is None)], device=acc.device)
+    return bool(acc.reduce(lacks, "max").item())
+
+
 def train_epoch(ctx: PhaseContext, model, scheduler, callbacks, epoch: int, progress=None):
     """One pass over this process's shard (:func:`train_step` per batch). Returns the per-term
-    means, averaged over processes."""
+    means, averaged over processes.
+
+    A step for which any process lacks a batch is skipped by every process (the same number of
+    steps everywhere), with a line when that left out other processes' volumes."""
     acc = ctx.run.accelerator
     model.train()
     loader = _loader(ctx, "train", epoch, shuffle=True)
     sums: dict[str, torch.Tensor] = {}  # float64 on the device: no host sync per step
-    steps = 0
+    steps = skipped = 0
     task = None
     if progress:
         task = progress.add_task(
             f"phase {ctx.number} epoch {epoch + 1}", total=len(loader), info=""
         )
     for batch in loader:
-        if batch is None:  # every volume of it failed to load (recorded in dataset.skips)
+        if any_process_lacks(acc, batch):
+            skipped += 1
             continue
         try:
             terms, loss = train_step(ctx, model, scheduler, callbacks, batch)
@@ -446,6 +478,12 @@ def train_epoch(ctx: PhaseContext, model, scheduler, callbacks, epoch: int, prog
             progress.update(task, advance=1, info=f"loss {float(loss.detach()):.4f}")
     if progress:
         progress.remove_task(task)
+    if skipped and acc.num_processes > 1:
+        echo(
+            acc,
+            f"phase {ctx.number} epoch {epoch + 1}: {skipped} step(s) skipped by every process: "
+            "a process's batch failed to load (see metrics.json data.items)",
+        )
     names = sorted(sums)
     means = torch.stack([sums[k] / max(1, steps) for k in names]) if names else torch.zeros(0)
     reduced = acc.reduce(means.float().to(acc.device), "mean")
@@ -758,6 +796,7 @@ def run_curriculum(
             result["seconds"] = round(time.time() - t0, 1)
             results[str(n)] = result
             run.update_metrics({"phases": {str(n): result}})
+    gather_skips(run)
     skips = run.dataset.skips.summary()
     if skips["skipped"] != run.summary.get("data", {}).get("skipped", skips["skipped"]):
         run.summary["data"].update(skips)
@@ -768,3 +807,13 @@ def run_curriculum(
             f"{skips['by_reason']} (see metrics.json data.items)",
         )
     return results
+
+
+def gather_skips(run: Run) -> None:
+    """Add every process's skips to this process's ``dataset.skips``: a volume that fails at
+    load is recorded by the process that loaded it, and the main process writes metrics.json."""
+    if run.accelerator.num_processes == 1:
+        return
+    for entries in gather_object([run.dataset.skips.entries]):
+        for entry in entries:
+            run.dataset.skips.skip(*entry)

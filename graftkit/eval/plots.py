@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -423,9 +424,19 @@ def ablation_bars(ablation: Mapping[str, Any]) -> Figure | None:
     return fig
 
 
-PROBE_ORDER = ("raw", "p1", "p2", "p3", "p4")
 PROBE_METRIC_LABELS = {"macro_f1": "macro F1", "macro_auc": "macro ROC AUC"}
-PROBE_LABELS = {"raw": "raw slices", "p1": "P1", "p2": "P2", "p3": "P3", "p4": "P4"}
+
+
+def probe_stages(probe: Mapping[str, Any]) -> list[str]:
+    """The probe keys in curriculum order: ``raw`` first, then ``p{n}`` by phase number (``p10``
+    after ``p9``). A curriculum has any number of phases, so the keys are read, not listed."""
+    phases = sorted((k for k in probe if re.fullmatch(r"p[1-9]\d*", k)), key=lambda k: int(k[1:]))
+    return (["raw"] if "raw" in probe else []) + phases
+
+
+def probe_label(stage: str) -> str:
+    """``raw slices`` or the phase as written in the paper's tables (``P3``)."""
+    return "raw slices" if stage == "raw" else stage.upper()
 
 
 def probe_scores(value: Any) -> dict[str, float]:
@@ -437,7 +448,7 @@ def probe_scores(value: Any) -> dict[str, float]:
 
 def probe_progression(probe: Mapping[str, Any]) -> Figure | None:
     """Linear-probe macro F1 / AUC for raw slices and each phase's tokens (paper Table VIII)."""
-    stages = [s for s in PROBE_ORDER if probe_scores(probe.get(s))]
+    stages = [s for s in probe_stages(probe) if probe_scores(probe[s])]
     if not stages:
         return None
     scores = {s: probe_scores(probe[s]) for s in stages}
@@ -459,7 +470,7 @@ def probe_progression(probe: Mapping[str, Any]) -> Figure | None:
                     fontsize=8,
                 )
     ax.set_xticks(x)
-    ax.set_xticklabels([PROBE_LABELS[s] for s in stages])
+    ax.set_xticklabels([probe_label(s) for s in stages])
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("representation")
     ax.set_ylabel("cross-validated score")

@@ -4,7 +4,7 @@ Inputs, all optional (a missing one skips its sections with a note):
 
 * ``RUN/metrics.json``: ``eval`` (macro/per-class scores), ``phases`` (end-of-phase metrics),
   ``ablation`` (real / zero / shuffle / random generation scores, optional ``nll``), ``probe``
-  (raw, p1..p4), ``oracle`` (``macro_f1``, optional ``per_class``), ``prevalence``;
+  (raw, then p1..pN), ``oracle`` (``macro_f1``, optional ``per_class``), ``prevalence``;
 * ``RUN/history.jsonl``: one row per epoch, ``{"phase", "epoch", "step", "loss", ...}``;
 * ``RUN/collapse.jsonl``: :class:`~graftkit.eval.collapse.CollapseMonitor` history;
 * ``RUN/grounding.json``: ``{"zones": K, "rows": [{"label", "weights": [K floats]}]}``;
@@ -328,12 +328,12 @@ def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
             ]
         )
     probe = metrics.get("probe") or {}
-    for stage in reversed(plots.PROBE_ORDER):
-        scores = plots.probe_scores(probe.get(stage))
+    for stage in reversed(plots.probe_stages(probe)):
+        scores = plots.probe_scores(probe[stage])
         if "macro_f1" in scores:
             rows.append(
                 [
-                    f"linear probe macro F1 ({plots.PROBE_LABELS[stage]})",
+                    f"linear probe macro F1 ({plots.probe_label(stage)})",
                     fmt(scores["macro_f1"]),
                     "5-fold logistic regression on the mean-pooled visual tokens",
                 ]
