@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import difflib
 import json
 import os
 import re
@@ -13,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,8 @@ from graftkit.config import (
     format_config,
     load_yaml,
     parse_overrides,
+    section_model,
+    unknown_key_hint,
 )
 from graftkit.io import atomic_file, atomic_write_text, decode_utf8
 
@@ -98,33 +98,10 @@ def print_config(cfg: RunConfig, sources: dict[str, str]) -> int:
     return 0
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside a field annotation (``X``, ``X | None``), else ``None``."""
-    for candidate in (annotation, *typing.get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
-
-
-def _config_keys(
-    model: type[BaseModel] = RunConfig, prefix: str = "", phase: str = "p1"
-) -> list[str]:
-    if issubclass(model, PhasesConfig):  # a list addressed by phase number: phases.p3.lr
-        return _config_keys(PhaseConfig, f"{prefix}{phase}.", phase)
-    keys = []
-    for name, info in model.model_fields.items():
-        keys.append(prefix + name)
-        sub = _model_of(info.annotation)
-        if sub is not None:
-            keys += _config_keys(sub, f"{prefix}{name}.", phase)
-    return keys
-
-
 def _check_key(key: str) -> None:
     """Refuse a ``--set`` key no config section has, suggesting the nearest valid keys."""
     model: type[BaseModel] | None = RunConfig
     parts = key.split(".")
-    phase = next((p for p in parts if re.fullmatch(r"p\d+", p)), "p1")
     for i, part in enumerate(parts):
         if model is None:
             return  # inside a free-form mapping (e.g. data.synth): the dataset checks it
@@ -135,21 +112,8 @@ def _check_key(key: str) -> None:
             continue
         fields = model.model_fields
         if part not in fields:
-            parent = ".".join(parts[:i])
-            here = [f"{parent}.{f}" if parent else f for f in fields]
-            near = difflib.get_close_matches(key, _config_keys(phase=phase), n=3, cutoff=0.6)
-            near += [
-                k
-                for k in here
-                if k not in near and k.rsplit(".", 1)[-1] in difflib.get_close_matches(part, fields)
-            ]
-            hint = (
-                f"did you mean {', '.join(near[:3])}?"
-                if near
-                else f"keys here: {', '.join(here[:20])}"
-            )
-            raise ConfigError(f"--set {key}: unknown config key; {hint}")
-        model = _model_of(fields[part].annotation)
+            raise ConfigError(f"--set {key}: unknown config key; {unknown_key_hint(key, at=i)}")
+        model = section_model(fields[part].annotation)
         if model is None and i < len(parts) - 1 and "dict" not in str(fields[part].annotation):
             raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
 

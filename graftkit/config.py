@@ -488,7 +488,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
+def section_model(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model inside a field annotation (``X``, ``X | None``), else ``None``."""
     for candidate in (annotation, *typing.get_args(annotation)):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
@@ -505,24 +505,26 @@ def config_keys(
     keys = []
     for name, info in model.model_fields.items():
         keys.append(prefix + name)
-        sub = _model_of(info.annotation)
+        sub = section_model(info.annotation)
         if sub is not None:
             keys += config_keys(sub, f"{prefix}{name}.", phase)
     return keys
 
 
-def unknown_key_hint(key: str) -> str:
-    """``did you mean A, B, C?`` for a dotted key no config section has: the valid keys closest
-    to it as a whole, then those of its own section closest to its last part; with none close,
-    ``keys here: ...`` (the section's keys). The same hint as ``--set`` gives."""
+def unknown_key_hint(key: str, at: int = -1) -> str:
+    """``did you mean A, B, C?`` for a dotted key no config section has (its part ``at`` is the
+    unknown one): the valid keys closest to it as a whole, then those of that part's section
+    closest to the part; with none close, ``keys here: ...`` (the section's keys). ``--set`` and
+    ``--config`` give this same hint."""
     parts = key.split(".")
+    at = at % len(parts)
     phase = next((p for p in parts if re.fullmatch(r"p\d+", p)), "p1")
     keys = config_keys(phase=phase)
-    parent = ".".join(parts[:-1])
+    parent = ".".join(parts[:at])
     here = [k for k in keys if k.rpartition(".")[0] == parent]
     names = [k.rpartition(".")[2] for k in here]
     near = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
-    close = difflib.get_close_matches(parts[-1], names)
+    close = difflib.get_close_matches(parts[at], names)
     near += [k for k in here if k not in near and k.rpartition(".")[2] in close]
     return f"did you mean {', '.join(near[:3])}?" if near else f"keys here: {', '.join(here[:20])}"
 
