@@ -552,6 +552,18 @@ def _format_validation_error(err: ValidationError, sources: dict[str, str] | Non
                 + unknown_key_hint(field)
             )
             continue
+        if e["type"] == "missing":
+            files = sorted({s for s in (sources or {}).values() if s.startswith("--config")})
+            lines.append(
+                f"missing config key {field}"
+                + (
+                    f" ({files[0]} replaces paper.yaml, so it must be a whole run config such "
+                    "as a run's config.yaml; change a few settings with --set instead)"
+                    if files
+                    else ""
+                )
+            )
+            continue
         value = repr(e.get("input"))
         value = value if len(value) <= 80 else value[:77] + "..."
         lines.append(f"invalid config field {field} = {value}: {e['msg']}")

@@ -71,3 +71,14 @@ def test_unknown_key_without_a_source_still_gets_the_hint():
         )
     assert str(err.value) == "unknown config key sed; did you mean seed?"
     assert unknown_key_hint("xqxqxqxq").startswith("keys here: dataset, profile, seed")
+
+
+def test_a_partial_config_file_names_the_missing_key_and_the_way_out(capsys, tmp_path):
+    """A ``--config`` file replaces paper.yaml: one holding only a few settings is refused with
+    the missing key and the two ways to do what was meant, not a dump of the file's tree."""
+    path = tmp_path / "few.yaml"
+    path.write_text("bridge:\n  num_zones: 4\n")
+    line = error_line(capsys, "--config", str(path))
+    assert line.startswith("graftkit run: error: missing config key phases")
+    assert f"--config {path} replaces paper.yaml" in line and "--set" in line
+    assert "num_zones': 4" not in line
