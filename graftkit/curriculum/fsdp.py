@@ -7,9 +7,9 @@ then shards it with ``fully_shard``: each decoder layer of the LLM (LoRA include
 everything else (embeddings, head, the bridge) the root unit. Parameters become DTensors. What
 that changes for the engine is here, and every function is a no-op without FSDP:
 
-- :func:`prepare`: names the decoder-layer class to wrap, leaves the scalar parameters
-  ``fully_shard`` refuses (the calibrator's α, the InfoNCE temperature) replicated, and prints
-  what this process holds of the LLM;
+- :func:`prepare`: names the decoder-layer class to wrap, leaves the modules holding a scalar
+  parameter, which ``fully_shard`` refuses (the calibrator's α, the InfoNCE temperature, each
+  cross-attention adapter with its tanh gate), replicated, and prints what this process holds;
 - :func:`sync_replicated_grads`: averages those replicated parameters' gradients, as DDP would;
 - :func:`clip_grad_norm_`: one total norm over sharded and replicated gradients;
 - :func:`resharded`: FSDP keeps the root unit gathered after a no-grad forward until the next
@@ -84,8 +84,8 @@ def is_sharded(model: nn.Module) -> bool:
 def prepare(accelerator: Accelerator, objective: nn.Module, *objects: Any) -> tuple[Any, ...]:
     """``accelerator.prepare(objective, *objects)``. Under FSDP the first call shards the
     objective: the LLM's decoder-layer class is the unit (unless ``launch.fsdp_config`` names
-    one), modules holding scalar parameters stay replicated; a line says what this process
-    holds."""
+    one), modules holding a scalar parameter stay replicated (all their parameters: accelerate
+    ignores whole modules); a line says what this process holds."""
     if not accelerator.is_fsdp2 or is_sharded(objective):
         return accelerator.prepare(objective, *objects)
     from graftkit.bridge import find_decoder_layers
@@ -111,7 +111,8 @@ def prepare(accelerator: Accelerator, objective: nn.Module, *objects: Any) -> tu
         f"fsdp: {units} units ({', '.join(plugin.transformer_cls_names_to_wrap)} + root) over "
         f"{accelerator.num_processes} processes; this process holds {local} of the LLM's "
         f"{total} parameters ({local / max(1, total):.0%}); "
-        f"{sum(p.numel() for m in scalars for p in m.parameters())} scalar parameter(s) replicated",
+        f"{sum(p.numel() for m in scalars for p in m.parameters())} parameters replicated "
+        f"({len(scalars)} modules with a scalar parameter)",
     )
     return prepared
 
