@@ -156,7 +156,10 @@ class EWC:
         _check_names(self.reference, params, "EWC.penalty")
         total: Tensor | None = None
         for name, param in params.items():
-            reference = self.reference[name].to(device=param.device)
+            # a reference taken or loaded before the parameters were sharded (FSDP) is laid out
+            # as the parameter once, here
+            reference = self.reference[name] = shard_like(self.reference[name], param)
+            reference = reference.to(device=param.device)
             if reference.shape != param.shape:
                 raise ValueError(
                     f"EWC.penalty: {name!r} has shape {tuple(param.shape)}, reference has "
@@ -164,6 +167,7 @@ class EWC:
                 )
             squared = (param.float() - reference.float()).pow(2)
             if self.fisher is not None:
+                self.fisher[name] = shard_like(self.fisher[name], param)
                 squared = squared * self.fisher[name].to(param.device)
             term = squared.sum()
             total = term if total is None else total + term

@@ -25,8 +25,9 @@ from safetensors import safe_open
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 TIMEOUT = 600  # seconds per launch: a hang (a collective one process never joins) fails
+RUN = ["-m", "graftkit", "run", "ct_rate"]
 # the smoke profile switches the LARS-scaled projector rate off; on here, it reads sharded weights
-RUN = ["-m", "graftkit", "run", "ct_rate", "--phases", "1-4", "--set", "phases.p3.callbacks.lars_projector_lr={min: 1.0, max: 30.0}"]  # fmt: skip
+LARS = ["--set", "phases.p3.callbacks.lars_projector_lr={min: 1.0, max: 30.0}"]
 
 
 def _torchrun(*args: str) -> list[str]:
@@ -92,7 +93,9 @@ def _tensors(path: Path) -> dict:
 def ddp_run(e2e_cache, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ddp") / "run"
     log = run_dir.parent / "log.txt"
-    cmd = _torchrun(*RUN, "--profile", "cpu-2proc", "--no-eval", "--output-dir", str(run_dir))
+    cmd = _torchrun(
+        *RUN, *LARS, "--profile", "cpu-2proc", "--no-eval", "--output-dir", str(run_dir)
+    )
     _finish(_launch(cmd, _env(e2e_cache), log), log)
     return run_dir
 
@@ -102,7 +105,7 @@ def fsdp_run(ddp_run, e2e_cache, tmp_path_factory):
     """The FSDP run, SIGKILLed (every process) after its first phase-3 epoch checkpoint, then
     resumed with ``--resume``; returns the run folder and both outputs."""
     run_dir = tmp_path_factory.mktemp("fsdp") / "run"
-    cmd = _torchrun(*RUN, "--profile", "cpu-2proc-fsdp", "--output-dir", str(run_dir))
+    cmd = _torchrun(*RUN, *LARS, "--profile", "cpu-2proc-fsdp", "--output-dir", str(run_dir))
     first_log, resumed_log = run_dir.parent / "first.txt", run_dir.parent / "resumed.txt"
     proc = _launch(cmd, _env(e2e_cache), first_log)
     marker = run_dir / "checkpoints" / "phase3" / "last" / "manifest.json"
@@ -164,3 +167,20 @@ def test_losses_are_finite_and_match_ddp(fsdp_run, ddp_run):
         for name in names:
             assert math.isfinite(fsdp[key][name]), (key, name)
             assert fsdp[key][name] == pytest.approx(want[name], rel=1e-4, abs=1e-5), (key, name)
+
+
+def test_a_run_starting_at_phase_4_matches_the_full_run(fsdp_run, e2e_cache, tmp_path):
+    """Phase 4 first in its process: EWC takes its anchor before the model is sharded (its
+    penalty used to subtract a plain tensor from a sharded one and fail)."""
+    run_dir, _, _ = fsdp_run
+    log = tmp_path / "log.txt"
+    cmd = _torchrun(
+        *RUN, "--profile", "cpu-2proc-fsdp", "--phases", "4", "--no-eval",
+        "--init-from", str(run_dir / "phase3"), "--output-dir", str(tmp_path / "p4"),
+    )  # fmt: skip
+    _finish(_launch(cmd, _env(e2e_cache), log), log)
+    got, want = _history(tmp_path / "p4")[(4, 1)], _history(run_dir)[(4, 1)]
+    names = [k for k in want if k.startswith(("train_", "valid_"))]
+    assert "train_ewc" in names
+    for name in names:
+        assert got[name] == pytest.approx(want[name], rel=1e-6), name
