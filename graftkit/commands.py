@@ -278,7 +278,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_curriculum(
         run, phases, init_from=args.init_from, warm_bridge=args.warm_bridge, resume=args.resume
     )
-    if not args.no_eval and run.main:
+    evaluate = not args.no_eval
+    if evaluate and run.accelerator.is_fsdp2:
+        # the evaluation runs in the main process alone; a sharded model needs every process
+        evaluate = False
+        if run.main:
+            print(
+                f"evaluation: skipped under FSDP (the model is sharded across processes); "
+                f"evaluate the run in one process: graftkit eval {run_dir}",
+                flush=True,
+            )
+    if evaluate and run.main:
         run.summary["checkpoint"] = checkpoint_info(run_dir, run_dir / f"phase{phases[-1]}")
         clear_evaluation(run_dir)
         with progress_bar(disable=is_quiet()) as progress:

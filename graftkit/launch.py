@@ -9,6 +9,23 @@ import yaml
 
 from graftkit.config import LaunchConfig
 
+#: graftkit's FSDP settings (docs/distributed.md, "FSDP"), under ``launch.fsdp_config``'s keys
+FSDP_DEFAULTS: dict[str, Any] = {
+    "fsdp_version": 2,
+    "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+    "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+    # every process loads the LLM, builds the text space and grafts before the model is
+    # sharded; with True, transformers would load it on the meta device outside rank 0
+    "fsdp_cpu_ram_efficient_loading": False,
+    "fsdp_reshard_after_forward": True,
+}
+
+
+def fsdp_config(launch: LaunchConfig) -> dict[str, Any]:
+    """The FSDP settings of a launch profile: :data:`FSDP_DEFAULTS` updated by
+    ``launch.fsdp_config``."""
+    return {**FSDP_DEFAULTS, **launch.fsdp_config}
+
 
 def accelerate_config(launch: LaunchConfig) -> dict[str, Any]:
     """The accelerate config dict (the format ``accelerate config`` writes) for a launch profile."""
@@ -30,14 +47,7 @@ def accelerate_config(launch: LaunchConfig) -> dict[str, Any]:
         config["main_process_ip"] = launch.main_process_ip
         config["main_process_port"] = launch.main_process_port
     if launch.distributed_type == "FSDP":
-        config["fsdp_config"] = {
-            "fsdp_version": 2,
-            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "fsdp_state_dict_type": "SHARDED_STATE_DICT",
-            "fsdp_cpu_ram_efficient_loading": True,
-            "fsdp_reshard_after_forward": True,
-            **launch.fsdp_config,
-        }
+        config["fsdp_config"] = fsdp_config(launch)
     return config
 
 

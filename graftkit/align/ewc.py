@@ -20,6 +20,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from graftkit.checkpoint import full_tensors, shard_like
+
+
+def _plain(t: Tensor) -> Tensor:
+    """A contiguous CPU copy of ``t``, the full tensor where ``t`` is sharded (collective)."""
+    return full_tensors(t).detach().cpu().contiguous()
+
+
 NamedTensors = Iterable[tuple[str, Tensor]] | Mapping[str, Tensor]
 
 
@@ -148,7 +156,10 @@ class EWC:
         _check_names(self.reference, params, "EWC.penalty")
         total: Tensor | None = None
         for name, param in params.items():
-            reference = self.reference[name].to(device=param.device)
+            # a reference taken or loaded before the parameters were sharded (FSDP) is laid out
+            # as the parameter once, here
+            reference = self.reference[name] = shard_like(self.reference[name], param)
+            reference = reference.to(device=param.device)
             if reference.shape != param.shape:
                 raise ValueError(
                     f"EWC.penalty: {name!r} has shape {tuple(param.shape)}, reference has "
@@ -156,21 +167,21 @@ class EWC:
                 )
             squared = (param.float() - reference.float()).pow(2)
             if self.fisher is not None:
+                self.fisher[name] = shard_like(self.fisher[name], param)
                 squared = squared * self.fisher[name].to(param.device)
             term = squared.sum()
             total = term if total is None else total + term
         assert total is not None
-        return self.lam * total
+        # sharded parameters (FSDP) give a partial sum per process: the penalty is the full sum
+        return self.lam * full_tensors(total)
 
     def state_dict(self) -> dict[str, Tensor]:
         """Plain, contiguous CPU tensors: ``reference.<name>``, ``fisher.<name>``, ``lam``."""
         if not self.reference:
             raise RuntimeError("EWC.state_dict: no reference: call snapshot() first")
-        state = {f"reference.{n}": t.detach().cpu().contiguous() for n, t in self.reference.items()}
+        state = {f"reference.{n}": _plain(t) for n, t in self.reference.items()}
         if self.fisher is not None:
-            state.update(
-                {f"fisher.{n}": t.detach().cpu().contiguous() for n, t in self.fisher.items()}
-            )
+            state.update({f"fisher.{n}": _plain(t) for n, t in self.fisher.items()})
         state["lam"] = torch.tensor(self.lam, dtype=torch.float64)
         return state
 
@@ -192,9 +203,15 @@ class EWC:
                 )
         self.set_fisher(fisher or None)
         if self.fisher is not None:
-            self.fisher = {n: v.to(self.params[n].device) for n, v in self.fisher.items()}
+            self.fisher = {
+                n: shard_like(v.to(self.params[n].device), self.params[n])
+                for n, v in self.fisher.items()
+            }
         self.reference = {
-            n: v.detach().to(device=self.params[n].device, dtype=self.params[n].dtype).clone()
+            n: shard_like(
+                v.detach().to(device=self.params[n].device, dtype=self.params[n].dtype),
+                self.params[n],
+            ).clone()
             for n, v in reference.items()
         }
         if "lam" in state:

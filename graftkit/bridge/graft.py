@@ -40,6 +40,7 @@ from graftkit.bridge.xattn import (
     match_batch,
 )
 from graftkit.bridge.zones import ZoneCompressor, ZoneCompressorConfig
+from graftkit.checkpoint import shard_like
 from graftkit.config import PARAMETER_GROUPS, BridgeSettings, CompressorSettings, LoraConfig
 
 __all__ = [
@@ -586,13 +587,19 @@ class GraftedLM(nn.Module):
         loaded = []
         for name, value in selected.items():
             if name in expected:
-                expected[name].copy_(value)
+                expected[name].copy_(shard_like(value, expected[name]))
                 loaded.append(name)
         return loaded
 
     # -- persistence ---------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """``graft_config.json`` + ``bridge.safetensors`` (+ peft adapter files, ``tokenizer/``)."""
+    def save_pretrained(
+        self, directory: str | Path, state: dict[str, Tensor] | None = None
+    ) -> Path:
+        """``graft_config.json`` + ``bridge.safetensors`` (+ peft adapter files, ``tokenizer/``).
+
+        ``state``, a full :meth:`bridge_state_dict` (gathered from sharded parameters under
+        FSDP), is written in place of the model's own tensors.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         compressor_class = (
@@ -613,12 +620,22 @@ class GraftedLM(nn.Module):
             meta["compressor_config"] = self.compressor.config.model_dump(mode="json")
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         groups = [g for g in BRIDGE_GROUPS if g != "lora"]
-        state = {
-            n: t.detach().cpu().contiguous() for n, t in self.bridge_state_dict(groups).items()
+        if state is None:
+            state, lora = self.bridge_state_dict(groups), {}
+        else:  # peft filters its adapter's tensors from a state dict keyed as the model's own
+            lora = {
+                "state_dict": {
+                    n.removeprefix("lora."): t for n, t in state.items() if n.startswith("lora.")
+                }
+            }
+        bridge = {
+            n: t.detach().cpu().contiguous()
+            for n, t in state.items()
+            if n.split(".", 1)[0] in groups
         }
-        save_file(state, str(directory / BRIDGE_FILE), metadata={"format": "graftkit-bridge"})
+        save_file(bridge, str(directory / BRIDGE_FILE), metadata={"format": "graftkit-bridge"})
         if _is_peft(self.llm):
-            self.llm.save_pretrained(str(directory))
+            self.llm.save_pretrained(str(directory), **lora)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
         return directory

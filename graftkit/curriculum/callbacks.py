@@ -195,9 +195,15 @@ class Recalibrate(Callback):
 
 
 def lars_scale(params: list[torch.Tensor], low: float, high: float) -> float:
-    """‖w‖ / ‖∇w‖ over ``params``, clamped to ``[low, high]``; 1 when there is no gradient."""
-    w = torch.sqrt(sum((p.detach().float() ** 2).sum() for p in params))
-    g = torch.sqrt(sum((p.grad.detach().float() ** 2).sum() for p in params if p.grad is not None))
+    """‖w‖ / ‖∇w‖ over ``params``, clamped to ``[low, high]``; 1 when there is no gradient.
+    Sharded parameters (FSDP) give partial sums, reduced to the full ones (every process calls)."""
+    from graftkit.checkpoint import full_tensors
+
+    def squares(t: torch.Tensor) -> torch.Tensor:
+        return full_tensors((t.detach().float() ** 2).sum())
+
+    w = torch.sqrt(sum(squares(p) for p in params))
+    g = torch.sqrt(sum(squares(p.grad) for p in params if p.grad is not None))
     return float((w / g.clamp_min(1e-12)).clamp(low, high)) if g > 0 else 1.0
 
 

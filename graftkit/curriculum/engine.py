@@ -41,14 +41,17 @@ from graftkit.align import InfoNCE, imq_alpha, positive_weights
 from graftkit.checkpoint import (
     CheckpointError,
     flatten_state,
+    full_tensors,
     is_complete,
     load_checkpoint,
     recover_checkpoint,
     save_checkpoint,
+    shard_optimizer_state,
     unflatten_state,
     verify_checkpoint,
 )
 from graftkit.config import PARAMETER_GROUPS, ConfigError, PhaseConfig, RunConfig
+from graftkit.curriculum import fsdp
 from graftkit.curriculum.batches import PhaseCollator, TextTargets, make_loader
 from graftkit.curriculum.callbacks import Callback, EarlyStopping, PhaseContext, build_callbacks
 from graftkit.curriculum.model import build_grafted, resolve_llm_path, text_embedding_layer
@@ -134,8 +137,10 @@ def make_accelerator(cfg: RunConfig, run_dir: Path | None = None) -> Accelerator
         or os.environ.get("ACCELERATE_USE_CPU") == "true"
     )
     tensorboard = run_dir is not None and importlib.util.find_spec("tensorboard") is not None
+    plugin = fsdp.fsdp_plugin(cfg.launch) if cfg.launch.distributed_type == "FSDP" else None
     accelerator = Accelerator(
         cpu=cpu,
+        fsdp_plugin=plugin,
         mixed_precision=cfg.launch.mixed_precision if not cpu else "no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         # graftkit's schedules count this process's steps (make_loader shards the volumes);
@@ -144,6 +149,8 @@ def make_accelerator(cfg: RunConfig, run_dir: Path | None = None) -> Accelerator
         log_with="tensorboard" if tensorboard else None,
         project_dir=str(run_dir / "tensorboard") if tensorboard else None,
     )
+    if plugin is not None:
+        fsdp.enable_on_cpu(accelerator, plugin)
     if tensorboard:
         accelerator.init_trackers("graftkit")
     return accelerator
@@ -422,9 +429,10 @@ def train_step(
     if not torch.isfinite(loss):
         raise FloatingPointError(f"phase {ctx.number}: non-finite loss {float(loss)}")
     acc.backward(loss)
+    fsdp.sync_replicated_grads(acc, model)
     if phase.grad_clip:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, phase.grad_clip)
+        fsdp.clip_grad_norm_(params, phase.grad_clip)
     for cb in callbacks:
         cb.on_before_optimizer_step(ctx)
     optimizer.step()
@@ -513,6 +521,7 @@ def validate(ctx: PhaseContext, model) -> dict[str, float]:
         for k, v in terms.items():
             sums[k] = sums.get(k, 0) + v.detach().double() * size
         n += size
+    fsdp.resharded(model)  # FSDP keeps the root unit gathered after a no-grad forward
     return {f"valid_{k}": float(v / max(1, n)) for k, v in sums.items()}
 
 
@@ -529,6 +538,12 @@ class PhaseCheckpoint:
 
     def save(self, epoch: int) -> None:
         run = self.ctx.run
+        if not (run.main or run.accelerator.is_fsdp2):
+            return
+        # under FSDP every process takes part in gathering the shards; the main process writes
+        model = full_tensors(run.glm.bridge_state_dict())
+        optimizer = full_tensors(self.ctx.optimizer.state_dict())
+        callbacks = full_tensors({k: cb.state_dict() for k, cb in self._stateful().items()})
         if not run.main:
             return
         opt_tensors: dict[str, torch.Tensor] = {}
@@ -536,7 +551,7 @@ class PhaseCheckpoint:
         extra = {"rng.torch": torch.get_rng_state()}
         extra.update({f"infonce.{k}": v for k, v in run.objective.infonce.state_dict().items()})
         tensors = {
-            "model": run.glm.bridge_state_dict(),
+            "model": model,
             "optimizer": opt_tensors,
             "extra": extra,
             "callbacks": cb_tensors,
@@ -544,12 +559,10 @@ class PhaseCheckpoint:
         state = {
             "phase": self.ctx.number,
             "epoch": epoch,
-            "optimizer": flatten_state("opt", self.ctx.optimizer.state_dict(), opt_tensors),
+            "optimizer": flatten_state("opt", optimizer, opt_tensors),
             "scheduler": self.scheduler.state_dict(),
             "rng_python": list(random.getstate()[1]),
-            "callbacks": flatten_state(
-                "cb", {k: cb.state_dict() for k, cb in self._stateful().items()}, cb_tensors
-            ),
+            "callbacks": flatten_state("cb", callbacks, cb_tensors),
         }
         save_checkpoint(self.path, tensors, state)
 
@@ -559,9 +572,8 @@ class PhaseCheckpoint:
         try:
             groups, state = load_checkpoint(self.path)
             run.glm.load_bridge_state_dict(groups["model"])
-            self.ctx.optimizer.load_state_dict(
-                unflatten_state(state["optimizer"], groups["optimizer"])
-            )
+            optimizer = unflatten_state(state["optimizer"], groups["optimizer"])
+            self.ctx.optimizer.load_state_dict(shard_optimizer_state(optimizer, self.ctx.optimizer))
             self.scheduler.load_state_dict(state["scheduler"])
             run.objective.infonce.load_state_dict(
                 {
@@ -627,7 +639,7 @@ def run_phase(
     optimizer = build_optimizer(phase, groups)
     steps_per_epoch = max(1, math.ceil(len(run.train) / acc.num_processes / phase.batch_size))
     scheduler = build_scheduler(phase, optimizer, steps_per_epoch)
-    model, optimizer, scheduler = acc.prepare(run.objective, optimizer, scheduler)
+    model, optimizer, scheduler = fsdp.prepare(acc, run.objective, optimizer, scheduler)
     ctx.optimizer = optimizer
     checkpoint = PhaseCheckpoint(ctx, scheduler, callbacks, stopper)
     start = 0
@@ -649,16 +661,18 @@ def run_phase(
     for epoch in range(start, phase.epochs):
         t0 = time.time()
         torch.manual_seed(run.cfg.seed * 7919 + number * 101 + epoch)
-        for cb in callbacks:
-            cb.on_epoch_begin(ctx, epoch)
+        with fsdp.unsharded(run.glm, model):
+            for cb in callbacks:
+                cb.on_epoch_begin(ctx, epoch)
         row = {
             "phase": number,
             "epoch": epoch + 1,  # 1-based, as printed
             **train_epoch(ctx, model, scheduler, callbacks, epoch, progress),
         }
         row.update(validate(ctx, model))
-        for cb in callbacks:
-            cb.on_evaluate(ctx, epoch, row)
+        with fsdp.unsharded(run.glm, model):
+            for cb in callbacks:
+                cb.on_evaluate(ctx, epoch, row)
         metric = stopper.value(ctx, row)
         if phase.schedule == "plateau":
             scheduler.step(metric)
@@ -692,20 +706,18 @@ def run_phase(
 def save_final(run: Run, number: int, best: float | None, callbacks: list[Callback]) -> None:
     """``RUN/phase{N}``: the phase's bridge, temperature and callbacks' tensors (the EWC
     anchor), plus a peft/transformers ``pretrained`` folder."""
+    if run.main or run.accelerator.is_fsdp2:  # under FSDP every process gathers the shards
+        bridge = full_tensors(run.glm.bridge_state_dict())
+        kept = {cb.name: full_tensors(cb.final_tensors()) for cb in callbacks}
     if run.main:
-        tensors = {
-            "model": run.glm.bridge_state_dict(),
-            "extra": dict(run.objective.infonce.state_dict()),
-        }
-        for cb in callbacks:
-            if cb.final_tensors():
-                tensors[cb.name] = cb.final_tensors()
+        tensors = {"model": bridge, "extra": dict(run.objective.infonce.state_dict())}
+        tensors.update({name: group for name, group in kept.items() if group})
         state = {"phase": number, "best": best, "architecture": architecture_signature(run)}
         save_checkpoint(
             run.run_dir / f"phase{number}",
             tensors,
             state,
-            writer=lambda tmp: run.glm.save_pretrained(tmp / "pretrained"),
+            writer=lambda tmp: run.glm.save_pretrained(tmp / "pretrained", bridge),
         )
     run.accelerator.wait_for_everyone()
 

@@ -146,4 +146,11 @@ PROFILES = [
         overrides=SMOKE,
         launch=LaunchConfig(distributed_type="MULTI_CPU", num_processes=2, use_cpu=True),
     ),
+    Profile(
+        name="cpu-2proc-fsdp",
+        description="2 CPU processes (gloo) on the smoke cohort, the LLM sharded with FSDP2",
+        dataset="ct_rate",
+        overrides=SMOKE,
+        launch=LaunchConfig(distributed_type="FSDP", num_processes=2, use_cpu=True),
+    ),
 ]
