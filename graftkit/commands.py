@@ -262,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print(
             f"graftkit run {cfg.dataset} (profile {cfg.profile or 'none'}) -> {run_dir}; "
-            f"phases {args.phases}; "
+            f"phases {args.phases or f'{phases[0]}-{phases[-1]}'}; "
             f"torch threads {torch.get_num_threads()} "
             f"({getattr(args, 'threads_source', 'torch default')})",
             flush=True,

@@ -335,8 +335,35 @@ def build_callbacks(phase: PhaseConfig, number: int) -> list[Callback]:
             cls = plugins.get("callback", name)
         except plugins.UnknownNameError as err:
             raise ConfigError(f"phases.p{number}.callbacks: {err}") from None
+        unknown = _unknown_options(cls, options)
+        if unknown:
+            raise ConfigError(f"phases.p{number}.callbacks.{name}: {unknown}")
         try:
             out.append(cls(**options))
         except (TypeError, ValueError) as err:
             raise ConfigError(f"phases.p{number}.callbacks.{name}: {err}") from None
     return out
+
+
+def check_callbacks(phases) -> None:
+    """Build every phase's callbacks once, so a misspelt name or option stops the run before
+    any work (with the closest names) rather than when its phase starts."""
+    for number in phases.numbers:
+        build_callbacks(phases.get(number), number)
+
+
+def _unknown_options(cls: type, options: dict[str, Any]) -> str | None:
+    """``unknown option 'x'; did you mean 'y'? (options: ...)`` when ``cls`` takes no ``x``."""
+    import difflib
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    names = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key in options:
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            return f"unknown option {key!r}; {hint}(options: {', '.join(names) or 'none'})"
+    return None

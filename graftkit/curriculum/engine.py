@@ -53,7 +53,13 @@ from graftkit.checkpoint import (
 from graftkit.config import PARAMETER_GROUPS, ConfigError, PhaseConfig, RunConfig
 from graftkit.curriculum import fsdp
 from graftkit.curriculum.batches import PhaseCollator, TextTargets, make_loader
-from graftkit.curriculum.callbacks import Callback, EarlyStopping, PhaseContext, build_callbacks
+from graftkit.curriculum.callbacks import (
+    Callback,
+    EarlyStopping,
+    PhaseContext,
+    build_callbacks,
+    check_callbacks,
+)
 from graftkit.curriculum.model import build_grafted, resolve_llm_path, text_embedding_layer
 from graftkit.curriculum.objective import NEEDS_TEXT_TARGETS, NEEDS_TOKENS, Objective
 from graftkit.curriculum.textspace import TextSpace
@@ -177,6 +183,7 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: boo
     """
     from graftkit.lm import build_or_load_prior, load_llm
 
+    check_callbacks(cfg.phases)
     accelerator = make_accelerator(cfg, run_dir)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)

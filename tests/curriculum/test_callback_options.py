@@ -1,0 +1,52 @@
+"""A misspelt callback name or option stops ``graftkit run`` before any work, with the closest
+valid name, instead of when its phase starts (possibly hours into the run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from graftkit import plugins
+from graftkit.cli import main
+from graftkit.config import ConfigError, build_config
+from graftkit.curriculum.callbacks import check_callbacks
+
+
+def _phases(**overrides):
+    profile = plugins.get("profile", "smoke")
+    return build_config("ct_rate", overrides={**profile.overrides, **overrides}).phases
+
+
+def test_a_misspelt_option_names_the_phase_the_callback_and_the_closest_option():
+    phases = _phases(**{"phases.p3.callbacks.freeze_lora.after_epochh": 1})
+    with pytest.raises(ConfigError) as err:
+        check_callbacks(phases)
+    assert str(err.value) == (
+        "phases.p3.callbacks.freeze_lora: unknown option 'after_epochh'; "
+        "did you mean 'after_epoch'? (options: after_epoch)"
+    )
+
+
+def test_the_shipped_curricula_pass():
+    for name in ("smoke", "tiny", "paper"):
+        profile = plugins.get("profile", name)
+        check_callbacks(build_config("ct_rate", overrides=profile.overrides).phases)
+
+
+def test_graftkit_run_stops_before_preparing_anything(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            "ct_rate",
+            "--profile",
+            "smoke",
+            "--output-dir",
+            str(run_dir),
+            "--set",
+            "phases.p3.callbacks.recalibrate.everyy=2",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "phases.p3.callbacks.recalibrate: unknown option 'everyy'; did you mean 'every'?" in err
+    assert not (run_dir / "config.yaml").exists() and not (run_dir / "phase1").exists()
