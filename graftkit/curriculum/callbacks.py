@@ -364,6 +364,6 @@ def _unknown_options(cls: type, options: dict[str, Any]) -> str | None:
     for key in options:
         if key not in names:
             near = difflib.get_close_matches(key, names, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            return f"unknown option {key!r}; {hint}(options: {', '.join(names) or 'none'})"
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            return f"unknown option {key!r}{hint} (options: {', '.join(names) or 'none'})"
     return None
