@@ -51,6 +51,7 @@ from graftkit.curriculum.engine import (
     bridge_to_float32,
     build_optimizer,
     build_scheduler,
+    param_groups,
     train_step,
 )
 from graftkit.curriculum.objective import Objective
@@ -367,12 +368,7 @@ def run(
     glm.set_trainable(phase.trainable)
     # the phase's callbacks that act on every step (the others act per epoch or need a dataset)
     callbacks = [cb for cb in build_callbacks(phase, 3) if cb.name == "lars_projector_lr"]
-    groups = [
-        {"params": [p for p in params.values() if p.requires_grad], "lr": phase.lr, "group": name}
-        for name, params in glm.parameter_groups().items()
-        if name in phase.trainable
-    ]
-    optimizer = build_optimizer(phase, [g for g in groups if g["params"]])
+    optimizer = build_optimizer(phase, param_groups(objective, phase))
     scheduler = build_scheduler(phase, optimizer, steps_per_epoch=warmup_steps + steps)
     model_, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
     ctx = PhaseContext(SimpleNamespace(accelerator=accelerator, glm=glm), 3, phase, optimizer)

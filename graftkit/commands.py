@@ -28,6 +28,7 @@ from graftkit.config import (
     build_config,
     build_config_with_sources,
     default_config_path,
+    flatten,
     format_config,
     load_yaml,
     parse_overrides,
@@ -118,17 +119,6 @@ def _check_key(key: str) -> None:
             raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict) and tree:
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    if prefix == "phases." and isinstance(tree, list):  # the curriculum: phases.p1, ...
-        return _flat({f"p{i}": phase for i, phase in enumerate(tree, 1)}, prefix)
-    return {prefix.rstrip("."): tree}
-
-
 def check_resume_config(cfg: RunConfig, run_dir: Path, allowed: list[str]) -> dict[str, list[Any]]:
     """Compare the resolved config with ``RUN/config.yaml``; refuse any difference not allowed.
 
@@ -141,8 +131,8 @@ def check_resume_config(cfg: RunConfig, run_dir: Path, allowed: list[str]) -> di
     saved_tree = load_yaml(saved_path)
     with contextlib.suppress(ValidationError):  # an older format compares in today's form
         saved_tree = json.loads(RunConfig.model_validate(saved_tree).model_dump_json())
-    saved = _flat(saved_tree)
-    current = _flat(json.loads(cfg.model_dump_json()))
+    saved = flatten(saved_tree)
+    current = flatten(json.loads(cfg.model_dump_json()))
     changed = {
         key: [saved.get(key), current.get(key)]
         for key in sorted(set(saved) | set(current))

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from graftkit.data import (
-    RESPONSE_TEXTS,
     GraftDataset,
     Volume,
     VolumeDataset,
@@ -20,16 +19,6 @@ from graftkit.data import (
     response_text,
     sample_rng,
 )
-
-__all__ = [
-    "RESPONSE_TEXTS",
-    "PhaseCollator",
-    "TextTargets",
-    "finding_weights",
-    "make_loader",
-    "response_text",
-    "sample_rng",
-]
 from graftkit.lm import encode_chat, pad_batch
 
 

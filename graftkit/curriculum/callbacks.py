@@ -173,8 +173,6 @@ class Recalibrate(Callback):
     def on_epoch_begin(self, ctx: PhaseContext, epoch: int) -> None:
         if epoch % self.every:
             return
-        from accelerate.utils import send_to_device
-
         from graftkit.data import VolumeDataset, collate_volumes
 
         run = ctx.run
@@ -184,9 +182,7 @@ class Recalibrate(Callback):
             run.cfg.data.max_slices,
             skip_unloadable=True,
         )
-        batch = send_to_device(
-            collate_volumes([data[i] for i in range(len(data))]), run.accelerator.device
-        )
+        batch = collate_volumes([data[i] for i in range(len(data))])  # recalibrate moves it
         was_training = run.glm.training
         run.glm.eval()
         with torch.no_grad(), run.accelerator.autocast():

@@ -333,8 +333,10 @@ def _text_space(cfg, run_dir, dataset, train, valid, llm, tokenizer, accelerator
 
 
 # -- one phase ---------------------------------------------------------------------------------
-def _param_groups(run: Run, phase: PhaseConfig) -> list[dict[str, Any]]:
-    groups = run.glm.parameter_groups()
+def param_groups(objective: Objective, phase: PhaseConfig) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups of ``phase``: each declared trainable bridge group that
+    has parameters requiring a gradient, plus the InfoNCE temperature when the phase uses it."""
+    groups = objective.glm.parameter_groups()
     out = []
     for name in phase.trainable:
         params = [p for p in groups.get(name, {}).values() if p.requires_grad]
@@ -343,7 +345,7 @@ def _param_groups(run: Run, phase: PhaseConfig) -> list[dict[str, Any]]:
     if "infonce" in phase.losses:
         out.append(
             {
-                "params": list(run.objective.infonce.parameters()),
+                "params": list(objective.infonce.parameters()),
                 "lr": phase.lr,
                 "group": "temperature",
             }
@@ -640,7 +642,7 @@ def run_phase(
         p.requires_grad_("infonce" in phase.losses)
     for cb in callbacks:
         cb.on_phase_begin(ctx)
-    groups = _param_groups(run, phase)
+    groups = param_groups(run.objective, phase)
     if not groups:
         raise ConfigError(f"phase {number}: no trainable parameters in groups {phase.trainable}")
     optimizer = build_optimizer(phase, groups)
