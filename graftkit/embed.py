@@ -250,6 +250,7 @@ def _gather(local: EmbedSummary) -> EmbedSummary:
     group = dist.new_group(backend="gloo", timeout=timedelta(hours=24))
     gathered: list[EmbedSummary | None] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, local, group=group)
+    dist.barrier(group=group)  # gloo frees the gather's work before exit can race it
     dist.destroy_process_group(group)
     if created:
         dist.destroy_process_group()
