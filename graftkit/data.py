@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +35,14 @@ class Volume:
     findings: str
     impressions: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Skipped(NamedTuple):
+    """One sample a run could not use: what :class:`SkipLog` records."""
+
+    split: str
+    name: str
+    reason: str
 
 
 @dataclass
@@ -186,10 +194,12 @@ class VolumeDataset(torch.utils.data.Dataset):
     """Torch view over a list of :class:`Volume`: loads embeddings lazily, one volume per item.
 
     With ``skip_unloadable`` (training), a volume whose file fails to load now although it passed
-    the data scan (changed since) is recorded in ``dataset.skips`` by name and comes back as
-    ``None``, which :func:`collate_volumes` leaves out: one file does not end the run. Without it
-    (evaluation, where every volume must be scored) the :class:`DataError` naming the file
-    propagates.
+    the data scan (changed since) is recorded in ``dataset.skips`` by name and comes back as a
+    :class:`Skipped`, which :func:`collate_volumes` leaves out: one file does not end the run. In
+    a DataLoader worker process ``dataset.skips`` is the worker's copy, so the batch carries the
+    :class:`Skipped` to the training process (:func:`graftkit.curriculum.batches.loaded`).
+    Without it (evaluation, where every volume must be scored) the :class:`DataError` naming the
+    file propagates.
     """
 
     def __init__(
@@ -205,15 +215,16 @@ class VolumeDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.volumes)
 
-    def __getitem__(self, index: int) -> dict[str, Any] | None:
+    def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
         volume = self.volumes[index]
         try:
             slices, z_mm = self.dataset.load(volume)
         except DataError as err:
             if not self.skip_unloadable:
                 raise
-            self.dataset.skips.skip(volume.split, volume.name, f"failed at load: {err}")
-            return None
+            skipped = Skipped(volume.split, volume.name, f"failed at load: {err}")
+            self.dataset.skips.skip(*skipped)
+            return skipped
         if self.max_slices and slices.shape[0] > self.max_slices:
             keep = torch.linspace(0, slices.shape[0] - 1, self.max_slices).round().long()
             slices, z_mm = slices[keep], z_mm[keep]
@@ -225,12 +236,12 @@ class VolumeDataset(torch.utils.data.Dataset):
         }
 
 
-def collate_volumes(items: list[dict[str, Any] | None]) -> dict[str, torch.Tensor]:
+def collate_volumes(items: list[dict[str, Any] | Skipped]) -> dict[str, torch.Tensor]:
     """Pad slice sequences to the longest in the batch; ``mask`` marks real slices.
 
-    ``None`` items (volumes skipped at load, see :class:`VolumeDataset`) are left out.
+    :class:`Skipped` items (volumes that failed at load, see :class:`VolumeDataset`) are left out.
     """
-    items = [item for item in items if item is not None]
+    items = [item for item in items if not isinstance(item, Skipped)]
     if not items:
         raise DataError("every volume of this batch failed to load (see the skipped volumes)")
     n_max = max(item["slices"].shape[0] for item in items)

@@ -57,28 +57,31 @@ def _world(group: dist.ProcessGroup | None) -> tuple[int, int]:
     return dist.get_world_size(group), dist.get_rank(group)
 
 
-def _gather_rows(x: Tensor, group: dist.ProcessGroup | None) -> Tensor:
+def _batch_sizes(batch: int, device: torch.device, group: dist.ProcessGroup | None) -> list[int]:
+    world, _ = _world(group)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([batch], dtype=torch.int64, device=device), group=group)
+    return [int(s) for s in sizes]
+
+
+def _gather_rows(x: Tensor, sizes: list[int], group: dist.ProcessGroup | None) -> Tensor:
+    """Every process's rows of ``x``, in rank order. Processes with fewer rows than the largest
+    (a volume skipped at load) are padded for the collective and the padding dropped again."""
     from torch.distributed.nn.functional import all_gather
 
+    longest = max(sizes)
+    if x.shape[0] < longest:
+        x = torch.cat([x, x.new_zeros(longest - x.shape[0], *x.shape[1:])])
     # torch 2.13 flags this autograd all-gather as deprecated in favour of a private API; it is
     # still the public differentiable collective whose backward sums gradients into the owner.
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=".*all_gather is deprecated", category=FutureWarning
         )
-        return torch.cat(all_gather(x, group=group), dim=0)
-
-
-def _check_equal_batches(batch: int, device: torch.device, group: dist.ProcessGroup | None) -> None:
-    world, rank = _world(group)
-    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([batch], dtype=torch.int64, device=device), group=group)
-    found = [int(s) for s in sizes]
-    if len(set(found)) != 1:
-        raise ValueError(
-            f"InfoNCE: gathering negatives needs the same batch size on every process, got {found} "
-            f"(this is rank {rank}); use drop_last=True or even sharding"
-        )
+        parts = all_gather(x, group=group)
+    if len(set(sizes)) > 1:
+        parts = [part[:n] for part, n in zip(parts, sizes, strict=True)]
+    return torch.cat(parts, dim=0)
 
 
 def info_nce(
@@ -92,7 +95,9 @@ def info_nce(
     """Functional InfoNCE (module docstring equation); returns ``(loss, effective_batch_size)``.
 
     ``a``, ``b`` are ``[B, D]`` (normalised here); ``logit_scale`` is the scalar t with s = exp(t),
-    used as given (no clamping). The positive of local row i is global column rank·B + i.
+    used as given (no clamping). The positive of local row i is global column o + i, where o is
+    the number of rows of the lower ranks. Processes may pass different B (a volume skipped at
+    load): each row then weighs W/N, so the mean over processes is still the global mean.
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape != b.shape:
         raise ValueError(
@@ -103,22 +108,30 @@ def info_nce(
             f"InfoNCE: logit_scale must be a scalar, got shape {tuple(logit_scale.shape)}"
         )
     batch = a.shape[0]
-    if batch == 0:
+    world, rank = _world(group) if gather else (1, 0)
+    if world == 1 and batch == 0:
         return a.reshape(-1)[:0].sum() + b.reshape(-1)[:0].sum() + 0 * logit_scale.reshape(()), 0
     a = F.normalize(a, dim=-1)
     b = F.normalize(b, dim=-1)
-    world, rank = _world(group) if gather else (1, 0)
+    sizes = _batch_sizes(batch, a.device, group) if world > 1 else [batch]
     if world > 1:
-        _check_equal_batches(batch, a.device, group)
-        all_a, all_b = _gather_rows(a, group), _gather_rows(b, group)
+        all_a, all_b = _gather_rows(a, sizes, group), _gather_rows(b, sizes, group)
     else:
         all_a, all_b = a, b
+    total = sum(sizes)
+    if total == 0:
+        return a.sum() + b.sum() + 0 * logit_scale.reshape(()), 0
+    # equal batches: the mean over processes of the per-process means is the global mean;
+    # unequal ones (a volume skipped at load) weight every row W/N, which keeps it exact
+    reduction = "mean" if len(set(sizes)) == 1 else "sum"
     scale = logit_scale.reshape(()).exp()
-    targets = torch.arange(batch, device=a.device) + rank * batch
-    loss = F.cross_entropy(scale * (a @ all_b.T), targets)
+    targets = torch.arange(batch, device=a.device) + sum(sizes[:rank])
+    loss = F.cross_entropy(scale * (a @ all_b.T), targets, reduction=reduction)
     if symmetric:
-        loss = (loss + F.cross_entropy(scale * (b @ all_a.T), targets)) / 2
-    return loss, world * batch
+        loss = (loss + F.cross_entropy(scale * (b @ all_a.T), targets, reduction=reduction)) / 2
+    if reduction == "sum":
+        loss = loss * world / total
+    return loss, total
 
 
 class InfoNCE(nn.Module):

@@ -13,6 +13,7 @@ import torch
 
 from graftkit.data import (
     GraftDataset,
+    Skipped,
     Volume,
     VolumeDataset,
     collate_volumes,
@@ -76,10 +77,13 @@ class PhaseCollator:
         self.finding_weight = finding_weight
         self.epoch = 0
 
-    def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-        if all(item is None for item in items):
-            return None  # every volume of this batch failed to load; the loop skips it
+    def __call__(self, items: list[dict[str, Any] | Skipped]) -> dict[str, Any]:
+        skipped = [item for item in items if isinstance(item, Skipped)]
+        if len(skipped) == len(items):
+            return {"skipped": skipped}  # every volume of this batch failed to load
         batch = collate_volumes(items)
+        if skipped:
+            batch["skipped"] = skipped
         indices = batch["index"].tolist()
         if self.targets is not None:
             batch.update(self.targets.batch(indices))
@@ -111,6 +115,14 @@ class PhaseCollator:
                     padded["labels"], torch.tensor(findings), self.finding_weight
                 )
         return batch
+
+
+def loaded(dataset: GraftDataset, batch: dict[str, Any]) -> dict[str, Any] | None:
+    """The batch without its load-time skips, which go to ``dataset.skips`` (a DataLoader worker
+    process records them in its own copy only); ``None`` when none of its volumes loaded."""
+    for entry in batch.pop("skipped", ()):
+        dataset.skips.skip(*entry)
+    return batch if "slices" in batch else None
 
 
 def finding_weights(labels: torch.Tensor, findings: torch.Tensor, weight: float) -> torch.Tensor:

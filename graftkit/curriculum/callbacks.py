@@ -93,7 +93,7 @@ class InitCompressor(Callback):
         data = VolumeDataset(
             run.dataset, run.train[: self.volumes], run.cfg.data.max_slices, skip_unloadable=True
         )
-        items = [item for item in (data[i] for i in range(len(data))) if item is not None]
+        items = [item for item in (data[i] for i in range(len(data))) if isinstance(item, dict)]
         device = next(run.glm.compressor.parameters()).device
         init(torch.cat([item["slices"] for item in items]).to(device))
         ctx.echo(

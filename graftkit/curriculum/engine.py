@@ -52,7 +52,7 @@ from graftkit.checkpoint import (
 )
 from graftkit.config import PARAMETER_GROUPS, ConfigError, PhaseConfig, RunConfig
 from graftkit.curriculum import fsdp
-from graftkit.curriculum.batches import PhaseCollator, TextTargets, make_loader
+from graftkit.curriculum.batches import PhaseCollator, TextTargets, loaded, make_loader
 from graftkit.curriculum.callbacks import (
     Callback,
     EarlyStopping,
@@ -481,6 +481,7 @@ def train_epoch(ctx: PhaseContext, model, scheduler, callbacks, epoch: int, prog
             f"phase {ctx.number} epoch {epoch + 1}", total=len(loader), info=""
         )
     for batch in loader:
+        batch = loaded(ctx.run.dataset, batch)
         if any_process_lacks(acc, batch):
             skipped += 1
             continue
@@ -521,6 +522,7 @@ def validate(ctx: PhaseContext, model) -> dict[str, float]:
     sums: dict[str, torch.Tensor] = {}
     n = 0
     for batch in _loader(ctx, "valid", 0, shuffle=False):
+        batch = loaded(run.dataset, batch)
         if batch is None:
             continue
         batch = send_to_device(batch, acc.device)

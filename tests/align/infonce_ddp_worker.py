@@ -36,15 +36,23 @@ def make_problem(
     return encoder_a, encoder_b, loss, xa, xb
 
 
-def main(out_dir: Path) -> None:
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+def uneven_shard(rank: int, world: int) -> slice:
+    """Rank 0 gets one row more than the others, rank 1 one fewer (a volume skipped at load)."""
+    sizes = [PER_RANK] * world
+    sizes[0], sizes[1] = PER_RANK + 1, PER_RANK - 1
+    start = sum(sizes[:rank])
+    return slice(start, start + sizes[rank])
+
+
+def ddp_step(
+    shard: slice, world: int
+) -> tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor, int]:
+    """This rank's loss on ``shard`` of a fresh problem, the mean loss over ranks, the gradients
+    averaged over ranks as DistributedDataParallel does, the input gradient, the batch seen."""
     encoder_a, encoder_b, loss_fn, xa, xb = make_problem(world)
-    shard = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
     xa_local = xa[shard].clone().requires_grad_(True)
     loss = loss_fn(encoder_a(xa_local), encoder_b(xb[shard]))
     loss.backward()
-
     modules = {"a": encoder_a, "b": encoder_b, "loss": loss_fn}
     grads = {}
     for prefix, module in modules.items():
@@ -54,17 +62,30 @@ def main(out_dir: Path) -> None:
             grads[f"{prefix}.{name}"] = grad / world
     mean_loss = loss.detach().clone()
     dist.all_reduce(mean_loss)
+    return loss.detach(), mean_loss / world, grads, xa_local.grad, loss_fn.effective_batch_size
+
+
+def main(out_dir: Path) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    shard = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+    loss, mean_loss, grads, input_grad, effective = ddp_step(shard, world)
+    _, uneven_mean, uneven_grads, _, uneven_effective = ddp_step(uneven_shard(rank, world), world)
+    encoder_a, encoder_b, _, xa, xb = make_problem(world)
 
     ungathered = InfoNCE(init_temperature=0.2, gather=False).double()
     ungathered(encoder_a(xa[shard]), encoder_b(xb[shard]))
     torch.save(
         {
-            "loss": loss.detach(),
-            "mean_loss": mean_loss / world,
+            "loss": loss,
+            "mean_loss": mean_loss,
             "grads": grads,
-            "input_grad": xa_local.grad,
-            "effective_batch_size": loss_fn.effective_batch_size,
+            "input_grad": input_grad,
+            "effective_batch_size": effective,
             "ungathered_effective_batch_size": ungathered.effective_batch_size,
+            "uneven_mean_loss": uneven_mean,
+            "uneven_grads": uneven_grads,
+            "uneven_effective_batch_size": uneven_effective,
             "world_size": world,
         },
         out_dir / f"rank{rank}.pt",

@@ -145,3 +145,12 @@ def test_gathered_infonce_matches_single_process(tmp_path: Path) -> None:
         rows = slice(rank * worker.PER_RANK, (rank + 1) * worker.PER_RANK)
         # The all-gather backward sums every rank's column gradient into the owner: / world size.
         assert torch.allclose(result["input_grad"] / 2, xa.grad[rows], rtol=1e-10, atol=1e-12)
+    # Uneven shards (4 + 2 rows: a volume skipped at load on one process) give the same mean
+    # loss and gradients as one process on all rows, instead of stopping the run.
+    for result in ranks:
+        assert result["uneven_effective_batch_size"] == 2 * worker.PER_RANK
+        assert torch.allclose(
+            result["uneven_mean_loss"], reference.detach(), rtol=1e-12, atol=1e-12
+        )
+        for name, grad in result["uneven_grads"].items():
+            assert torch.allclose(grad, reference_grads[name], rtol=1e-10, atol=1e-12)

@@ -199,7 +199,7 @@ def test_quiet_gaps_are_recorded_as_warnings(cohort, tmp_path):
 
 
 def test_a_file_that_fails_after_the_scan_is_skipped_at_load_in_training(cohort, tmp_path):
-    from graftkit.data import DataError, VolumeDataset, collate_volumes
+    from graftkit.data import DataError, Skipped, VolumeDataset, collate_volumes
 
     ds = scan(cohort, tmp_path)
     volumes = ds.records("train")[:3]
@@ -208,13 +208,43 @@ def test_a_file_that_fails_after_the_scan_is_skipped_at_load_in_training(cohort,
     array[0, 0] = np.nan
     np.save(path, array)
     items = [VolumeDataset(ds, volumes, skip_unloadable=True)[i] for i in range(3)]
-    assert items[1] is None
+    assert isinstance(items[1], Skipped) and items[1].name == volumes[1].name
     batch = collate_volumes(items)
     assert batch["index"].tolist() == [0, 2]
     assert ds.skips.entries[-1][1] == volumes[1].name
     assert str(path) in ds.skips.entries[-1][2]
     with pytest.raises(DataError, match=path.stem):  # evaluation must score every volume
         VolumeDataset(ds, volumes)[1]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_load_time_skips_in_loader_workers_reach_the_training_process(
+    cohort, tmp_path, num_workers
+):
+    """A DataLoader worker process has its own copy of ``dataset.skips``: the batches carry the
+    skips back, and the training loop records them (and drops a batch with no volume left)."""
+    from graftkit.curriculum.batches import PhaseCollator, loaded, make_loader
+
+    ds = scan(cohort, tmp_path)
+    volumes = ds.records("train")[:5]
+    broken = {1, 3, 4}
+    for i in broken:
+        path = Path(volumes[i].meta["embedding"])
+        array = np.load(path)
+        array[0, 0] = np.inf
+        np.save(path, array)
+    collator = PhaseCollator(ds, volumes, None, None, "positive_findings", 4, seed=0)
+    loader = make_loader(
+        ds, volumes, collator, batch_size=2, shuffle=False, seed=0, epoch=0,
+        num_workers=num_workers,
+    )  # fmt: skip
+    batches = [loaded(ds, batch) for batch in loader]  # volumes [0, 1], [2, 3], [4]
+    assert [b["index"].tolist() if b is not None else None for b in batches] == [[0], [2], None]
+    assert all("skipped" not in b for b in batches if b is not None)
+    recorded = {name: reason for _, name, reason in ds.skips.entries}
+    assert set(recorded) == {volumes[i].name for i in broken}
+    for i in broken:
+        assert Path(volumes[i].meta["embedding"]).name in recorded[volumes[i].name]
 
 
 # -- one line, exit code 2 ------------------------------------------------------------------------
