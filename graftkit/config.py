@@ -174,7 +174,16 @@ class BridgeConfig(BridgeSettings):
     visual_dim: int | None = Field(
         None, gt=0, description="d_v for `plan`; runs read it from the data"
     )
-    whitening_components: int = Field(256, gt=0)
+    whitening_components: int = Field(
+        256,
+        gt=0,
+        description="k of the text whitening = the JEPA head's width (fewer with fewer texts)",
+    )
+    jepa_dim: int = Field(
+        256,
+        gt=0,
+        description="unused by runs and plan, kept so saved configs load: see whitening_components",
+    )
 
 
 class ObjectiveConfig(Strict):

@@ -47,6 +47,9 @@ class Callback:
     """Base class: every hook does nothing; ``state_dict`` is empty."""
 
     name: ClassVar[str] = ""
+    #: Option names of a callback that takes ``**options`` (e.g. ``lambda``, a Python keyword),
+    #: so that a misspelt one is named with the closest; others are read from ``__init__``.
+    option_names: ClassVar[tuple[str, ...]] = ()
 
     def on_phase_begin(self, ctx: PhaseContext) -> None: ...
 
@@ -236,6 +239,7 @@ class EWCPenalty(Callback):
     "Four-phase curriculum", phase 4; Fisher = 1)."""
 
     name = "ewc"
+    option_names = ("lambda",)
 
     def __init__(self, **options: float):
         lam = options.pop("lambda", None)
@@ -354,9 +358,11 @@ def _unknown_options(cls: type, options: dict[str, Any]) -> str | None:
     import inspect
 
     params = inspect.signature(cls).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    names = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    names = list(getattr(cls, "option_names", ()))
+    if not names:
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return None
+        names = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
     for key in options:
         if key not in names:
             near = difflib.get_close_matches(key, names, n=1)

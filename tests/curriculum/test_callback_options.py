@@ -26,6 +26,16 @@ def test_a_misspelt_option_names_the_phase_the_callback_and_the_closest_option()
     )
 
 
+def test_a_misspelt_option_of_a_keyword_options_callback_gets_the_closest_too():
+    """EWC takes ``**options`` (its option, ``lambda``, is a Python keyword)."""
+    phases = _phases(**{"phases.p4.callbacks.ewc": {"lambd": 0.1}})
+    with pytest.raises(ConfigError) as err:
+        check_callbacks(phases)
+    assert str(err.value) == (
+        "phases.p4.callbacks.ewc: unknown option 'lambd'; did you mean 'lambda'? (options: lambda)"
+    )
+
+
 def test_the_shipped_curricula_pass():
     for name in ("smoke", "tiny", "paper"):
         profile = plugins.get("profile", name)
