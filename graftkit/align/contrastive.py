@@ -109,17 +109,15 @@ def info_nce(
         )
     batch = a.shape[0]
     world, rank = _world(group) if gather else (1, 0)
-    if world == 1 and batch == 0:
-        return a.reshape(-1)[:0].sum() + b.reshape(-1)[:0].sum() + 0 * logit_scale.reshape(()), 0
     a = F.normalize(a, dim=-1)
     b = F.normalize(b, dim=-1)
-    sizes = _batch_sizes(batch, a.device, group) if world > 1 else [batch]
     if world > 1:
+        sizes = _batch_sizes(batch, a.device, group)
         all_a, all_b = _gather_rows(a, sizes, group), _gather_rows(b, sizes, group)
     else:
-        all_a, all_b = a, b
+        sizes, all_a, all_b = [batch], a, b
     total = sum(sizes)
-    if total == 0:
+    if total == 0:  # no pair anywhere: a zero loss that still reaches every input
         return a.sum() + b.sum() + 0 * logit_scale.reshape(()), 0
     # equal batches: the mean over processes of the per-process means is the global mean;
     # unequal ones (a volume skipped at load) weight every row W/N, which keeps it exact
