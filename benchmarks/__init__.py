@@ -1,4 +1,4 @@
-"""graftkit's benchmark suite (issue 10); run it with ``python -m benchmarks [--quick]``.
+"""graftkit's benchmark suite; run it with ``python -m benchmarks [--quick]``.
 
 Every benchmark module exposes ``run(quick: bool) -> list[dict]``; the runner
 (:mod:`benchmarks.__main__`) turns the rows into one table. Rows written by the modules of this

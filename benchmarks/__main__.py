@@ -3,7 +3,7 @@
 Suites, in order (``--only`` takes these names):
 
 - ``bridge``: zone compressor vs per-zone loop and vs bare matmuls, grafted vs plain generation
-  per token, 32 grafted tokens vs a 600-slice prefix (``benchmarks/bench_bridge.py``, issue 3);
+  per token, 32 grafted tokens vs a 600-slice prefix (``benchmarks/bench_bridge.py``);
 - ``step_time``: phase-3 step time, bridge share vs LLM share (:mod:`benchmarks.step_time`);
 - ``data_loading``: loader samples/s from ``.npy`` and Arrow, 0/2 workers, vs 10x the step's rate
   (:mod:`benchmarks.data_loading`);
@@ -11,7 +11,7 @@ Suites, in order (``--only`` takes these names):
   ``--quick`` (:mod:`benchmarks.gpu_paper_scale`);
 - ``scaling``: compressor time and generation time vs N (:mod:`benchmarks.scaling`);
 - ``encoders``: slice-embedding rate of the ViT-L/14 encoder and the readers
-  (``benchmarks/bench_encoders.py``, issue 7). Its own quick mode times a full-size ViT-L batch
+  (``benchmarks/bench_encoders.py``). Its own quick mode times a full-size ViT-L batch
   (minutes on a small CPU), so ``--quick`` here times a 2-layer, 64-wide encoder of the same code
   instead.
 

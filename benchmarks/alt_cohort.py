@@ -1,6 +1,6 @@
 """A second CT-RATE-layout cohort, written by code independent of ``graftkit_ct_rate.synth``.
 
-Issue 14 asks that the embedded default's recipe hold on a cohort it was not tuned on, written by
+The embedded default's recipe must hold on a cohort it was not tuned on, written by
 different code. This writer shares nothing with the synthetic generator but the file layout:
 
 - reports and labels: the 800 *real* labelled CT-RATE reports shipped with the plugin with their

@@ -1,4 +1,4 @@
-"""Benchmark of the bridge (issue 3): zone compressor, grafted generation, grafted vs prefix tokens.
+"""Benchmark of the bridge: zone compressor, grafted generation, grafted vs prefix tokens.
 
     python benchmarks/bench_bridge.py            # full: paper sizes (~2 min on 2 CPU cores)
     python benchmarks/bench_bridge.py --quick    # small sizes, a few seconds

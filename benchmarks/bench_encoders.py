@@ -1,4 +1,4 @@
-"""Benchmark of ``lejepa-ct`` (issue 7): encoder slices/s, reader + preprocessing slices/s, the
+"""Benchmark of ``lejepa-ct``: encoder slices/s, reader + preprocessing slices/s, the
 end-to-end volumes/hour they imply, and a FLOP-based GPU estimate.
 
     python benchmarks/bench_encoders.py            # full: 2 timed batches, larger volumes

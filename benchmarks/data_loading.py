@@ -1,4 +1,4 @@
-"""Training data path at paper shapes: samples/s of the phase-3 loader (issue 10).
+"""Training data path at paper shapes: samples/s of the phase-3 loader.
 
     python -m benchmarks --only data_loading [--quick]
 

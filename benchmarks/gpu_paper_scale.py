@@ -7,7 +7,7 @@ The model is the published Llama-3.2-3B-Instruct architecture (``graftkit/config
 llama-3.2-3b-instruct.json``, randomly initialised: no weights are needed to time it) in bf16,
 grafted with the paper's bridge from ``graftkit/configs/paper.yaml``: K = 32 zones over
 d_v = 1,024 slice embeddings, gated cross-attention adapters before layers 7/14/21, LoRA r = 16 on
-q, k, v, o, gate, up and down of all 28 layers (DESIGN.md, "Four-phase curriculum").
+q, k, v, o, gate, up and down of all 28 layers (docs/design.md, "Four-phase curriculum").
 
 Measured, in this order:
 
@@ -59,7 +59,7 @@ from graftkit.curriculum.objective import Objective
 CONFIGS = Path(graftkit.__file__).parent / "configs"
 LLAMA_3B = CONFIGS / "llama-3.2-3b-instruct.json"
 PAPER = CONFIGS / "paper.yaml"
-#: Width of the LeJEPA/DALE-CT slice embeddings (DESIGN.md, "CT-RATE, as its own files lay it out").
+#: Width of the LeJEPA/DALE-CT slice embeddings (docs/design.md, "CT-RATE, as its own files lay it out").
 VISUAL_DIM = 1024
 NUM_CLASSES = 18
 #: Dense bf16 tensor-core peak (no sparsity), TFLOP/s: NVIDIA's H100 SXM and H200 data sheets.

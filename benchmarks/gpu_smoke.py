@@ -7,7 +7,7 @@ It is ``graftkit run ct_rate --profile smoke`` through the engine's own function
 (:func:`graftkit.curriculum.engine.prepare_run`, ``run_curriculum``, then
 :func:`graftkit.run_eval.evaluate_run`), with
 ``model.dtype=bfloat16`` and ``launch.mixed_precision=bf16`` on CUDA, and it checks what
-issue 15 asks of the engine's placement:
+the engine's placement promises:
 
 - every parameter of the grafted model and every tensor of every training and validation batch
   reaches the model on the accelerator's device;

@@ -1,8 +1,8 @@
-"""Phase-3 training step time, split into the bridge's share and the LLM's share (issue 10).
+"""Phase-3 training step time, split into the bridge's share and the LLM's share.
 
     python -m benchmarks --only step_time [--quick]
 
-One phase-3 step (DESIGN.md table: predictor, LoRA, adapters, projectors and heads train; LM +
+One phase-3 step (docs/design.md table: predictor, LoRA, adapters, projectors and heads train; LM +
 focal + JEPA + 3.0·LLM-cls; batch 8) of the paper's bridge (K = 32 zones over d_v = 1,024 slice
 embeddings, N up to 600 slices, 16 heads, adapters at the paper layers mapped by depth) grafted
 into a small Llama-architecture LLM that fits this CPU, against the same LLM with the same LoRA

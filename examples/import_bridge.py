@@ -9,7 +9,7 @@ of its lower third, so only the zones there carry the answer. The pieces used:
 
 - ``ZoneCompressor``: slices ``[B, N, d_v]`` (padded, with ``mask``) -> K zone tokens;
 - ``graft``: predictor + norm calibrator + placeholder scatter + gated cross-attention adapters
-  around the unmodified Hugging Face model (DESIGN.md, "Grafting into a Hugging Face decoder");
+  around the unmodified Hugging Face model (docs/design.md, "Grafting into a Hugging Face decoder");
 - ``graftkit.align.focal_loss`` on the classifier head and ``graftkit.align.mmd_imq`` pulling the
   visual tokens towards the embedding of the answer word, next to the LM loss.
 """

@@ -117,7 +117,7 @@ class ModelConfig(Strict):
 
 
 class CompressorSettings(BaseModel):
-    """Settings of the zone compressor (DESIGN.md, "Zone-constrained cross-attention"), defined
+    """Settings of the zone compressor (docs/design.md, "Zone-constrained cross-attention"), defined
     once: :class:`graftkit.bridge.ZoneCompressorConfig` extends them with the input width and
     module-only options, compressor builders (:mod:`graftkit.compressors`) read them from the
     run's ``bridge`` section, which extends :class:`BridgeSettings`."""
@@ -145,7 +145,7 @@ class CompressorSettings(BaseModel):
 
 class BridgeSettings(CompressorSettings):
     """Settings of the bridge :func:`graftkit.bridge.graft` builds around the compressor
-    (DESIGN.md, "Data flow"), defined once: :class:`graftkit.bridge.GraftConfig` extends them
+    (docs/design.md, "Data flow"), defined once: :class:`graftkit.bridge.GraftConfig` extends them
     with what a graft learns from its LLM and data, the run's :class:`BridgeConfig` with run-only
     choices. The defaults are the paper's."""
 
@@ -187,7 +187,7 @@ class BridgeConfig(BridgeSettings):
 
 
 class ObjectiveConfig(Strict):
-    """Constants of the loss terms; the defaults are the paper's (DESIGN.md "Four-phase curriculum")."""
+    """Constants of the loss terms; the defaults are the paper's (docs/design.md "Four-phase curriculum")."""
 
     infonce_init_temperature: float = Field(
         0.1, gt=0, description="τ0, initial value of InfoNCE's learned temperature (phase 2)"
@@ -209,7 +209,7 @@ class EarlyStopping(Strict):
     patience: int | None = Field(None, ge=1)
 
 
-#: Phase fields of configs saved before issue 15, now named callbacks: ``old field -> (callback,
+#: Phase fields of configs saved before the phase list (fixed ``p1..p4`` fields), now named callbacks: ``old field -> (callback,
 #: option)``. Such configs still load; the field becomes the callback (``None``/``0``/``false``
 #: removes it).
 LEGACY_PHASE_FIELDS = {
@@ -234,7 +234,7 @@ def _legacy_callback(field: str, value: Any) -> dict[str, Any] | None:
 
 
 class PhaseConfig(Strict):
-    """One curriculum phase as declared data (DESIGN.md, "Four-phase curriculum").
+    """One curriculum phase as declared data (docs/design.md, "Four-phase curriculum").
 
     ``callbacks`` names the phase's mechanics in the order they run, each with its options
     (``graftkit.curriculum.callbacks``; plugins add more through ``register_callbacks``):
@@ -313,7 +313,7 @@ class PhaseConfig(Strict):
         return losses
 
 
-#: Callbacks the fixed four phases of configs saved before issue 15 ran without declaring them.
+#: Callbacks the fixed four phases of configs saved before the phase list ran without declaring them.
 _LEGACY_IMPLICIT = {1: {"init_compressor": {}}, 3: {"warm_bridge": {}}}
 
 
@@ -321,7 +321,7 @@ class PhasesConfig(RootModel[list[PhaseConfig]]):
     """The curriculum: an ordered list of phases, numbered from 1 (``RUN/phase{N}``).
 
     Dotted keys address a phase by number: ``phases.p3.lr`` (or ``phases.3.lr``). A config saved
-    before issue 15 holds a mapping ``{p1: ..., p4: ...}`` with the mechanics as phase fields;
+    before the phase list holds a mapping ``{p1: ..., p4: ...}`` with the mechanics as phase fields;
     it loads as the same curriculum, its fields turned into callbacks (:data:`LEGACY_PHASE_FIELDS`,
     phase 1 initialising the compressor and phase 3 taking ``--warm-bridge``, as the fixed
     four-phase engine did).
@@ -338,7 +338,7 @@ class PhasesConfig(RootModel[list[PhaseConfig]]):
             if m is None:
                 raise ValueError(
                     f"phases: a list of phases is expected (a mapping p1..pN is read as the "
-                    f"pre-issue-15 form); got key {key!r}"
+                    f"older fixed-phase form); got key {key!r}"
                 )
             numbers[int(m.group(1))] = key
         if sorted(numbers) != list(range(1, len(numbers) + 1)):

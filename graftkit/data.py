@@ -77,7 +77,7 @@ class GraftDataset(ABC):
 
     name: ClassVar[str] = ""
     class_names: ClassVar[list[str]] = []
-    #: Text for a sample with no positive condition (DESIGN.md, phase 3).
+    #: Text for a sample with no positive condition (docs/design.md, phase 3).
     normal_text: ClassVar[str] = "No significant abnormalities identified."
     #: The user turn of the chat prompt; the visual placeholders are put before it.
     prompt: ClassVar[str] = "Write the findings of this study."

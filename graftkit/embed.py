@@ -1,6 +1,6 @@
 """The embedding runner behind ``graftkit embed``: inputs → one slice-embedding file per input.
 
-DESIGN.md, data flow: an encoder plugin turns each volume into ``S ∈ R^{N×d_v}`` and physical
+docs/design.md, data flow: an encoder plugin turns each volume into ``S ∈ R^{N×d_v}`` and physical
 positions ``z ∈ R^N``. :func:`run_embed` applies a registered :class:`~graftkit.encoders.Encoder`
 to many inputs and writes ``{stem}.npz`` holding ``embeddings`` (float16, ``[N, d]``) and
 ``z_mm`` (float32, ``[N]``): the layout the CT-RATE dataset reads ("Precomputed slice embeddings":

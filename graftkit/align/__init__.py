@@ -1,4 +1,4 @@
-"""Alignment math of the four-phase curriculum (DESIGN.md, "Four-phase curriculum").
+"""Alignment math of the four-phase curriculum (docs/design.md, "Four-phase curriculum").
 
 Transforms and losses usable on their own::
 

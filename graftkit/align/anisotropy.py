@@ -1,4 +1,4 @@
-"""Anisotropy metrics reported before and after PCA whitening (DESIGN.md, "PCA whitening").
+"""Anisotropy metrics reported before and after PCA whitening (docs/design.md, "PCA whitening").
 
 Paper figures on CT-RATE report embeddings: mean pairwise cosine 0.949 before whitening;
 d' 1.36 -> 16.03; 97.3 % of the variance kept by 256 components.

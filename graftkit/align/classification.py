@@ -1,4 +1,4 @@
-"""Classification-side losses of the curriculum (DESIGN.md, "Four-phase curriculum").
+"""Classification-side losses of the curriculum (docs/design.md, "Four-phase curriculum").
 
 Phase 1: 1.5·BCE(pos_weight) + 1.0·MIL + 1.0·orthogonality (+ 0.5·MMD); phases 3-4: focal loss.
 Every loss here is a scalar that is finite for a batch of one, for all-normal batches (all targets

@@ -1,4 +1,4 @@
-"""Elastic weight consolidation for phase 4 (DESIGN.md, "Four-phase curriculum": 100·Σ(θ_LoRA − θ_P3)²).
+"""Elastic weight consolidation for phase 4 (docs/design.md, "Four-phase curriculum": 100·Σ(θ_LoRA − θ_P3)²).
 
 Phase 4 fine-tunes the LoRA tensors on raw radiologist text; EWC keeps them near the phase-3
 solution θ* so the narrative style does not erase the findings learnt in phase 3:

@@ -1,4 +1,4 @@
-"""Maximum mean discrepancy with the inverse multi-quadric kernel (DESIGN.md, "Four-phase curriculum").
+"""Maximum mean discrepancy with the inverse multi-quadric kernel (docs/design.md, "Four-phase curriculum").
 
 Phases 1 and 2 pull each sample's K visual tokens (in the whitened text space) towards the
 embeddings of that sample's positive-condition texts:

@@ -1,4 +1,4 @@
-"""PCA whitening of text embeddings (DESIGN.md, "Data flow": z_t = PCA-whiten(mean-pooled hidden)).
+"""PCA whitening of text embeddings (docs/design.md, "Data flow": z_t = PCA-whiten(mean-pooled hidden)).
 
 LLM hidden states are strongly anisotropic: one shared direction dominates and two unrelated
 reports have cosine ~0.95 (paper: 0.949). Whitening with the top-k principal components

@@ -1,4 +1,4 @@
-"""The bridge between a frozen encoder and a decoder LLM (DESIGN.md, "Data flow").
+"""The bridge between a frozen encoder and a decoder LLM (docs/design.md, "Data flow").
 
 Stands alone: importing it loads no plugin and no dataset.
 

@@ -1,4 +1,4 @@
-"""Graft the bridge into any Hugging Face causal-LM decoder (DESIGN.md, "Grafting into a Hugging
+"""Graft the bridge into any Hugging Face causal-LM decoder (docs/design.md, "Grafting into a Hugging
 Face decoder").
 
 ``graft(model, config, tokenizer)`` returns a :class:`GraftedLM` that
@@ -508,7 +508,7 @@ class GraftedLM(nn.Module):
         return groups
 
     def parameter_groups(self) -> dict[str, dict[str, nn.Parameter]]:
-        """``{group: {name: parameter}}`` for the seven bridge groups (DESIGN.md curriculum table)."""
+        """``{group: {name: parameter}}`` for the seven bridge groups (docs/design.md curriculum table)."""
         modules = self._group_modules()
         out: dict[str, dict[str, nn.Parameter]] = {}
         for group in BRIDGE_GROUPS:

@@ -1,6 +1,6 @@
 """Auxiliary heads on the calibrated visual tokens Ṽ and on the LLM's last hidden state.
 
-DESIGN.md data flow: ``mean(Ṽ) → Linear→LN→GELU→Linear → z_v ∈ R^256`` (JEPA head, compared with
+docs/design.md data flow: ``mean(Ṽ) → Linear→LN→GELU→Linear → z_v ∈ R^256`` (JEPA head, compared with
 whitened text embeddings in phase 2), an N-class classifier on the tokens with a MIL max-pool
 variant (phase 1), and the LLM-cls head on the last hidden state (phase 3, "3.0·LLM-cls").
 """

@@ -1,6 +1,6 @@
 """Predictor and norm calibration: region tokens (d_v) -> LLM-embedding-space tokens (d_l).
 
-DESIGN.md, data flow: ``V ──Predictor (Dropout→Linear→LayerNorm) ──NormCalibrator (α =
+docs/design.md, data flow: ``V ──Predictor (Dropout→Linear→LayerNorm) ──NormCalibrator (α =
 ‖e_text‖/‖V̂‖)──▶ Ṽ``. The calibrator puts the visual tokens at the norm of the LLM's own text
 embeddings so that, grafted into ``inputs_embeds``, they are neither drowned out nor dominant.
 """
@@ -26,7 +26,7 @@ def _principal_directions(x: Tensor, r: int) -> Tensor:
 
 
 class Predictor(nn.Module):
-    """``Dropout → Linear(d_v, d_l) → LayerNorm(d_l)`` (DESIGN.md data flow)."""
+    """``Dropout → Linear(d_v, d_l) → LayerNorm(d_l)`` (docs/design.md data flow)."""
 
     def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1) -> None:
         super().__init__()
@@ -81,7 +81,7 @@ class Predictor(nn.Module):
 
 
 class NormCalibrator(nn.Module):
-    """``Ṽ = α · V̂`` with a learned scalar ``α`` (DESIGN.md: ``α = ‖e_text‖ / ‖V̂‖``).
+    """``Ṽ = α · V̂`` with a learned scalar ``α`` (docs/design.md: ``α = ‖e_text‖ / ‖V̂‖``).
 
     ``recalibrate(text, visual_tokens)`` resets ``α`` to the mean text-embedding norm over the mean
     norm of the (uncalibrated) predictor outputs, so calibrated tokens have the text norm; between

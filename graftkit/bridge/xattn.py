@@ -1,4 +1,4 @@
-"""Gated cross-attention adapters and the per-call visual context (DESIGN.md, "Grafting into a
+"""Gated cross-attention adapters and the per-call visual context (docs/design.md, "Grafting into a
 Hugging Face decoder").
 
 An adapter at decoder layer l updates the residual stream before that layer:

@@ -1,4 +1,4 @@
-"""Zone-constrained cross-attention compressor (DESIGN.md, "Zone-constrained cross-attention").
+"""Zone-constrained cross-attention compressor (docs/design.md, "Zone-constrained cross-attention").
 
 A sequence of N slice embeddings ``S ∈ R^{N×d}`` becomes K region tokens ``V ∈ R^{K×d}``:
 
@@ -38,7 +38,7 @@ __all__ = [
 def zone_bounds(n: int, k: int) -> list[tuple[int, int]]:
     """The K zones of N slices as ``(start, end)`` pairs (half-open).
 
-    ``start = floor(i·n/k)``, ``end = floor((i+1)·n/k)`` (DESIGN.md). When ``n < k`` this formula
+    ``start = floor(i·n/k)``, ``end = floor((i+1)·n/k)`` (docs/design.md). When ``n < k`` this formula
     leaves some zones empty; such a zone gets the single slice nearest to its centre
     ``(i + 1/2)·n/k``, so every zone attends to at least one slice.
     """
@@ -114,7 +114,7 @@ SliceInput = Tensor | Sequence[Tensor]
 
 
 class ZoneCompressor(nn.Module):
-    """N slice embeddings -> K region tokens by zone-constrained cross-attention (DESIGN.md).
+    """N slice embeddings -> K region tokens by zone-constrained cross-attention (docs/design.md).
 
     ``forward(slices, z_mm=None, mask=None)``:
       - ``slices``: ``[B, N, d]`` (padded), ``[N, d]`` (one volume) or a list of ``[N_b, d]``;
@@ -315,7 +315,7 @@ class ZoneCompressor(nn.Module):
     def init_queries_from(
         self, slices: Tensor, mask: Tensor | None = None, fit_stats: bool = True
     ) -> Tensor:
-        """Initialise the K region queries from an SVD of real slice embeddings (DESIGN.md).
+        """Initialise the K region queries from an SVD of real slice embeddings (docs/design.md).
 
         ``slices`` is ``[M, d]`` or ``[B, N, d]`` (with optional ``mask[B, N]``). Query k becomes
         ``mean + σ_k/√M · u_k`` — the data mean moved one standard deviation along the k-th

@@ -1,4 +1,4 @@
-"""Phase callbacks: the mechanics a phase names under ``callbacks:`` (DESIGN.md, "Four-phase
+"""Phase callbacks: the mechanics a phase names under ``callbacks:`` (docs/design.md, "Four-phase
 curriculum"), as small objects with hooks the phase loop calls (the pattern of transformers'
 ``TrainerCallback``) and a ``state_dict`` that is saved with every epoch checkpoint.
 
@@ -79,7 +79,7 @@ class Callback:
 
 class InitCompressor(Callback):
     """Fit the compressor's input standardisation and SVD-initialise its region queries from real
-    training slices (DESIGN.md, "Zone-constrained cross-attention"), on a fresh bridge only."""
+    training slices (docs/design.md, "Zone-constrained cross-attention"), on a fresh bridge only."""
 
     name = "init_compressor"
 
@@ -164,7 +164,7 @@ class FreezeLoRA(Callback):
 
 class Recalibrate(Callback):
     """``NormCalibrator.recalibrate()`` every ``every`` epochs on a fixed sample of training
-    volumes (DESIGN.md, "Norm calibration")."""
+    volumes (docs/design.md, "Norm calibration")."""
 
     name = "recalibrate"
 
@@ -235,7 +235,7 @@ class LarsProjectorLR(Callback):
 
 
 class EWCPenalty(Callback):
-    """L2-SP/EWC penalty λ·Σ(θ − θ*)² on LoRA towards its state at the phase's start (DESIGN.md,
+    """L2-SP/EWC penalty λ·Σ(θ − θ*)² on LoRA towards its state at the phase's start (docs/design.md,
     "Four-phase curriculum", phase 4; Fisher = 1)."""
 
     name = "ewc"

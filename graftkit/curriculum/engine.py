@@ -615,7 +615,7 @@ def run_phase(
     fresh_bridge: bool = False,
     warm_bridge: Path | None = None,
 ) -> dict[str, Any]:
-    """Train phase ``number`` of ``run.cfg.phases`` from the model's current state (DESIGN.md,
+    """Train phase ``number`` of ``run.cfg.phases`` from the model's current state (docs/design.md,
     "Four-phase curriculum"), then save ``RUN/phase{N}``.
 
     Prepare (callbacks' ``on_phase_begin``, trainable groups, optimiser and schedule through

@@ -2,7 +2,7 @@
 
 Each epoch it generates reports for a fixed validation subset with real and zeroed visual tokens
 (greedy), scores them with the run's label extractor and feeds the F1 pair to
-:class:`graftkit.eval.collapse.CollapseMonitor` (DESIGN.md, "Evaluation": reliance on the visual
+:class:`graftkit.eval.collapse.CollapseMonitor` (docs/design.md, "Evaluation": reliance on the visual
 tokens). It adds ``gen_f1_real``, ``gen_f1_zero`` and ``gen_f1`` (= real) to the epoch's row,
 which a phase may early-stop on.
 """

@@ -1,7 +1,7 @@
 """The phase objective: one ``forward(batch)`` that computes every loss a phase declares.
 
 Losses are looked up by name in :data:`LOSSES`; a phase config lists names with weights
-(DESIGN.md table). Everything runs inside one module call so DDP sees a single forward.
+(docs/design.md table). Everything runs inside one module call so DDP sees a single forward.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The whitened text space the visual side is aligned to (DESIGN.md data flow, last line).
+"""The whitened text space the visual side is aligned to (docs/design.md data flow, last line).
 
 Text -> LLM hidden states at a layer ``ℓ`` (a depth fraction of the decoder), mean-pooled over
 the text's tokens -> :class:`~graftkit.align.PCAWhitening` fitted on the training texts -> ``z_t``.

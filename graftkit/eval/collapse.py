@@ -1,4 +1,4 @@
-"""Posterior-collapse monitor for the generation phases (DESIGN.md "Evaluation"; issue 8 item 3).
+"""Posterior-collapse monitor for the generation phases (docs/design.md "Evaluation").
 
 A grafted decoder can learn to write plausible reports while ignoring the visual tokens (the
 paper's phase-3 collapse on raw narratives). Each epoch of phases 3 and 4 the trainer generates on

@@ -1,5 +1,5 @@
 """Evaluation of a grafted model: generation F1, extractor reference score, classifier
-thresholds, visual-token ablations, quality ladder, probes and zone grounding (DESIGN.md
+thresholds, visual-token ablations, quality ladder, probes and zone grounding (docs/design.md
 "Evaluation"; paper Tables VIII and X).
 
 :func:`evaluate` takes a model, tokenizer, dataset, volumes and an ``EvalConfig`` and returns an
@@ -234,7 +234,7 @@ def quality_ladder(
     max_slices: int | None = None,
 ) -> list[dict[str, Any]]:
     """One row per stage on the same volumes, from what the cohort allows to what the model
-    writes (issue 14): where between the encoder's output and the generated text signal is lost.
+    writes: where between the encoder's output and the generated text signal is lost.
 
     ``train_zones`` are the compressor's tokens of ``train`` (the probes' fit); ``scores`` holds
     generation scores per token mode (``real``, ``zero``, ``shuffle``, ``random``, ``oracle``);
@@ -354,7 +354,7 @@ def evaluate(
     token_source: str = "real",
     progress: Any = None,
 ) -> Evaluation:
-    """Evaluate a grafted model on ``volumes`` (DESIGN.md "Evaluation"; paper Tables VIII, X).
+    """Evaluate a grafted model on ``volumes`` (docs/design.md "Evaluation"; paper Tables VIII, X).
 
     Generation F1 of the reports the model writes (``config.generation``), scored by
     ``config.extractor`` (default: the dataset's); the extractor's score on the reference

@@ -1,4 +1,4 @@
-"""Report generation for evaluation, with the paper's visual-token ablations (DESIGN.md "Evaluation").
+"""Report generation for evaluation, with the paper's visual-token ablations (docs/design.md "Evaluation").
 
 Visual tokens are computed once per volume (compressor -> predictor -> calibrator), then used
 as they are (``real``), zeroed (``zero``), taken from another patient (``shuffle``: a cyclic shift
@@ -47,7 +47,7 @@ def zone_features(
     max_slices: int | None = None,
 ) -> torch.Tensor:
     """``[n, K, d_v]`` per volume: the compressor's K zone tokens, or (``raw``) the mean raw slice
-    embedding of each of the same K zones (DESIGN.md zone formula): what a reader of the encoder's
+    embedding of each of the same K zones (docs/design.md zone formula): what a reader of the encoder's
     output could have had before any training."""
     from graftkit.bridge.zones import zone_mask
 

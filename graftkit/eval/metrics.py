@@ -1,4 +1,4 @@
-"""Multi-label scores for report generation (DESIGN.md "Evaluation").
+"""Multi-label scores for report generation (docs/design.md "Evaluation").
 
 The 18 labels extracted from a generated report are compared with the volume's labels; the paper
 reports macro F1 / precision / recall and the per-class values. Per-class threshold optimisation
@@ -113,7 +113,7 @@ def optimise_thresholds(
     A class is predicted positive when ``prob >= threshold``. Each class picks the grid value with
     the highest F1 on ``(y_true, probs)``; ties go to the value closest to 0.5 (the untuned
     default), then to the lower value. ``upper_bound`` must be True when the thresholds are tuned
-    on the split being scored (DESIGN.md "Evaluation": the paper's 0.448 leaks); it is copied into
+    on the split being scored (docs/design.md "Evaluation": the paper's 0.448 leaks); it is copied into
     the returned scores so every consumer sees the flag.
 
     Returns ``(thresholds[C], scores)`` where ``scores`` is :func:`multilabel_scores` at those

@@ -1,4 +1,4 @@
-"""Figures for the run report (issue 8 item 4), drawn with matplotlib's Agg canvas.
+"""Figures for the run report, drawn with matplotlib's Agg canvas.
 
 Every function takes already-parsed run data and returns a :class:`matplotlib.figure.Figure`
 bound to an Agg canvas (no pyplot, no global backend switch, safe in a training process), or

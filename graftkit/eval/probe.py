@@ -1,4 +1,4 @@
-"""Linear probe on mean-pooled visual tokens (DESIGN.md "Evaluation"; paper Table VIII).
+"""Linear probe on mean-pooled visual tokens (docs/design.md "Evaluation"; paper Table VIII).
 
 How much label information is linearly decodable from a representation, independent of the
 language model: raw slice embeddings, then the tokens after each phase's checkpoint. For each of
@@ -123,7 +123,7 @@ def mil_probe(
     seed: int = 0,
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Linear MIL probe: ``Linear(d, C)`` on each of K tokens, max over tokens (DESIGN.md MIL head).
+    """Linear MIL probe: ``Linear(d, C)`` on each of K tokens, max over tokens (docs/design.md MIL head).
 
     The probe the bridge's own MIL head is, fitted from scratch: how much of the labels a linear
     reader of *localised* tokens can decode (the mean-pooled :func:`linear_probe` dilutes a finding

@@ -1,4 +1,4 @@
-"""The run report: ``RUN/report.html``, one self-contained file (issue 8 item 4; docs/evaluation.md).
+"""The run report: ``RUN/report.html``, one self-contained file (docs/evaluation.md).
 
 Inputs, all optional (a missing one skips its sections with a note):
 

@@ -1,6 +1,6 @@
 """Language models for the graft: the language prior, local LLM loading and chat encoding.
 
-Generic for any dataset (DESIGN.md, "Embedded default" and "Grafting into a Hugging Face decoder").
+Generic for any dataset (docs/design.md, "Embedded default" and "Grafting into a Hugging Face decoder").
 """
 
 from graftkit.lm.chat import IGNORE_INDEX, ChatEncoding, encode_chat, pad_batch

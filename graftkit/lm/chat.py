@@ -1,9 +1,9 @@
 """Chat encoding for the curriculum: K visual placeholders in the user turn, loss on the response.
 
 The user turn holds K copies of the visual placeholder before the prompt text; the embedding graft
-later replaces them by the K calibrated visual tokens (DESIGN.md, "Grafting into a Hugging Face
+later replaces them by the K calibrated visual tokens (docs/design.md, "Grafting into a Hugging Face
 decoder"). Training encodings carry labels only on the assistant response and its end-of-turn
-token (the LM loss of phases 3-4, DESIGN.md "Four-phase curriculum"); generation encodings stop
+token (the LM loss of phases 3-4, docs/design.md "Four-phase curriculum"); generation encodings stop
 at the generation prompt. The text goes through the tokenizer's own chat template, so the same
 code serves the language prior and any instruct model (e.g. a Llama-3 template).
 """
@@ -72,7 +72,7 @@ def encode_chat(
         tokenizer: a tokenizer with a chat template in which ``visual_token`` is one token.
         prompt: the user instruction; the K placeholders come before it, then a newline.
         response: the assistant text to learn; ``None`` gives the generation prompt.
-        num_visual_tokens: K, the number of placeholders (DESIGN.md: K=32 zones).
+        num_visual_tokens: K, the number of placeholders (docs/design.md: K=32 zones).
         visual_token: the placeholder string.
         max_length: truncate the response so the encoding has at most this many tokens; a prompt
             alone longer than this is an error (the placeholders must all survive).

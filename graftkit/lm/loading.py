@@ -2,7 +2,7 @@
 
 Whatever the directory, the curriculum gets the same contract: a pad token, left padding for
 batched generation, a chat template, and the visual placeholder as one special token whose
-embedding row the graft overwrites (DESIGN.md, "Grafting into a Hugging Face decoder").
+embedding row the graft overwrites (docs/design.md, "Grafting into a Hugging Face decoder").
 """
 
 from __future__ import annotations

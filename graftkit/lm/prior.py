@@ -1,6 +1,6 @@
 """The language prior: a small Llama-architecture LM pretrained on the cohort's raw reports.
 
-DESIGN.md ("Embedded default"): when no ``--llm`` is given, graftkit trains a byte-level BPE
+docs/design.md ("Embedded default"): when no ``--llm`` is given, graftkit trains a byte-level BPE
 tokenizer and a tiny ``LlamaForCausalLM`` on the training split's reports, so the curriculum
 grafts into a decoder that already has a strong language prior, the prior that fights the visual
 tokens in the paper. The result is an ordinary Hugging Face model directory that

@@ -1,10 +1,10 @@
-"""The language prior's byte-level BPE tokenizer and chat template (DESIGN.md, "Embedded default").
+"""The language prior's byte-level BPE tokenizer and chat template (docs/design.md, "Embedded default").
 
 The tokenizer is trained on the cohort's raw reports with the ``tokenizers`` library and wrapped as
 a Hugging Face fast tokenizer, so the prior directory loads with ``AutoTokenizer`` like any LLM's.
 Besides BOS/EOS/PAD it holds the chat role markers and the visual placeholder
 ``<|visual_region|>`` as single special tokens: the K placeholders of the embedding graft
-(DESIGN.md, "Grafting into a Hugging Face decoder") must each be exactly one token.
+(docs/design.md, "Grafting into a Hugging Face decoder") must each be exactly one token.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The independent-code cohort of issue 14 (``benchmarks/alt_cohort.py``) is a usable CT-RATE
+"""The independent-code cohort (``benchmarks/alt_cohort.py``) is a usable CT-RATE
 cohort, and its two knobs do what they say."""
 
 from __future__ import annotations

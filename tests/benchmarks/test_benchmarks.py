@@ -1,4 +1,4 @@
-"""The benchmark suite stays runnable (issue 10): the quick runner, the GPU script on CPU, and the
+"""The benchmark suite stays runnable: the quick runner, the GPU script on CPU, and the
 numbers the benchmarks derive (FLOP counts, fits, identical samples from both storages)."""
 
 from __future__ import annotations

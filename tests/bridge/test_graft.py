@@ -1,4 +1,4 @@
-"""graft() into tiny Llama / Qwen2 / Mistral decoders (DESIGN.md, "Grafting into a Hugging Face decoder")."""
+"""graft() into tiny Llama / Qwen2 / Mistral decoders (docs/design.md, "Grafting into a Hugging Face decoder")."""
 
 from __future__ import annotations
 

@@ -290,7 +290,7 @@ def test_bridge_import_stands_alone():
 
 def test_grafting_with_lora_prints_no_deprecation_warning(tmp_path):
     """peft reads transformers' deprecated ``is_gradient_checkpointing`` on every wrap; graftkit
-    silences exactly that FutureWarning, around that call only (issue 17 item 5)."""
+    silences exactly that FutureWarning, around that call only."""
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:

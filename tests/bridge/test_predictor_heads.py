@@ -1,4 +1,4 @@
-"""Predictor, NormCalibrator and the heads (DESIGN.md data flow)."""
+"""Predictor, NormCalibrator and the heads (docs/design.md data flow)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The bridge's settings are defined once (issue 17 item 1): the run's ``bridge`` section, the
+"""The bridge's settings are defined once: the run's ``bridge`` section, the
 graft's config and the compressor's config share one definition, and a run setting reaches the
 component that uses it without a field copied by hand."""
 

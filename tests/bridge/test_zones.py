@@ -1,4 +1,4 @@
-"""ZoneCompressor and zone_bounds (DESIGN.md, "Zone-constrained cross-attention")."""
+"""ZoneCompressor and zone_bounds (docs/design.md, "Zone-constrained cross-attention")."""
 
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ def test_removed_ewc_fisher_loads_from_old_configs_and_is_refused_when_asked_for
         build_config("ct_rate", overrides={"phases.p4.ewc_fisher": True})
 
 
-PRE_ISSUE_15 = {  # the phases of a config.yaml saved before issue 15 (fixed p1..p4 fields)
+PRE_PHASE_LIST = {  # the phases of a config.yaml saved before the phase list (fixed p1..p4 fields)
     "p1": {"name": "a", "trainable": ["compressor", "heads"], "losses": {"bce": 1.0},
            "text": "conditions", "epochs": 1, "batch_size": 4, "lr": 1e-3,
            "lora_freeze_epoch": None, "recalibrate_every": None, "projector_lr_scale": None,
@@ -97,7 +97,7 @@ PRE_ISSUE_15 = {  # the phases of a config.yaml saved before issue 15 (fixed p1.
 def test_a_config_saved_before_issue_15_loads_as_the_same_curriculum():
     """The fixed p1..p4 mapping with mechanics as fields becomes the ordered list with the
     callbacks the four-phase engine ran (compressor init in phase 1, --warm-bridge in 3)."""
-    cfg = build_config("ct_rate", base={"phases": PRE_ISSUE_15})
+    cfg = build_config("ct_rate", base={"phases": PRE_PHASE_LIST})
     assert [p.name for p in cfg.phases] == ["a", "b", "c", "d"]
     assert [p.active_callbacks for p in cfg.phases] == [
         {"init_compressor": {}},
@@ -129,4 +129,4 @@ def test_phases_are_a_list_of_any_length_addressed_by_number():
     with pytest.raises(ConfigError, match=r"phases\.p5\.lr"):
         build_config("ct_rate", base=base, overrides={"phases.p5.lr": -1})
     with pytest.raises(ConfigError, match=r"list of phases is expected.*got key .px."):
-        build_config("ct_rate", base={"phases": {"p1": PRE_ISSUE_15["p1"], "px": {}}})
+        build_config("ct_rate", base={"phases": {"p1": PRE_PHASE_LIST["p1"], "px": {}}})

@@ -1,5 +1,5 @@
-"""Contracts between the core and its plugins: the core holds no modality knowledge (issue 17,
-item 3). Finding words come from the dataset, inputs from the encoder."""
+"""Contracts between the core and its plugins: the core holds no modality knowledge.
+Finding words come from the dataset, inputs from the encoder."""
 
 from __future__ import annotations
 

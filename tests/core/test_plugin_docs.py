@@ -1,4 +1,4 @@
-"""docs/plugins.md's own examples, one per hook, build a working plugin (issue 17 item 2).
+"""docs/plugins.md's own examples, one per hook, build a working plugin.
 
 Every ```python block under a hook's heading is executed as one module; the modules are
 registered together (the dataset example names the extractor, the profile the compressor and

@@ -263,7 +263,7 @@ print("LOADED", *[m for m in {heavy!r} if m in sys.modules])
     ],
 )
 def test_help_and_name_errors_import_no_torch_nor_plugin_code(argv):
-    """Issue 17 item 5: help, an unknown dataset and the plugin listing read names only (plugins
+    """help, an unknown dataset and the plugin listing read names only (plugins
     register by ``"module:Class"`` reference), so they take well under a second, not ~5 s."""
     out = subprocess.run(
         [sys.executable, "-c", LOADED.format(heavy=HEAVY), *argv],

@@ -1,4 +1,4 @@
-"""Text builders: positive-findings-only text and raw narrative (DESIGN.md, phases 2-4)."""
+"""Text builders: positive-findings-only text and raw narrative (docs/design.md, phases 2-4)."""
 
 from __future__ import annotations
 

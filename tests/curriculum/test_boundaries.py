@@ -1,4 +1,4 @@
-"""Training and evaluation stay apart (issue 15 item 5): ``graftkit.eval`` imports nothing of
+"""Training and evaluation stay apart: ``graftkit.eval`` imports nothing of
 ``graftkit.curriculum``, and the curriculum reaches evaluation only through its monitor callback."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The curriculum engine at tiny dimensions (issue 15 item 6): what each phase trains, when LoRA
+"""The curriculum engine at tiny dimensions: what each phase trains, when LoRA
 freezes, which state early stopping keeps, which text each phase reads.
 
 One run of the CT-RATE ``smoke`` profile (48 synthetic volumes, a 2-layer language prior of

@@ -1,4 +1,4 @@
-"""Learnability of the graft: a noise-free copy task through the public bridge API (issue 14).
+"""Learnability of the graft: a noise-free copy task through the public bridge API.
 
 Each volume has K = 8 zones of one slice each; class c is present when zone c carries the fixed
 pattern ``P[c]`` (absent: small noise). The target text names the present classes in class order.

@@ -1,4 +1,4 @@
-"""The loss constants of the run config reach the loss terms (issue 17 item 1)."""
+"""The loss constants of the run config reach the loss terms."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The phase-3 recipe pieces of issue 14: canonical text, finding-weighted LM loss, probes, oracle."""
+"""The phase-3 recipe pieces of the tiny profile: canonical text, finding-weighted LM loss, probes, oracle."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from graftkit.curriculum.engine import build_scheduler
 
 
 def _former_factor(step: int, schedule: str, warmup: int, total: int) -> float:
-    """graftkit's schedule before transformers' (engine.py until issue 17)."""
+    """graftkit's schedule before transformers' (the engine's hand-written schedules before transformers')."""
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":

@@ -66,7 +66,7 @@ def _cpu_env(cache) -> dict[str, str]:
 
 def test_validation_infonce_is_the_one_process_value(e2e_cache, tmp_path):
     """Every process validates all volumes; gathering their identical negatives used to inflate
-    the validation InfoNCE (6.00 in one process, 6.69 in two, issue 15)."""
+    the validation InfoNCE (6.00 in one process, 6.69 in two)."""
     worker = str(Path(__file__).with_name("validate_worker.py"))
     env = _cpu_env(e2e_cache)
     rows = {}

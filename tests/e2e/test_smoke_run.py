@@ -77,7 +77,7 @@ def test_metrics_file_is_complete_and_finite(smoke_run):
 
 
 def test_report_draws_every_figure_its_run_wrote_data_for(smoke_run):
-    """report.html of a real run: no section falls back to a note (issue 17 item 6)."""
+    """report.html of a real run: no section falls back to a note."""
     import re
 
     from graftkit.eval.report import PLOT_NAMES
@@ -175,7 +175,7 @@ def test_missing_init_from_is_one_clear_line(e2e_cache, tmp_path):
 
 def test_eval_with_label_token_oracle_writes_its_own_folder(smoke_run, e2e_cache):
     """``graftkit eval RUN --tokens oracle``: the decoder's ceiling, kept apart from the run's own
-    evaluation (issue 14), which it leaves untouched."""
+    evaluation, which it leaves untouched."""
     own = (smoke_run / "metrics.json").read_text()
     out = run_graftkit(e2e_cache, "eval", str(smoke_run), "--tokens", "oracle", "--no-ablations")
     assert out.returncode == 0, out.stderr[-3000:]

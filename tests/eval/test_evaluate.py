@@ -1,4 +1,4 @@
-"""``evaluate(model, tokenizer, dataset, volumes, EvalConfig)`` (issue 15 item 5): it needs no
+"""``evaluate(model, tokenizer, dataset, volumes, EvalConfig)``: it needs no
 curriculum run, writes no file, and reports on exactly what it was given.
 
 The model, tokenizer and dataset come from the CT-RATE ``smoke`` profile (48 synthetic volumes,

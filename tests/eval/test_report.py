@@ -278,7 +278,7 @@ def _section(text: str, anchor: str) -> str:
 
 def test_every_section_has_its_figure(full_report):
     """Each figure sits in its own section, so no section falls back to a note when its data
-    exist (issue 17 item 6: the loss curves said "no loss columns" on a real history.jsonl)."""
+    exist (the loss curves said "no loss columns" on a real history.jsonl)."""
     _, out = full_report
     text, _ = _parse(out)
     figure_of = {

@@ -1,5 +1,5 @@
 """Steps the evaluation, the per-epoch monitor, ``graftkit generate`` and the study share, each
-defined once (issue 17 item 5): generation settings and the label extractor."""
+defined once: generation settings and the label extractor."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Bad input never crashes or lies: each case ends in one named line (exit 2) or a counted skip.
 
-Table-driven over one tiny synthetic CT-RATE cohort (issue 16). Three kinds of case:
+Table-driven over one tiny synthetic CT-RATE cohort. Three kinds of case:
 
 - ``SKIPS``: a damaged volume is skipped by name with its reason, decided in the data scan;
   the other volumes stay usable (checked on the dataset, no model built);

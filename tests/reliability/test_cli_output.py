@@ -1,4 +1,4 @@
-"""Output a person can follow when stdout is a file or a pipe (issue 16, "Also")."""
+"""Output a person can follow when stdout is a file or a pipe."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Each image's 8 pixel rows are its "slices". A small transformer reads the rows (
 embedding plus a learned row-position embedding); during training a few rows are replaced by a
 mask token and the model predicts their pixels from the visible rows (mean squared error on the
 masked rows only, as in masked autoencoders). Afterwards the unmasked forward pass gives one
-contextual embedding per row: the ``S ∈ R^{N×d_v}`` (N = 8) that graftkit grafts (DESIGN.md,
+contextual embedding per row: the ``S ∈ R^{N×d_v}`` (N = 8) that graftkit grafts (docs/design.md,
 "Data flow"). Training sees the training images only and takes seconds on a CPU.
 """
 

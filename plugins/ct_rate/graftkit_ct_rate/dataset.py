@@ -1,6 +1,6 @@
 """CT-RATE as a graftkit dataset: the official layout plus precomputed slice embeddings.
 
-DESIGN.md, "CT-RATE, as its own files lay it out" (paths in :mod:`graftkit_ct_rate.layout`).
+docs/design.md, "CT-RATE, as its own files lay it out" (paths in :mod:`graftkit_ct_rate.layout`).
 With no ``data_dir`` the embedded default synthesises a cohort in the same layout
 (:mod:`graftkit_ct_rate.synth`), cached under ``cache_dir`` by a hash of its options.
 

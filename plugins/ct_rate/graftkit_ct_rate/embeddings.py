@@ -1,6 +1,6 @@
 """Precomputed slice-embedding files: header checks, memory-mapped opening, finiteness scan.
 
-DESIGN.md ("CT-RATE, as its own files lay it out"): one file per volume, ``{stem}.npy`` of shape
+docs/design.md ("CT-RATE, as its own files lay it out"): one file per volume, ``{stem}.npy`` of shape
 ``(N, d)`` or ``(N, T, d)`` with token 0 the CLS, or ``.npz`` with key ``embeddings`` (and
 optionally ``z_mm``, the slice positions in mm). 50,000 volumes x 600 x 1,024 in float16 is about
 60 GB, so nothing here reads more than one volume at a time: ``.npy`` files are memory-mapped and

@@ -1,4 +1,4 @@
-"""CT-RATE's own file layout (DESIGN.md, "CT-RATE, as its own files lay it out").
+"""CT-RATE's own file layout (docs/design.md, "CT-RATE, as its own files lay it out").
 
 One place that knows the file names, so the dataset reader and the synthetic-cohort writer take
 the same paths and real and synthetic data go through the same code::

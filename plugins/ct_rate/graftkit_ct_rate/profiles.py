@@ -1,7 +1,7 @@
 """Run presets and launch profiles of the CT-RATE plugin (``register_profiles``).
 
 ``tiny`` is the embedded default (synthetic cohort + language prior, 2 CPU cores, <= 15 min);
-``smoke`` is the CI-sized run; ``paper`` holds the paper's hyper-parameters (DESIGN.md);
+``smoke`` is the CI-sized run; ``paper`` holds the paper's hyper-parameters (docs/design.md);
 ``paper-8xh200`` adds the 8-GPU bf16 DDP launch.
 """
 
@@ -17,7 +17,7 @@ def _phase(n: int, **fields) -> dict:
 TINY = {
     # 2,500 training volumes: the phase-3 decoder is data-limited (800 -> 2,000 -> 3,000 volumes:
     # 0.46 -> 0.65 -> 0.71 x oracle with the rest of this recipe), and 3,000 took 15 min 25 s,
-    # over the 15-minute budget (docs/benchmarks.md, issue 14). The 200 validation volumes are the
+    # over the 15-minute budget (docs/benchmarks.md). The 200 validation volumes are the
     # evaluated split.
     "data.synth": {"n_train": 2500, "n_valid": 200, "dim": 64, "seed": 0},
     # A prior of 150 steps at hidden 96 wrote garbled words (generation F1 0.04); this one is
@@ -53,14 +53,14 @@ TINY = {
     # The canonical text of 18 positive classes is under 100 prior tokens.
     "eval.generation.max_new_tokens": 128,
     # Greedy decoding of a list of findings: on the same phase-3 model, macro F1 0.388 greedy vs
-    # 0.327 with the paper's T=0.6 / top-p 0.9 sampling (docs/benchmarks.md, issue 14). The
+    # 0.327 with the paper's T=0.6 / top-p 0.9 sampling (docs/benchmarks.md). The
     # paper profile keeps the paper's sampling protocol for its narrative reports.
     "eval.generation.do_sample": False,
     # phase 1 keeps the epoch with the best token-level (MIL) validation loss; the total also
     # holds MMD and the mean-token BCE, which stop tracking localisation after a few epochs
     **_phase(1, epochs=10, batch_size=32, lr=3e-3, **{"early_stopping.metric": "valid_mil"}),
     **_phase(2, epochs=3, batch_size=64, lr=5e-4),
-    # Phase 3 at this scale (issue 14, each measured with its zeroed-token control in
+    # Phase 3 at this scale (each measured with its zeroed-token control in
     # docs/benchmarks.md): the positive class names in class order instead of the report's own
     # sentences (a 4-layer prior spent its loss on wording: F1 0.22 -> 0.42); the LM loss alone,
     # with finding tokens weighted 2x against the stop decision; no LARS-scaled projector rate

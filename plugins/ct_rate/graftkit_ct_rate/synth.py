@@ -1,4 +1,4 @@
-"""A synthetic CT-RATE cohort with a known signal, and its oracle (DESIGN.md, "Embedded default").
+"""A synthetic CT-RATE cohort with a known signal, and its oracle (docs/design.md, "Embedded default").
 
 :func:`synthesize` writes CT-RATE's own layout (:mod:`graftkit_ct_rate.layout`: reports, labels and
 metadata CSVs, one ``embeddings/{stem}.npy`` per volume in float16) plus ``oracle.json``, so real

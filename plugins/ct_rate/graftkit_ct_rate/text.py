@@ -1,4 +1,4 @@
-"""Texts the curriculum trains on, built from a CT-RATE report (DESIGN.md, "Four-phase curriculum").
+"""Texts the curriculum trains on, built from a CT-RATE report (docs/design.md, "Four-phase curriculum").
 
 - Phase 1 (MMD) / phase 2 (InfoNCE) targets: one segment per positive condition
   (:func:`condition_sentences`, :func:`condition_segments`), with :data:`CLASS_TEMPLATES` as the canonical class anchors.

@@ -1,4 +1,4 @@
-"""``precomputed``: serve slice embeddings that already exist on disk (DESIGN.md, "Precomputed slice
+"""``precomputed``: serve slice embeddings that already exist on disk (docs/design.md, "Precomputed slice
 embeddings": one file per volume, ``.npy`` of shape ``(N, d)`` or ``(N, T, d)`` with token 0 the
 CLS, or ``.npz`` with key ``embeddings`` and optionally ``z_mm``).
 

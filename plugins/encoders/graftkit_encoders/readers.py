@@ -1,7 +1,7 @@
 """CT volume readers: NIfTI (nibabel) and DICOM series (pydicom), returned in Hounsfield units.
 
 Every reader returns a :class:`CTVolume`: axial slices ``hu[N, H, W]`` (float32, HU) ordered from
-inferior to superior, their physical positions ``z_mm[N]`` (DESIGN.md, data flow: "z ∈ R^N
+inferior to superior, their physical positions ``z_mm[N]`` (docs/design.md, data flow: "z ∈ R^N
 (physical positions, mm)") and the in-plane pixel spacing. Slices are in the radiological display
 convention of DICOM axial images: rows run anterior → posterior and columns run from the
 patient's right to the patient's left, whichever format they came from.
@@ -10,7 +10,7 @@ Input discovery (:func:`discover_ct_inputs`: NIfTI files and DICOM series folder
 options (``rescale``, ``rescale_slope``, ``rescale_intercept``, ``check_hu``: encoder options,
 ``graftkit embed lejepa-ct --option rescale=false``) belong to this plugin, not to the core.
 
-HU sanity (DESIGN.md, "CT-RATE, as its own files lay it out"): the CT-RATE "fixed" release is
+HU sanity (docs/design.md, "CT-RATE, as its own files lay it out"): the CT-RATE "fixed" release is
 already in HU, and applying the metadata's RescaleSlope/Intercept again is a known bug. The air
 level of a volume (1st percentile of its voxels, constant padding excluded) is about -1000 HU in
 a CT in HU, about -2048 after a second rescale and about 0 for raw stored values;

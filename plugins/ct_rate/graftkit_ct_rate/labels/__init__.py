@@ -1,4 +1,4 @@
-"""CT-RATE label extractors: report text -> the 18 CT-RATE labels (DESIGN.md, "Evaluation").
+"""CT-RATE label extractors: report text -> the 18 CT-RATE labels (docs/design.md, "Evaluation").
 
 ``ct_rate-rules`` (:class:`CTRateRulesExtractor`) is the embedded default; ``ct_rate-radbert``
 (:class:`RadBertExtractor`) is the official RadBERT classifier loaded from local files. The RadBERT

@@ -1,6 +1,6 @@
 """``ct_rate-radbert``: the official CT-RATE label extractor, loaded from local files.
 
-DESIGN.md, "CT-RATE, as its own files lay it out": RadBERT-RoBERTa-4m encoder + ``Linear(hidden,
+docs/design.md, "CT-RATE, as its own files lay it out": RadBERT-RoBERTa-4m encoder + ``Linear(hidden,
 18)`` on the pooler output, sigmoid >= 0.5, ``max_length`` 512. The released weights are a PyTorch
 state dict (``RadBertClassifier.pth``; the CT-CLIP ``text_classifier`` module names its encoder
 ``model`` and its head ``classifier``); a Hugging Face port exists as a sequence classifier.

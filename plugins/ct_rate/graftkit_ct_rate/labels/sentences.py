@@ -5,7 +5,7 @@ translation. Their sentence boundaries carry artefacts that a naive ``split(". "
 impression items are delimited by stray double quotes (``...detected. " Minimal ...``), bullets
 (``•``), a semicolon before a capitalised clause (``When examined in the lung parenchyma window;
 Aeration ...``), decimals (``3.5 mm``, dates ``19.06.2020``) and abbreviations (``lab.
-correlation``, ``e.g.``). The label extractor decides negation per sentence (DESIGN.md,
+correlation``, ``e.g.``). The label extractor decides negation per sentence (docs/design.md,
 "Evaluation"), so a boundary missed here merges two findings into one negation scope.
 """
 
