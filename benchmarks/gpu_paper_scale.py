@@ -13,11 +13,12 @@ Measured, in this order:
 
 1. generation tokens/s of the plain model, batch 1 and 8, KV cache on, greedy, 64 new tokens
    after a prompt of 32 + 32 text tokens;
-2. phase-3 training through the engine's own step (:func:`graftkit.curriculum.engine.train_step`:
-   the paper's phase 3 from ``paper.yaml`` with its trainable groups, losses and step-level
-   callbacks, model/optimiser/schedule through ``accelerator.prepare``, bf16 autocast with the
-   bridge in float32 on CUDA), batch 8, N up to 600 slices, ~300 text tokens: samples/s and
-   peak GPU memory;
+2. phase-3 training, one step at a time, the step of
+   :class:`graftkit.curriculum.trainer.PhaseTrainer` composed from the same calls (the paper's
+   phase 3 from ``paper.yaml`` with its trainable groups, losses and step-level callbacks,
+   model/optimiser/schedule through ``accelerator.prepare``, bf16 autocast with the bridge in
+   float32 on CUDA, the objective's loss, gradient clipping, AdamW, the schedule), batch 8, N up
+   to 600 slices, ~300 text tokens: samples/s and peak GPU memory;
 3. generation tokens/s of the grafted model (LoRA merged, adapters active, 32 visual tokens in
    place of the 32 plain prompt tokens), batch 1 and 8, same lengths.
 
@@ -47,14 +48,10 @@ from graftkit.align import InfoNCE
 from graftkit.bridge import GraftConfig, GraftedLM, graft
 from graftkit.config import PhaseConfig
 from graftkit.curriculum.callbacks import PhaseContext, build_callbacks
-from graftkit.curriculum.engine import (
-    bridge_to_float32,
-    build_optimizer,
-    build_scheduler,
-    param_groups,
-    train_step,
-)
+from graftkit.curriculum.engine import bridge_to_float32
 from graftkit.curriculum.objective import Objective
+from graftkit.curriculum.trainer import Schedule, build_optimizer, build_scheduler, param_groups
+from graftkit.distributed import clip_grad_norm_
 
 CONFIGS = Path(graftkit.__file__).parent / "configs"
 LLAMA_3B = CONFIGS / "llama-3.2-3b-instruct.json"
@@ -126,7 +123,7 @@ def graft_config(profile: dict[str, Any], visual_dim: int) -> GraftConfig:
         paper_layers=b["paper_layers"],
         paper_depth=b["paper_depth"],
         num_classes=NUM_CLASSES,
-        jepa_dim=b["jepa_dim"],
+        jepa_dim=b["whitening_components"],
         lora=profile["lora"],
     )
 
@@ -371,7 +368,29 @@ def run(
     optimizer = build_optimizer(phase, param_groups(objective, phase))
     scheduler = build_scheduler(phase, optimizer, steps_per_epoch=warmup_steps + steps)
     model_, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+    schedule = Schedule(scheduler, per_epoch=phase.schedule == "plateau")
     ctx = PhaseContext(SimpleNamespace(accelerator=accelerator, glm=glm), 3, phase, optimizer)
+
+    def train_step(batch: dict[str, Any], model_=model_, optimizer=optimizer) -> dict[str, Any]:
+        """PhaseTrainer.train_epoch's step (one process: no gradient sync to do)."""
+        with accelerator.autocast():
+            terms = model_(batch)
+            loss = objective.loss(terms)
+        accelerator.backward(loss)
+        if phase.grad_clip:
+            clip_grad_norm_(
+                [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None],
+                phase.grad_clip,
+            )
+        for cb in callbacks:
+            cb.on_before_optimizer_step(ctx)
+        optimizer.step()
+        for cb in callbacks:
+            cb.on_after_optimizer_step(ctx)
+        optimizer.zero_grad(set_to_none=True)
+        schedule.after_step()
+        return terms
+
     inventory = glm.inventory()
     result["trainable_parameters"] = sum(g["trainable"] for g in inventory.values())
     result["lora_tensors"] = inventory["lora"]["tensors"]
@@ -387,7 +406,7 @@ def run(
     for step in range(warmup_steps + steps):
         _sync(dev)
         start = time.perf_counter()
-        terms, _ = train_step(ctx, model_, scheduler, callbacks, data)
+        terms = train_step(data)
         _sync(dev)
         if step >= warmup_steps:
             step_times.append(time.perf_counter() - start)

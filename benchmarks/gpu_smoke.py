@@ -51,7 +51,7 @@ def _sync(device: torch.device) -> None:
 def run(cpu: bool = False, run_dir: Path | None = None) -> dict[str, Any]:
     """Run the smoke profile end to end with the placement checks; returns the figures."""
     from graftkit import plugins
-    from graftkit.commands import resolve_config
+    from graftkit.config.layers import resolve_config
     from graftkit.curriculum.engine import prepare_run, run_curriculum
     from graftkit.run_eval import evaluate_run
 
@@ -60,8 +60,7 @@ def run(cpu: bool = False, run_dir: Path | None = None) -> dict[str, Any]:
     overrides = [] if cpu else ["model.dtype=bfloat16", "launch.mixed_precision=bf16"]
     if cpu:
         os.environ["ACCELERATE_USE_CPU"] = "true"
-    args = argparse.Namespace(dataset="ct_rate", profile="smoke", config=None, overrides=overrides)
-    cfg = resolve_config(args)
+    cfg, _ = resolve_config("ct_rate", profile="smoke", overrides=overrides)
     plugins.load_plugins()
     started = time.perf_counter()
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="gpu-smoke-")) / "run"
@@ -110,7 +109,7 @@ def run(cpu: bool = False, run_dir: Path | None = None) -> dict[str, Any]:
         for p in params.values()
     }
     metrics = evaluate_run(run)
-    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    rows = run.rundir.history_rows()
     p3 = [r["train_total"] for r in rows if r["phase"] == 3]
     result.update(
         {

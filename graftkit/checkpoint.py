@@ -10,14 +10,13 @@ beside it, which :func:`recover_checkpoint` renames into place (roll forward), f
 previous one. A writer killed earlier leaves an incomplete ``.tmp-*`` folder that is ignored.
 
 What is written is always full tensors: under FSDP the parameters and the optimiser state are
-sharded (DTensors); :func:`full_tensors` gathers them before a save and :func:`shard_like` lays a
-loaded full tensor out as the parameter it goes into, so a checkpoint is the same file whatever
-the number of processes or the distributed type.
+sharded (DTensors); the writer gathers them first and a reader lays a loaded full tensor out as
+the parameter it goes into (:mod:`graftkit.distributed`), so a checkpoint is the same file
+whatever the number of processes or the distributed type.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -178,65 +177,6 @@ def flatten_state(prefix: str, obj: Any, tensors: dict[str, torch.Tensor]) -> An
     if isinstance(obj, list | tuple):
         return {"__list__": [flatten_state(f"{prefix}.{i}", v, tensors) for i, v in enumerate(obj)]}
     return obj
-
-
-@functools.cache
-def sharded_types() -> tuple[type, ...]:
-    """The sharded tensor class (FSDP2's DTensor), imported when first needed; none in a torch
-    build without torch.distributed."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:
-        return ()
-    return (DTensor,)
-
-
-def full_tensors(obj: Any) -> Any:
-    """``obj`` (a tensor, or nested dicts, lists and tuples of them) with every sharded tensor
-    (an FSDP2 ``DTensor``) replaced by the full tensor; anything else is returned as it is.
-
-    Gathering is collective: where ``obj`` holds sharded tensors every process must call this,
-    in the same order. Without sharding it communicates nothing.
-    """
-    if isinstance(obj, sharded_types()):
-        return obj.full_tensor()
-    if isinstance(obj, dict):
-        return {k: full_tensors(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(full_tensors(v) for v in obj)
-    return obj
-
-
-def shard_like(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``value``, a full tensor, laid out as ``target``: this process's shard of it when
-    ``target`` is sharded (every process holds the same ``value``, so nothing is sent), else
-    ``value`` itself."""
-    sharded = sharded_types()
-    if not isinstance(target, sharded) or isinstance(value, sharded):
-        return value
-    from torch.distributed.tensor import distribute_tensor
-
-    return distribute_tensor(
-        value.to(target.device), target.device_mesh, target.placements, src_data_rank=None
-    )
-
-
-def shard_optimizer_state(state: dict[str, Any], optimizer: Any) -> dict[str, Any]:
-    """An optimiser ``state_dict`` of full tensors with each per-parameter tensor of a
-    parameter's shape (Adam's moments) laid out as that parameter (:func:`shard_like`)."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if not any(isinstance(p, sharded_types()) for p in params):
-        return state
-    per_param = {
-        index: {
-            k: shard_like(v, params[int(index)])
-            if isinstance(v, torch.Tensor) and v.shape == params[int(index)].shape
-            else v
-            for k, v in values.items()
-        }
-        for index, values in state["state"].items()
-    }
-    return {**state, "state": per_param}
 
 
 def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:

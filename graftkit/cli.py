@@ -16,12 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from graftkit import __version__
+from graftkit.errors import EXIT_USAGE, CLIError, one_line
 
-EXIT_USAGE = 2
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
+__all__ = ["EXIT_USAGE", "CLIError", "build_parser", "main"]
 
 
 def _add_common_run_options(p: argparse.ArgumentParser) -> None:
@@ -305,15 +302,6 @@ def set_threads(threads: int | None) -> str:
     return "torch default"
 
 
-def _one_line(err: BaseException) -> str:
-    """The error as one line; an ``OSError`` as ``PATH: reason``."""
-    if isinstance(err, OSError) and err.filename is not None and err.strerror:
-        text = f"{err.filename}: {err.strerror}"
-    else:
-        text = str(err) or type(err).__name__
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
-
-
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input or environment, not a bug.
 
@@ -322,12 +310,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """
     from graftkit.config import ConfigError
     from graftkit.plugins import PluginError, UnknownNameError
+    from graftkit.rundir import RunDirError
 
     errors: list[type[BaseException]] = [
         CLIError,
         ConfigError,
         UnknownNameError,
         PluginError,
+        RunDirError,
         OSError,
     ]
     for module, name in (
@@ -351,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except user_errors() as err:
         if debug:
             raise
-        print(f"graftkit {args.verb}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"graftkit {args.verb}: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
 
 

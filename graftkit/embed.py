@@ -70,6 +70,43 @@ def read_embeddings(path: Path) -> EncodedVolume:
     return EncodedVolume(embeddings=embeddings, z_mm=z_mm)
 
 
+def read_case(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """One case's slice embeddings for ``graftkit generate``: a ``.npy`` of shape ``(N, d)`` (or
+    ``(N, T, d)``, token 0 = CLS), or an ``.npz`` with ``embeddings`` and optionally ``z_mm``.
+    Returns float32 ``(N, d)`` and ``z_mm`` (or ``None``); ``ValueError`` naming the file."""
+    import zipfile
+
+    path = Path(path)
+    keys: list[str] = []
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                keys = sorted(data.files)
+                emb = data["embeddings"] if "embeddings" in keys else None
+                z = data["z_mm"] if "z_mm" in keys else None
+        else:
+            emb, z = np.load(path, allow_pickle=False), None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: cannot read embeddings ({err})") from None
+    if emb is None:
+        raise ValueError(f"{path}: no key 'embeddings' in the .npz (keys: {keys})")
+    if emb.ndim == 3:
+        emb = emb[:, 0]
+    if emb.ndim != 2:
+        raise ValueError(f"{path}: embeddings must be (N, d) or (N, T, d), got shape {emb.shape}")
+    if emb.shape[0] == 0 or emb.shape[1] == 0:
+        raise ValueError(f"{path}: embeddings of shape {emb.shape} hold no slice")
+    if not np.issubdtype(emb.dtype, np.floating):
+        raise ValueError(f"{path}: embeddings have dtype {emb.dtype}, expected floating point")
+    if z is not None:
+        z = np.asarray(z)
+        if z.shape != (emb.shape[0],) or not np.isfinite(z).all():
+            raise ValueError(
+                f"{path}: z_mm must be {emb.shape[0]} finite positions, got shape {z.shape}"
+            )
+    return emb.astype("float32"), z
+
+
 def check_encoded(encoded: EncodedVolume, dim: int, name: str) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``embeddings`` is finite ``[N, dim]`` and
     ``z_mm`` is ``[N]`` (``dim`` 0 accepts any width)."""

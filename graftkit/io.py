@@ -128,3 +128,30 @@ def decode_utf8(raw: bytes, path: Path | str) -> str:
             f"{path}: not UTF-8: byte 0x{raw[err.start]:02x} at byte offset {err.start} "
             f"(line {line}); save the file as UTF-8"
         ) from None
+
+
+def read_csv(path: Path | str) -> tuple[list[dict[str, str]], list[str]]:
+    """The rows and columns of a UTF-8 CSV (a BOM is dropped); ``ValueError`` naming the file and,
+    for a byte that is not UTF-8, its offset and line. Fields may exceed csv's 131,072 characters
+    (long reports)."""
+    import csv
+    import sys
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, expected a CSV file")
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"{path}: {err.strerror or err}") from None
+    text = decode_utf8(raw, path)
+    try:
+        reader = csv.DictReader(text.splitlines(keepends=True))
+        rows = list(reader)
+        columns = reader.fieldnames or []
+    except csv.Error as err:
+        raise ValueError(f"{path}: not a readable CSV ({err})") from None
+    if not columns:
+        raise ValueError(f"{path}: empty file (no header row)")
+    return rows, list(columns)

@@ -1,7 +1,11 @@
-"""Launch profiles -> accelerate config files (``accelerate launch --config_file``)."""
+"""Launch profiles -> accelerate config files (``accelerate launch --config_file``), and the
+re-launch of a multi-process run under ``accelerate launch``."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +59,20 @@ def write_accelerate_config(launch: LaunchConfig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(accelerate_config(launch), sort_keys=False))
     return path
+
+
+def relaunch_if_needed(launch: LaunchConfig, config_path: Path) -> int | None:
+    """Re-run this command under ``accelerate launch`` when the launch profile asks for more
+    than one process and this is not already a launched process; its exit code, else ``None``.
+
+    The profile's accelerate config is written to ``config_path`` first.
+    """
+    if launch.num_processes * launch.num_machines <= 1 or "LOCAL_RANK" in os.environ:
+        return None
+    path = write_accelerate_config(launch, config_path)
+    command = ["accelerate", "launch", "--config_file", str(path), "-m", "graftkit", *sys.argv[1:]]
+    print(f"launching {launch.num_processes} process(es): {' '.join(command)}", flush=True)
+    env = dict(os.environ)
+    if launch.use_cpu:
+        env["ACCELERATE_USE_CPU"] = "true"
+    return subprocess.call(command, env=env)

@@ -1,26 +1,24 @@
-"""Evaluate a trained run: the driver between a curriculum :class:`~graftkit.curriculum.engine.Run`
+"""Evaluate a trained run: the driver between a curriculum :class:`~graftkit.curriculum.run.Run`
 and :func:`graftkit.eval.evaluate.evaluate` (``graftkit run`` after its phases, ``graftkit eval``).
 
 It picks the volumes (``eval.split``, ``eval.limit``), tells the evaluation which heads the
-phases run trained, which text the last phase used and which phase checkpoints to probe, and
-writes what it found: ``metrics.json`` (merged into the run's, or a fresh one in an eval
-folder), ``generations.jsonl``, ``grounding.json`` and ``report.html``.
+phases run trained (from the loss records), which text the last phase used and which phase
+checkpoints to probe, and writes what it found into an :class:`~graftkit.rundir.EvalDir`:
+``metrics.json`` (merged into the run's, or a fresh one in an eval folder), ``generations.jsonl``,
+``grounding.json`` and ``report.html``. :func:`evaluation_folder` is the policy of where an
+evaluation goes; :func:`format_summary` the lines a command prints about it.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import shutil
 from typing import Any
 
-from graftkit.checkpoint import is_complete
+from graftkit.curriculum.objective import trained_heads
 from graftkit.eval.evaluate import Evaluation, evaluate
 from graftkit.io import atomic_write_text
-
-
-def phases_run(run) -> list[int]:
-    """The run's phases whose final checkpoint (``RUN/phase{N}``) is complete."""
-    return [n for n in run.cfg.phases.numbers if is_complete(Path(run.run_dir) / f"phase{n}")]
+from graftkit.rundir import EvalDir, RunDir, RunDirError, describe_checkpoint
 
 
 def evaluate_run(
@@ -30,15 +28,15 @@ def evaluate_run(
     ablations: bool | None = None,
     limit: int | None = None,
     progress: Any = None,
-    output_dir: Path | None = None,
+    out: EvalDir | None = None,
     token_source: str = "real",
 ) -> dict[str, Any]:
     """Evaluate the run's current model on ``split`` (default ``eval.split``) and write the
-    results to ``output_dir`` (default: the run directory); returns the metrics.
+    results to ``out`` (default: the run folder); returns the metrics.
 
-    Arguments left ``None`` take the run's ``eval`` config. Another folder than the run
-    directory gets a fresh ``metrics.json`` holding this evaluation and the run's data summary
-    only, so no file mixes two evaluations.
+    Arguments left ``None`` take the run's ``eval`` config. Another folder than the run folder
+    gets a fresh ``metrics.json`` holding this evaluation and the run's data summary only, so no
+    file mixes two evaluations.
     """
     updates = {"split": split, "extractor": extractor_name, "ablations": ablations}
     config = run.cfg.eval.model_copy(update={k: v for k, v in updates.items() if v is not None})
@@ -48,7 +46,8 @@ def evaluate_run(
         )
     volumes = run.train if config.split == run.dataset.splits[0] else run.valid
     volumes = volumes[: (limit or config.limit or len(volumes))]
-    done = phases_run(run)
+    done = run.rundir.complete_phases(run.cfg.phases.numbers)
+    losses = {loss for n in done for loss in run.cfg.phases.get(n).losses}
     with run.accelerator.autocast():
         evaluation = evaluate(
             run.glm,
@@ -59,9 +58,9 @@ def evaluate_run(
             train=run.train,
             seed=run.cfg.seed,
             max_slices=run.cfg.data.max_slices,
-            trained_losses={loss for n in done for loss in run.cfg.phases.get(n).losses},
+            trained_heads=trained_heads(losses),
             nll_text=run.cfg.phases.get(max(done)).text if done else "positive_findings",
-            probe_checkpoints={f"p{n}": Path(run.run_dir) / f"phase{n}" for n in done},
+            probe_checkpoints={f"p{n}": run.rundir.phase(n) for n in done},
             token_source=token_source,
             progress=progress,
         )
@@ -69,21 +68,109 @@ def evaluate_run(
     if "checkpoint" in run.summary:
         evaluation.metrics["eval"]["checkpoint"] = run.summary["checkpoint"]
     if run.main:
-        write_evaluation(run, evaluation, Path(output_dir or run.run_dir))
+        write_evaluation(run, evaluation, out or run.rundir)
     return evaluation.metrics
 
 
-def write_evaluation(run, evaluation: Evaluation, out: Path) -> None:
-    """``generations.jsonl``, ``grounding.json``, ``metrics.json`` and ``report.html`` in ``out``."""
+def write_evaluation(run, evaluation: Evaluation, out: EvalDir) -> None:
+    """``generations.jsonl``, ``grounding.json``, ``metrics.json`` and ``report.html`` in ``out``;
+    the report reads the run's history and config for its loss curves."""
     from graftkit.eval.report import write_report
 
     rows = "".join(json.dumps(row) + "\n" for row in evaluation.generations)
-    atomic_write_text(out / "generations.jsonl", rows)
+    atomic_write_text(out.generations, rows)
     if evaluation.grounding is not None:
-        atomic_write_text(out / "grounding.json", json.dumps(evaluation.grounding, indent=2))
-    if out == Path(run.run_dir):
-        run.update_metrics(evaluation.metrics)
+        atomic_write_text(out.grounding, json.dumps(evaluation.grounding, indent=2))
+    if out.is_run_folder:
+        out.update_metrics(evaluation.metrics)
     else:
-        fresh = {"data": run.summary.get("data", {}), **evaluation.metrics}
-        atomic_write_text(out / "metrics.json", json.dumps(fresh, indent=2))
-    write_report(out)
+        out.write_metrics({"data": run.summary.get("data", {}), **evaluation.metrics})
+    write_report(out.path, training_dir=out.run.path)
+
+
+def evaluation_folder(
+    rundir: RunDir,
+    cfg,
+    default_extractor: str,
+    *,
+    checkpoint: str | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    ablations: bool | None = None,
+    extractor: str | None = None,
+    tokens: str = "real",
+    name: str | None = None,
+    overwrite: bool = False,
+) -> EvalDir:
+    """Where an evaluation goes: the run folder for the run's own evaluation (its config's
+    split, limit, ablations and extractor, on its final checkpoint), else ``RUN/eval/NAME``
+    (``name``, or what differs: ``phase3-limit10``).
+
+    A run folder never holds a mix of two evaluations: a differing one gets its own folder, and
+    an existing folder is replaced only with ``overwrite``.
+    """
+    e = cfg.eval
+    parts = []
+    if checkpoint:
+        chosen = rundir.resolve_checkpoint(checkpoint)
+        if chosen.resolve() != rundir.final_checkpoint().resolve():
+            parts.append(chosen.name)
+    elif rundir.unfinished_phases():
+        parts.append(rundir.final_checkpoint().name)
+    if split not in (None, e.split):
+        parts.append(split)
+    if limit not in (None, e.limit):
+        parts.append(f"limit{limit}")
+    if ablations not in (None, e.ablations):
+        parts.append("ablations" if ablations else "no-ablations")
+    if extractor not in (None, e.extractor or default_extractor):
+        parts.append(extractor)
+    if tokens != "real":
+        parts.append(f"{tokens}-tokens")
+    if not parts and not name:
+        return rundir
+    folder = rundir.evaluation(name or "-".join(parts))
+    if folder.path.exists() and any(folder.path.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"{folder.path} already holds an evaluation; pass --overwrite to replace it or "
+                "--name for another folder"
+            )
+        shutil.rmtree(folder.path)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def format_summary(out: EvalDir) -> list[str]:
+    """The lines a command prints about the evaluation written to ``out``."""
+    full = out.read_metrics()
+    e = full["eval"]
+    lines = [f"\neval on {e['volumes']} {e['split']} volumes (extractor {e['extractor']}):"]
+    if "checkpoint" in e:
+        lines.append(f"  checkpoint {describe_checkpoint(e['checkpoint'])}")
+    lines.append(
+        f"  generation macro F1 {e['macro_f1']:.3f}  precision {e['macro_precision']:.3f}  "
+        f"recall {e['macro_recall']:.3f}"
+    )
+    if "oracle" in full:
+        o = full["oracle"]["macro_f1"]
+        lines.append(f"  oracle macro F1 {o:.3f}  (generation / oracle = {e['macro_f1'] / o:.2f})")
+    if "ablation" in full:
+        a = full["ablation"]
+        lines.append(
+            "  ablation macro F1: "
+            + ", ".join(
+                f"{m} {a[m]['macro_f1']:.3f}" for m in ("real", "zero", "shuffle", "random")
+            )
+        )
+        lines.append(
+            f"  zeroing the visual tokens removes {100 * a['zero_drop']:.1f}% of generation F1"
+        )
+    if full.get("ladder"):
+        lines.append("  quality ladder (macro F1; where the signal is lost):")
+        for row in full["ladder"]:
+            share = row.get("fraction_of_oracle")
+            tail = f"  ({share:.2f} x oracle)" if share is not None else ""
+            lines.append(f"    {row['stage']:<34} {row['macro_f1']:.3f}{tail}")
+    lines.append(f"  results: {out.path}  (report: {out.report})")
+    return lines

@@ -33,12 +33,13 @@ def _phase3(
     the ``warm`` projectors, adapters and LoRA), in its own folder; returns its history rows."""
     from graftkit.config import PhasesConfig
     from graftkit.curriculum.engine import run_phase
+    from graftkit.rundir import RunDir
 
     phases = list(run.cfg.phases)
     phases[2] = phases[2].model_copy(update={"text": text})
     sub = dataclasses.replace(
         run,
-        run_dir=run.run_dir / label,
+        rundir=RunDir(run.run_dir / label),
         cfg=run.cfg.model_copy(update={"phases": PhasesConfig(phases)}),
     )
     sub.run_dir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +47,7 @@ def _phase3(
     if warm is not None:
         run.glm.load_bridge_state_dict(warm, groups=["projectors", "xattn", "lora"])
     run_phase(sub, 3)
-    return [json.loads(line) for line in (sub.run_dir / "history.jsonl").read_text().splitlines()]
+    return sub.rundir.history_rows()
 
 
 def _gen_f1(run, skip_decode: bool) -> float:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from graftkit.checkpoint import full_tensors, shard_like
+from graftkit.distributed import full_tensors, shard_like
 
 
 def _plain(t: Tensor) -> Tensor:

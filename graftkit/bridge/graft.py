@@ -40,8 +40,8 @@ from graftkit.bridge.xattn import (
     match_batch,
 )
 from graftkit.bridge.zones import ZoneCompressor, ZoneCompressorConfig
-from graftkit.checkpoint import shard_like
-from graftkit.config import PARAMETER_GROUPS, BridgeSettings, CompressorSettings, LoraConfig
+from graftkit.config import PARAMETER_GROUPS, BridgeSettings, CompressorSettings, LoraSettings
+from graftkit.distributed import shard_like
 
 __all__ = [
     "BRIDGE_GROUPS",
@@ -62,11 +62,6 @@ CONFIG_FILE = "graft_config.json"
 BRIDGE_FILE = "bridge.safetensors"
 TOKENIZER_DIR = "tokenizer"
 _DEFAULT_COMPRESSOR = f"{ZoneCompressor.__module__}.{ZoneCompressor.__qualname__}"
-
-
-#: peft LoRA on the LLM (paper: r=16, α=32 on q,k,v,o,gate,up,down of every layer): the same
-#: schema as a run's ``model.lora``.
-LoraSettings = LoraConfig
 
 
 @contextmanager
@@ -92,6 +87,9 @@ class GraftConfig(BridgeSettings):
     model_config = ConfigDict(extra="forbid", from_attributes=True)
 
     visual_dim: int = Field(gt=0, description="d_v, width of the encoder's slice embeddings")
+    jepa_dim: int = Field(
+        256, gt=0, description="width of the JEPA head's output: the whitened text space's"
+    )
     xattn_dropout: float = Field(0.0, ge=0, lt=1)
     num_classes: int = Field(18, gt=0)
     jepa_hidden: int | None = Field(None, gt=0, description="JEPA head hidden width; None = d_l")

@@ -2,45 +2,27 @@
 curriculum"), as small objects with hooks the phase loop calls (the pattern of transformers'
 ``TrainerCallback``) and a ``state_dict`` that is saved with every epoch checkpoint.
 
-The loop (:func:`graftkit.curriculum.engine.run_phase`) calls, in declaration order:
-``on_phase_begin`` (before the optimiser is built), ``on_epoch_begin``, ``loss_terms`` (extra
-terms added to the step's loss), ``on_before_optimizer_step`` / ``on_after_optimizer_step``
-(around each step), ``on_evaluate`` (may add columns to the epoch's row) and ``on_phase_end``.
-Plugins add callbacks through the ``register_callbacks`` hook (docs/plugins.md).
+The phase loop (:class:`graftkit.curriculum.trainer.PhaseTrainer`) calls, in declaration order:
+``on_phase_begin`` (before the optimiser is built; a callback may declare a parameter penalty
+with the objective there, as ``ewc`` does), ``on_epoch_begin``, ``on_before_optimizer_step`` /
+``on_after_optimizer_step`` (around each step), ``on_evaluate`` (may add columns to the epoch's
+row) and ``on_phase_end``. Plugins add callbacks through the ``register_callbacks`` hook
+(docs/plugins.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from graftkit.curriculum.run import PhaseContext
+
 if TYPE_CHECKING:
     from graftkit.config import PhaseConfig
-    from graftkit.curriculum.engine import Run
 
-
-@dataclass
-class PhaseContext:
-    """What a callback sees of the phase it runs in."""
-
-    run: Run
-    number: int
-    config: PhaseConfig
-    optimizer: Any = None
-    #: resuming from this phase's own epoch checkpoint (``RUN/checkpoints/phase{N}/last``)
-    resumed: bool = False
-    #: the bridge is still as built: nothing was loaded into it and this phase never ran
-    fresh_bridge: bool = False
-    #: ``--warm-bridge PATH`` of the invocation, if any
-    warm_bridge: Path | None = None
-
-    def echo(self, message: str) -> None:
-        from graftkit.curriculum.engine import echo
-
-        echo(self.run.accelerator, message)
+__all__ = ["Callback", "PhaseContext", "build_callbacks", "check_callbacks"]
 
 
 class Callback:
@@ -54,9 +36,6 @@ class Callback:
     def on_phase_begin(self, ctx: PhaseContext) -> None: ...
 
     def on_epoch_begin(self, ctx: PhaseContext, epoch: int) -> None: ...
-
-    def loss_terms(self, ctx: PhaseContext) -> dict[str, torch.Tensor]:
-        return {}
 
     def on_before_optimizer_step(self, ctx: PhaseContext) -> None: ...
 
@@ -117,14 +96,14 @@ class WarmBridge(Callback):
         self.groups = groups or ["projectors", "xattn", "lora"]
 
     def on_phase_begin(self, ctx: PhaseContext) -> None:
-        from graftkit.curriculum.engine import load_into
+        from graftkit.rundir import RunDir
 
         path = self.path or ctx.warm_bridge
         if path is None or ctx.resumed:
             return
-        if (path / f"phase{ctx.number}").is_dir():
-            path = path / f"phase{ctx.number}"
-        loaded = load_into(ctx.run, path, groups=self.groups)
+        if RunDir(path).phase(ctx.number).is_dir():
+            path = RunDir(path).phase(ctx.number)
+        loaded = ctx.run.load(path, groups=self.groups)
         inv = ctx.run.glm.inventory()
         ctx.echo(
             f"warm bridge from {path}: loaded {len(loaded)} tensors ("
@@ -196,7 +175,7 @@ class Recalibrate(Callback):
 def lars_scale(params: list[torch.Tensor], low: float, high: float) -> float:
     """‖w‖ / ‖∇w‖ over ``params``, clamped to ``[low, high]``; 1 when there is no gradient.
     Sharded parameters (FSDP) give partial sums, reduced to the full ones (every process calls)."""
-    from graftkit.checkpoint import full_tensors
+    from graftkit.distributed import full_tensors
 
     def squares(t: torch.Tensor) -> torch.Tensor:
         return full_tensors((t.detach().float() ** 2).sum())
@@ -253,13 +232,14 @@ class EWCPenalty(Callback):
     def on_phase_begin(self, ctx: PhaseContext) -> None:
         from graftkit.align import EWC
 
-        self.ewc = EWC(dict(ctx.run.glm.parameter_groups()["lora"]), lam=self.lam)
+        glm = ctx.run.glm
+        self.ewc = EWC(dict(glm.parameter_groups()["lora"]), lam=self.lam)
         self.ewc.snapshot()
-
-    def loss_terms(self, ctx: PhaseContext) -> dict[str, torch.Tensor]:
-        if self.lam <= 0:
-            return {}
-        return {"ewc": self.ewc.penalty(dict(ctx.run.glm.parameter_groups()["lora"]))}
+        if self.lam > 0:
+            ewc = self.ewc
+            ctx.run.objective.add_penalty(
+                "ewc", lambda: ewc.penalty(dict(glm.parameter_groups()["lora"]))
+            )
 
     def final_tensors(self) -> dict[str, torch.Tensor]:
         return self._tensors()
@@ -272,56 +252,6 @@ class EWCPenalty(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ewc.load_state_dict(state["snapshot"])
-
-
-class EarlyStopping(Callback):
-    """Keep the best epoch's bridge by ``metric`` (``loss`` = validation total) and stop after
-    ``patience`` epochs without improvement; the phase ends on the best state."""
-
-    name = "early_stopping"
-
-    def __init__(self, metric: str = "loss", mode: str = "min", patience: int | None = None):
-        self.metric, self.mode, self.patience = metric, mode, patience
-        self.best: float | None = None
-        self.bad_epochs = 0
-        self.best_state: dict[str, torch.Tensor] | None = None
-
-    def value(self, ctx: PhaseContext, row: dict[str, Any]) -> float:
-        from graftkit.config import ConfigError
-
-        name = "valid_total" if self.metric == "loss" else self.metric
-        metric = row.get(name, row.get(f"valid_{name}"))
-        if metric is None:
-            hint = " (declare the collapse_monitor callback)" if name.startswith("gen_f1") else ""
-            raise ConfigError(
-                f"phase {ctx.number}: early-stopping metric {self.metric!r} not in {sorted(row)}{hint}"
-            )
-        return metric
-
-    def update(self, ctx: PhaseContext, metric: float) -> bool:
-        """Record one epoch's metric; returns whether the phase should stop."""
-        improved = self.best is None or (
-            metric > self.best if self.mode == "max" else metric < self.best
-        )
-        if improved:
-            self.best, self.bad_epochs = metric, 0
-            self.best_state = {
-                k: v.detach().clone() for k, v in ctx.run.glm.bridge_state_dict().items()
-            }
-        else:
-            self.bad_epochs += 1
-        return self.patience is not None and self.bad_epochs >= self.patience
-
-    def on_phase_end(self, ctx: PhaseContext) -> None:
-        if self.best_state is not None:
-            ctx.run.glm.load_bridge_state_dict(self.best_state)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_epochs": self.bad_epochs, "best_state": self.best_state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
-        self.best_state = state.get("best_state")
 
 
 def build_callbacks(phase: PhaseConfig, number: int) -> list[Callback]:

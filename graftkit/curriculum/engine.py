@@ -1,72 +1,52 @@
 """The curriculum engine: prepares a run, then runs the selected phases as declared in the config.
 
-Nothing here is dataset-specific or phase-numbered. Each phase is a
-:class:`~graftkit.config.PhaseConfig`: which parameter groups train, which losses with which
-weights, which text, optimiser and schedule, epochs, early stopping, and its mechanics as named
-callbacks (:mod:`graftkit.curriculum.callbacks`: LoRA freeze, calibrator refresh, LARS-scaled
-projector rate, EWC, warm bridge, compressor init, collapse monitor).
+Nothing here is dataset-specific or phase-numbered. :func:`prepare_run` builds what the phases
+share (:class:`~graftkit.curriculum.run.Run`: dataset, language prior or ``--llm``, text space,
+grafted model, objective) and fails before any training when the config cannot run (unknown
+callbacks, options or losses). :func:`run_curriculum` runs the selected phases in order, each a
+:class:`~graftkit.curriculum.trainer.PhaseTrainer` from the previous phase's checkpoint, and
+resumes a killed run. :func:`open_run` rebuilds a finished run for ``graftkit eval`` and
+``generate``.
 
-Placement is accelerate's, for one process as for eight: the model, optimiser and schedule go
-through ``accelerator.prepare``, batches are sent to ``accelerator.device``, every step runs
-under ``accelerator.autocast()``, loss sums stay on the device until the epoch's reduction. The
-frozen LLM is loaded in ``model.dtype`` directly on its device; under mixed precision the bridge
-is kept in float32 (docs/distributed.md). Checkpoints are written atomically after every epoch
-(``RUN/checkpoints/phase{N}/last``, one unit with every callback's state) and at the end of each
-phase (``RUN/phase{N}``).
+The frozen LLM is loaded in ``model.dtype`` directly on its device; under mixed precision the
+bridge is kept in float32 (docs/distributed.md). Checkpoints are written atomically after every
+epoch (``RUN/checkpoints/phase{N}/last``, one unit with every callback's state) and at the end
+of each phase (``RUN/phase{N}``); :class:`~graftkit.rundir.RunDir` owns those paths.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import logging
-import math
 import os
 import random
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, gather_object, send_to_device
+from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
 from graftkit import plugins
 from graftkit.align import InfoNCE, imq_alpha, positive_weights
-from graftkit.checkpoint import (
-    CheckpointError,
-    flatten_state,
-    full_tensors,
-    is_complete,
-    load_checkpoint,
-    recover_checkpoint,
-    save_checkpoint,
-    shard_optimizer_state,
-    unflatten_state,
-    verify_checkpoint,
-)
-from graftkit.config import PARAMETER_GROUPS, ConfigError, PhaseConfig, RunConfig
+from graftkit.checkpoint import CheckpointError, is_complete, recover_checkpoint, verify_checkpoint
+from graftkit.config import PARAMETER_GROUPS, ConfigError, RunConfig
 from graftkit.curriculum import fsdp
-from graftkit.curriculum.batches import PhaseCollator, TextTargets, loaded, make_loader
-from graftkit.curriculum.callbacks import (
-    Callback,
-    EarlyStopping,
-    PhaseContext,
-    build_callbacks,
-    check_callbacks,
-)
+from graftkit.curriculum.batches import TextTargets
+from graftkit.curriculum.callbacks import check_callbacks
 from graftkit.curriculum.model import build_grafted, resolve_llm_path, text_embedding_layer
-from graftkit.curriculum.objective import NEEDS_TEXT_TARGETS, NEEDS_TOKENS, Objective
+from graftkit.curriculum.objective import Objective, check_losses
+from graftkit.curriculum.run import Run, echo
 from graftkit.curriculum.textspace import TextSpace
-from graftkit.data import GraftDataset, Volume
+from graftkit.curriculum.trainer import PhaseTrainer
+from graftkit.data import GraftDataset
 from graftkit.progress import is_quiet, progress_bar
+from graftkit.rundir import RunDir
 
-log = logging.getLogger("graftkit")
+__all__ = ["cache_root", "open_run", "prepare_run", "run_curriculum", "run_phase"]
 
 
 def cache_root(cfg: RunConfig) -> Path:
@@ -76,64 +56,7 @@ def cache_root(cfg: RunConfig) -> Path:
     return Path(root).expanduser()
 
 
-def echo(accelerator: Accelerator, message: str) -> None:
-    if accelerator.is_main_process and not is_quiet():
-        print(message, flush=True)
-
-
-@dataclass
-class Run:
-    """Everything the phases of one run share (built by :func:`prepare_run`; nothing is added to
-    it later: phase state lives in the phase's callbacks)."""
-
-    cfg: RunConfig
-    run_dir: Path
-    accelerator: Accelerator
-    dataset: GraftDataset
-    train: list[Volume]
-    valid: list[Volume]
-    glm: Any
-    tokenizer: Any
-    textspace: TextSpace
-    objective: Objective
-    targets: dict[str, TextTargets]
-    llm_path: Path
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process
-
-    def history(self, row: dict[str, Any]) -> None:
-        """Append one epoch's metrics to ``RUN/history.jsonl`` (and TensorBoard when installed)."""
-        if self.main:
-            with (self.run_dir / "history.jsonl").open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-        if self.accelerator.trackers:
-            numbers = {
-                f"phase{row['phase']}/{k}": v for k, v in row.items() if isinstance(v, int | float)
-            }
-            self.accelerator.log(numbers, step=int(row["phase"]) * 1000 + int(row["epoch"]))
-
-    def read_metrics(self) -> dict[str, Any]:
-        path = self.run_dir / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-
-    def update_metrics(self, update: dict[str, Any]) -> None:
-        if not self.main:
-            return
-        metrics = self.read_metrics()
-        for key, value in update.items():
-            if isinstance(value, dict) and isinstance(metrics.get(key), dict):
-                metrics[key].update(value)
-            else:
-                metrics[key] = value
-        from graftkit.io import atomic_write_text
-
-        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
-
-
-def make_accelerator(cfg: RunConfig, run_dir: Path | None = None) -> Accelerator:
+def make_accelerator(cfg: RunConfig, rundir: RunDir | None = None) -> Accelerator:
     """An ``Accelerator`` for the run's launch config; TensorBoard tracking when it is installed."""
     import importlib.util
 
@@ -142,7 +65,7 @@ def make_accelerator(cfg: RunConfig, run_dir: Path | None = None) -> Accelerator
         or not torch.cuda.is_available()
         or os.environ.get("ACCELERATE_USE_CPU") == "true"
     )
-    tensorboard = run_dir is not None and importlib.util.find_spec("tensorboard") is not None
+    tensorboard = rundir is not None and importlib.util.find_spec("tensorboard") is not None
     plugin = fsdp.fsdp_plugin(cfg.launch) if cfg.launch.distributed_type == "FSDP" else None
     accelerator = Accelerator(
         cpu=cpu,
@@ -153,7 +76,7 @@ def make_accelerator(cfg: RunConfig, run_dir: Path | None = None) -> Accelerator
         # accelerate would otherwise step them once per process per optimizer step
         step_scheduler_with_optimizer=False,
         log_with="tensorboard" if tensorboard else None,
-        project_dir=str(run_dir / "tensorboard") if tensorboard else None,
+        project_dir=str(rundir.tensorboard) if tensorboard else None,
     )
     if plugin is not None:
         fsdp.enable_on_cpu(accelerator, plugin)
@@ -175,7 +98,9 @@ def warnings_echoed_once(dataset: GraftDataset) -> Iterator[None]:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
-def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: bool = True) -> Run:
+def prepare_run(
+    cfg: RunConfig, run_dir: Path | RunDir, progress: Any = None, record: bool = True
+) -> Run:
     """Dataset, language prior (or ``--llm``), text space and grafted model; fails before training.
 
     ``record=False`` (``graftkit eval``/``generate`` on an existing run) leaves the run's
@@ -184,11 +109,13 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: boo
     from graftkit.lm import build_or_load_prior, load_llm
 
     check_callbacks(cfg.phases)
-    accelerator = make_accelerator(cfg, run_dir)
+    check_losses(cfg.phases)
+    rundir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    accelerator = make_accelerator(cfg, rundir)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.path.mkdir(parents=True, exist_ok=True)
     dataset_cls = plugins.get("dataset", cfg.dataset)
     dataset: GraftDataset = dataset_cls(cfg.data, workdir=cache_root(cfg) / "data" / cfg.dataset)
     with warnings_echoed_once(dataset):
@@ -223,7 +150,7 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: boo
     llm, tokenizer = load_llm(llm_path, dtype=cfg.model.dtype, device=accelerator.device)
     prior_seconds = round(time.time() - t_prior, 1)
 
-    textspace = _text_space(cfg, run_dir, dataset, train, valid, llm, tokenizer, accelerator)
+    textspace = _text_space(cfg, rundir, dataset, train, valid, llm, tokenizer, accelerator)
     glm = build_grafted(
         cfg, llm, tokenizer, dataset.embedding_dim, len(dataset.class_names), textspace.dim
     )
@@ -248,7 +175,7 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: boo
     }
     run = Run(
         cfg,
-        run_dir,
+        rundir,
         accelerator,
         dataset,
         train,
@@ -272,7 +199,7 @@ def prepare_run(cfg: RunConfig, run_dir: Path, progress: Any = None, record: boo
         "inventory": glm.inventory(),
     }
     if run.main and record:
-        cfg.save(run_dir / "config.yaml")
+        cfg.save(rundir.config)
         run.update_metrics(
             {
                 "data": run.summary["data"],
@@ -306,9 +233,9 @@ def bridge_to_float32(glm) -> None:
             getattr(glm, group).float()
 
 
-def _text_space(cfg, run_dir, dataset, train, valid, llm, tokenizer, accelerator) -> TextSpace:
+def _text_space(cfg, rundir, dataset, train, valid, llm, tokenizer, accelerator) -> TextSpace:
     """Whitened text space, fitted once per run and saved in ``RUN/textspace`` (resume reuses it)."""
-    directory = run_dir / "textspace"
+    directory = rundir.textspace
     if (directory / "texts.json").is_file():
         return TextSpace.load(directory)
     texts: list[str] = []
@@ -332,280 +259,6 @@ def _text_space(cfg, run_dir, dataset, train, valid, llm, tokenizer, accelerator
     return space
 
 
-# -- one phase ---------------------------------------------------------------------------------
-def param_groups(objective: Objective, phase: PhaseConfig) -> list[dict[str, Any]]:
-    """The optimiser's parameter groups of ``phase``: each declared trainable bridge group that
-    has parameters requiring a gradient, plus the InfoNCE temperature when the phase uses it."""
-    groups = objective.glm.parameter_groups()
-    out = []
-    for name in phase.trainable:
-        params = [p for p in groups.get(name, {}).values() if p.requires_grad]
-        if params:
-            out.append({"params": params, "lr": phase.lr, "group": name})
-    if "infonce" in phase.losses:
-        out.append(
-            {
-                "params": list(objective.infonce.parameters()),
-                "lr": phase.lr,
-                "group": "temperature",
-            }
-        )
-    return out
-
-
-def build_optimizer(phase: PhaseConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    if phase.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=phase.lr, momentum=0.9, weight_decay=phase.weight_decay)
-    return torch.optim.AdamW(groups, lr=phase.lr, weight_decay=phase.weight_decay)
-
-
-def build_scheduler(phase: PhaseConfig, optimizer, steps_per_epoch: int):
-    """The phase's learning-rate schedule, stepped once per optimizer step (``plateau``: once
-    per epoch on the early-stopping metric).
-
-    ``cosine`` and ``constant`` are transformers' schedules; with ``warmup_steps=0`` (every
-    shipped profile) they equal graftkit's former hand-written ones bit for bit. With a
-    warm-up, transformers ramps ``step / warmup_steps`` (the first step at lr 0) where the
-    former code ramped ``(step + 1) / warmup_steps``: the ramp starts one step later.
-    """
-    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
-
-    if phase.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode=phase.early_stopping.mode,
-            factor=phase.plateau_factor,
-            patience=phase.plateau_patience,
-        )
-    if phase.schedule == "constant":
-        return get_constant_schedule_with_warmup(optimizer, phase.warmup_steps)
-    # a process never takes more than steps_per_epoch steps an epoch (make_loader shards
-    # floor(n / world) volumes), so the cosine ends at 0 and never turns back up
-    return get_cosine_schedule_with_warmup(
-        optimizer, phase.warmup_steps, max(1, steps_per_epoch * phase.epochs)
-    )
-
-
-def _loader(ctx: PhaseContext, split: str, epoch: int, shuffle: bool):
-    """This process's loader of ``split``: training volumes are sharded across processes, every
-    process validates all validation volumes (so the monitor and early stopping agree)."""
-    run, phase = ctx.run, ctx.config
-    needs_tokens = bool(NEEDS_TOKENS & set(phase.losses))
-    volumes = run.train if split == "train" else run.valid
-    collator = PhaseCollator(
-        run.dataset,
-        volumes,
-        run.targets[split] if (NEEDS_TEXT_TARGETS & set(phase.losses)) else None,
-        run.tokenizer if needs_tokens else None,
-        phase.text,
-        run.glm.num_visual_tokens,
-        run.cfg.seed,
-        max_length=run.cfg.model.prior.max_length if run.cfg.model.llm is None else None,
-        finding_weight=phase.finding_weight,
-    )
-    acc = run.accelerator
-    return make_loader(
-        run.dataset,
-        volumes,
-        collator,
-        phase.batch_size,
-        shuffle,
-        run.cfg.seed + 1000 * ctx.number,
-        epoch,
-        rank=acc.process_index if split == "train" else 0,
-        world=acc.num_processes if split == "train" else 1,
-        max_slices=run.cfg.data.max_slices,
-        num_workers=run.cfg.data.num_workers,
-        drop_last=split == "train" and acc.num_processes > 1,
-    )
-
-
-def train_step(
-    ctx: PhaseContext, model, scheduler, callbacks: list[Callback], batch: dict[str, Any]
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """One optimizer step of the phase: batch to the device; under autocast the objective's loss
-    plus the callbacks' terms; backward; clip; the callbacks around ``optimizer.step()``; the
-    schedule. Returns the step's terms and loss (still on the device)."""
-    acc, phase, optimizer = ctx.run.accelerator, ctx.config, ctx.optimizer
-    batch = send_to_device(batch, acc.device)
-    with acc.autocast():
-        terms = model(batch)
-        loss = terms["total"]
-        for cb in callbacks:
-            for name, term in cb.loss_terms(ctx).items():
-                terms[name] = term
-                loss = loss + term
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"phase {ctx.number}: non-finite loss {float(loss)}")
-    acc.backward(loss)
-    fsdp.sync_replicated_grads(acc, model)
-    if phase.grad_clip:
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        fsdp.clip_grad_norm_(params, phase.grad_clip)
-    for cb in callbacks:
-        cb.on_before_optimizer_step(ctx)
-    optimizer.step()
-    for cb in callbacks:
-        cb.on_after_optimizer_step(ctx)
-    optimizer.zero_grad(set_to_none=True)
-    if phase.schedule != "plateau":
-        scheduler.step()
-    return terms, loss
-
-
-def any_process_lacks(acc: Accelerator, batch: dict[str, Any] | None) -> bool:
-    """Whether some process has no batch for this step (every volume of it failed to load,
-    recorded in ``dataset.skips``). A step's backward all-reduces the gradients across
-    processes (DDP), so one process cannot skip a step alone: the others would wait for it
-    forever. One process needs no collective, and pays for none."""
-    if acc.num_processes == 1:
-        return batch is None
-    lacks = torch.tensor([float(batch is None)], device=acc.device)
-    return bool(acc.reduce(lacks, "max").item())
-
-
-def train_epoch(ctx: PhaseContext, model, scheduler, callbacks, epoch: int, progress=None):
-    """One pass over this process's shard (:func:`train_step` per batch). Returns the per-term
-    means, averaged over processes.
-
-    A step for which any process lacks a batch is skipped by every process (the same number of
-    steps everywhere), with a line when that left out other processes' volumes."""
-    acc = ctx.run.accelerator
-    model.train()
-    loader = _loader(ctx, "train", epoch, shuffle=True)
-    sums: dict[str, torch.Tensor] = {}  # float64 on the device: no host sync per step
-    steps = skipped = 0
-    task = None
-    if progress:
-        task = progress.add_task(
-            f"phase {ctx.number} epoch {epoch + 1}", total=len(loader), info=""
-        )
-    for batch in loader:
-        batch = loaded(ctx.run.dataset, batch)
-        if any_process_lacks(acc, batch):
-            skipped += 1
-            continue
-        try:
-            terms, loss = train_step(ctx, model, scheduler, callbacks, batch)
-        except FloatingPointError as err:
-            raise FloatingPointError(f"{err} at epoch {epoch + 1}") from None
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0) + v.detach().double()
-        steps += 1
-        if progress:
-            progress.update(task, advance=1, info=f"loss {float(loss.detach()):.4f}")
-    if progress:
-        progress.remove_task(task)
-    if skipped and acc.num_processes > 1:
-        echo(
-            acc,
-            f"phase {ctx.number} epoch {epoch + 1}: {skipped} step(s) skipped by every process: "
-            "a process's batch failed to load (see metrics.json data.items)",
-        )
-    names = sorted(sums)
-    means = torch.stack([sums[k] / max(1, steps) for k in names]) if names else torch.zeros(0)
-    reduced = acc.reduce(means.float().to(acc.device), "mean")
-    return {f"train_{k}": float(v) for k, v in zip(names, reduced.tolist(), strict=True)}
-
-
-@torch.no_grad()
-def validate(ctx: PhaseContext, model) -> dict[str, float]:
-    """Per-sample mean of each loss term over the validation volumes, with the prepared model.
-
-    Every process computes it on all validation volumes with its own batch as the InfoNCE
-    negatives (the temperature module gathers only in training), so the value is the
-    one-process value whatever the number of processes.
-    """
-    run = ctx.run
-    acc = run.accelerator
-    model.eval()
-    sums: dict[str, torch.Tensor] = {}
-    n = 0
-    for batch in _loader(ctx, "valid", 0, shuffle=False):
-        batch = loaded(run.dataset, batch)
-        if batch is None:
-            continue
-        batch = send_to_device(batch, acc.device)
-        size = batch["labels"].shape[0]
-        with acc.autocast():
-            terms = model(batch)
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0) + v.detach().double() * size
-        n += size
-    fsdp.resharded(model)  # FSDP keeps the root unit gathered after a no-grad forward
-    return {f"valid_{k}": float(v / max(1, n)) for k, v in sums.items()}
-
-
-class PhaseCheckpoint:
-    """The resume state of a phase as one unit (``RUN/checkpoints/phase{N}/last``): bridge,
-    optimiser, scheduler, RNG, the InfoNCE temperature, early stopping and every callback."""
-
-    def __init__(self, ctx: PhaseContext, scheduler, callbacks: list[Callback], stopper):
-        self.ctx, self.scheduler, self.callbacks, self.stopper = ctx, scheduler, callbacks, stopper
-        self.path = ctx.run.run_dir / "checkpoints" / f"phase{ctx.number}" / "last"
-
-    def _stateful(self) -> dict[str, Callback]:
-        return {cb.name: cb for cb in [*self.callbacks, self.stopper]}
-
-    def save(self, epoch: int) -> None:
-        run = self.ctx.run
-        if not (run.main or run.accelerator.is_fsdp2):
-            return
-        # under FSDP every process takes part in gathering the shards; the main process writes
-        model = full_tensors(run.glm.bridge_state_dict())
-        optimizer = full_tensors(self.ctx.optimizer.state_dict())
-        callbacks = full_tensors({k: cb.state_dict() for k, cb in self._stateful().items()})
-        if not run.main:
-            return
-        opt_tensors: dict[str, torch.Tensor] = {}
-        cb_tensors: dict[str, torch.Tensor] = {}
-        extra = {"rng.torch": torch.get_rng_state()}
-        extra.update({f"infonce.{k}": v for k, v in run.objective.infonce.state_dict().items()})
-        tensors = {
-            "model": model,
-            "optimizer": opt_tensors,
-            "extra": extra,
-            "callbacks": cb_tensors,
-        }
-        state = {
-            "phase": self.ctx.number,
-            "epoch": epoch,
-            "optimizer": flatten_state("opt", optimizer, opt_tensors),
-            "scheduler": self.scheduler.state_dict(),
-            "rng_python": list(random.getstate()[1]),
-            "callbacks": flatten_state("cb", callbacks, cb_tensors),
-        }
-        save_checkpoint(self.path, tensors, state)
-
-    def restore(self) -> int:
-        """Load the last epoch checkpoint; returns the epoch to continue from."""
-        run = self.ctx.run
-        try:
-            groups, state = load_checkpoint(self.path)
-            run.glm.load_bridge_state_dict(groups["model"])
-            optimizer = unflatten_state(state["optimizer"], groups["optimizer"])
-            self.ctx.optimizer.load_state_dict(shard_optimizer_state(optimizer, self.ctx.optimizer))
-            self.scheduler.load_state_dict(state["scheduler"])
-            run.objective.infonce.load_state_dict(
-                {
-                    k.removeprefix("infonce."): v
-                    for k, v in groups["extra"].items()
-                    if k.startswith("infonce.")
-                }
-            )
-            torch.set_rng_state(groups["extra"]["rng.torch"])
-            saved = unflatten_state(state["callbacks"], groups.get("callbacks", {}))
-            for name, cb in self._stateful().items():
-                cb.load_state_dict(saved[name])
-        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
-            # checksums pass but the content does not fit (a forged or foreign checkpoint)
-            raise CheckpointError(
-                f"checkpoint {self.path} does not fit this run "
-                f"({type(err).__name__}: {err}); refusing to resume from it"
-            ) from None
-        return state["epoch"] + 1
-
-
 def run_phase(
     run: Run,
     number: int,
@@ -615,146 +268,17 @@ def run_phase(
     fresh_bridge: bool = False,
     warm_bridge: Path | None = None,
 ) -> dict[str, Any]:
-    """Train phase ``number`` of ``run.cfg.phases`` from the model's current state (docs/design.md,
-    "Four-phase curriculum"), then save ``RUN/phase{N}``.
-
-    Prepare (callbacks' ``on_phase_begin``, trainable groups, optimiser and schedule through
-    ``accelerator.prepare``, resume state); per epoch: train, validate, callbacks' evaluation,
-    early stopping, epoch checkpoint; at the end the best epoch's bridge.
-    """
-    phase = run.cfg.phases.get(number)
-    acc = run.accelerator
-    last = run.run_dir / "checkpoints" / f"phase{number}" / "last"
-    if resume and not is_complete(last) and last.exists():
-        raise CheckpointError(f"{last} is incomplete or corrupted; refusing to resume from it")
-    ctx = PhaseContext(
+    """Train phase ``number`` from the model's current state and save ``RUN/phase{N}``
+    (:class:`~graftkit.curriculum.trainer.PhaseTrainer`); returns its result."""
+    trainer = PhaseTrainer(
         run,
         number,
-        phase,
-        resumed=resume and is_complete(last),
+        resume=resume,
         fresh_bridge=fresh_bridge,
         warm_bridge=warm_bridge,
+        progress=progress,
     )
-    callbacks = build_callbacks(phase, number)
-    stopper = EarlyStopping(**phase.early_stopping.model_dump())
-
-    run.objective.set_losses(phase.losses)
-    run.glm.set_trainable(phase.trainable)
-    for p in run.objective.infonce.parameters():
-        p.requires_grad_("infonce" in phase.losses)
-    for cb in callbacks:
-        cb.on_phase_begin(ctx)
-    groups = param_groups(run.objective, phase)
-    if not groups:
-        raise ConfigError(f"phase {number}: no trainable parameters in groups {phase.trainable}")
-    optimizer = build_optimizer(phase, groups)
-    steps_per_epoch = max(1, math.ceil(len(run.train) / acc.num_processes / phase.batch_size))
-    scheduler = build_scheduler(phase, optimizer, steps_per_epoch)
-    model, optimizer, scheduler = fsdp.prepare(acc, run.objective, optimizer, scheduler)
-    ctx.optimizer = optimizer
-    checkpoint = PhaseCheckpoint(ctx, scheduler, callbacks, stopper)
-    start = 0
-    if ctx.resumed:
-        start = checkpoint.restore()
-        echo(acc, f"phase {number}: resumed after epoch {start}")
-
-    echo(
-        acc,
-        f"phase {number} ({phase.name}): trains {phase.trainable}; losses {phase.losses}; text {phase.text}",
-    )
-    if "infonce" in phase.losses:
-        echo(
-            acc,
-            f"phase {number}: effective contrastive batch {phase.batch_size * acc.num_processes} "
-            f"({acc.num_processes} process(es) x {phase.batch_size})",
-        )
-    stopped_early = False
-    for epoch in range(start, phase.epochs):
-        t0 = time.time()
-        torch.manual_seed(run.cfg.seed * 7919 + number * 101 + epoch)
-        with fsdp.unsharded(run.glm, model):
-            for cb in callbacks:
-                cb.on_epoch_begin(ctx, epoch)
-        row = {
-            "phase": number,
-            "epoch": epoch + 1,  # 1-based, as printed
-            **train_epoch(ctx, model, scheduler, callbacks, epoch, progress),
-        }
-        row.update(validate(ctx, model))
-        with fsdp.unsharded(run.glm, model):
-            for cb in callbacks:
-                cb.on_evaluate(ctx, epoch, row)
-        metric = stopper.value(ctx, row)
-        if phase.schedule == "plateau":
-            scheduler.step(metric)
-        row["lr"] = optimizer.param_groups[0]["lr"]
-        row["seconds"] = round(time.time() - t0, 2)
-        stop = stopper.update(ctx, metric)
-        row["best"] = stopper.best
-        run.history(row)
-        echo(acc, _format_row(row))
-        checkpoint.save(epoch)
-        acc.wait_for_everyone()
-        if stop and epoch + 1 < phase.epochs:
-            echo(
-                acc,
-                f"phase {number}: stopped early after epoch {epoch + 1} of {phase.epochs} "
-                f"(no {stopper.metric} improvement for {stopper.bad_epochs} epochs; "
-                f"best {stopper.best:.4f})",
-            )
-            stopped_early = True
-            break
-    for cb in [*callbacks, stopper]:
-        cb.on_phase_end(ctx)
-    save_final(run, number, stopper.best, callbacks)
-    if acc.device.type != "cpu":
-        # drop accelerate's references to this phase's optimiser state on the accelerator (its
-        # garbage collection costs ~0.4 s, which a CPU run, holding little, does not pay)
-        acc.free_memory()
-    return {"best": stopper.best, "metric": stopper.metric, "stopped_early": stopped_early}
-
-
-def save_final(run: Run, number: int, best: float | None, callbacks: list[Callback]) -> None:
-    """``RUN/phase{N}``: the phase's bridge, temperature and callbacks' tensors (the EWC
-    anchor), plus a peft/transformers ``pretrained`` folder."""
-    if run.main or run.accelerator.is_fsdp2:  # under FSDP every process gathers the shards
-        bridge = full_tensors(run.glm.bridge_state_dict())
-        kept = {cb.name: full_tensors(cb.final_tensors()) for cb in callbacks}
-    if run.main:
-        tensors = {"model": bridge, "extra": dict(run.objective.infonce.state_dict())}
-        tensors.update({name: group for name, group in kept.items() if group})
-        state = {"phase": number, "best": best, "architecture": architecture_signature(run)}
-        save_checkpoint(
-            run.run_dir / f"phase{number}",
-            tensors,
-            state,
-            writer=lambda tmp: run.glm.save_pretrained(tmp / "pretrained", bridge),
-        )
-    run.accelerator.wait_for_everyone()
-
-
-def _format_row(row: dict[str, Any]) -> str:
-    keys = [k for k in row if k not in ("phase", "epoch")]
-    parts = [f"{k}={row[k]:.4f}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys]
-    return f"phase {row['phase']} epoch {row['epoch']}: " + " ".join(parts)
-
-
-def architecture_signature(run: Run) -> str:
-    """Hash of every bridge tensor name and shape: a checkpoint from another architecture differs."""
-    shapes = sorted((k, tuple(v.shape)) for k, v in run.glm.bridge_state_dict().items())
-    return hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
-
-
-def load_into(run: Run, checkpoint: Path, groups: list[str] | None = None) -> list[str]:
-    """Load a phase checkpoint's bridge tensors (optionally only some groups) into the run's model."""
-    checkpoint = Path(checkpoint)
-    tensors, _ = load_checkpoint(checkpoint)
-    try:
-        return run.glm.load_bridge_state_dict(tensors["model"], groups=groups)
-    except (ValueError, KeyError, RuntimeError) as err:
-        raise CheckpointError(
-            f"checkpoint {checkpoint} does not fit this model (different architecture?): {err}"
-        ) from None
+    return trainer.fit()
 
 
 def run_curriculum(
@@ -764,49 +288,51 @@ def run_curriculum(
     warm_bridge: Path | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Run the selected phases in order, each from the previous phase's checkpoint."""
-    first = phases[0]
+    """Run the selected phases in order, each from the previous phase's checkpoint.
+
+    With ``resume``, a checkpoint overwrite a kill interrupted is finished first, complete phases
+    are loaded rather than run, and a phase in flight continues from its epoch checkpoint.
+    """
+    rundir, acc = run.rundir, run.accelerator
     if resume and run.main:  # a kill inside a checkpoint overwrite: finish it
         for n in phases:
-            recover_checkpoint(run.run_dir / f"phase{n}")
-            recover_checkpoint(run.run_dir / "checkpoints" / f"phase{n}" / "last")
-    run.accelerator.wait_for_everyone()
-    done = [n for n in phases if resume and is_complete(run.run_dir / f"phase{n}")]
+            recover_checkpoint(rundir.phase(n))
+            recover_checkpoint(rundir.epoch_checkpoint(n))
+    acc.wait_for_everyone()
+    done = [n for n in phases if resume and rundir.is_complete(n)]
     todo = [n for n in phases if n not in done]
     for n in todo:
-        if resume and (run.run_dir / f"phase{n}").exists():
+        if resume and rundir.phase(n).exists():
             try:
-                verify_checkpoint(run.run_dir / f"phase{n}")
+                verify_checkpoint(rundir.phase(n))
             except CheckpointError as err:
+                again = f" from {rundir.epoch_checkpoint(n).relative_to(rundir.path)}"
                 echo(
-                    run.accelerator,
+                    acc,
                     f"resume: {err}; phase {n} is run again"
-                    + (
-                        f" from checkpoints/phase{n}/last"
-                        if is_complete(run.run_dir / "checkpoints" / f"phase{n}" / "last")
-                        else ""
-                    ),
+                    + (again if is_complete(rundir.epoch_checkpoint(n)) else ""),
                 )
     loaded = True
     if done:
-        load_into(run, run.run_dir / f"phase{done[-1]}")
-        echo(run.accelerator, f"resume: phases {done} already complete")
+        run.load(rundir.phase(done[-1]))
+        echo(acc, f"resume: phases {done} already complete")
     elif init_from is not None:
-        names = load_into(run, init_from)
-        echo(run.accelerator, f"init-from {init_from}: loaded {len(names)} tensors")
-    elif first > 1 and is_complete(run.run_dir / f"phase{first - 1}"):
-        load_into(run, run.run_dir / f"phase{first - 1}")
+        names = run.load(init_from)
+        echo(acc, f"init-from {init_from}: loaded {len(names)} tensors")
+    elif phases[0] > 1 and rundir.is_complete(phases[0] - 1):
+        run.load(rundir.phase(phases[0] - 1))
     else:
         loaded = False
-        if first > 1:
+        if phases[0] > 1:
             echo(
-                run.accelerator,
-                f"warning: phase {first} starts from a fresh bridge (no phase{first - 1} checkpoint, no --init-from)",
+                acc,
+                f"warning: phase {phases[0]} starts from a fresh bridge "
+                f"(no phase{phases[0] - 1} checkpoint, no --init-from)",
             )
     results = {}
     with progress_bar(disable=is_quiet() or not run.main) as progress:
         for i, n in enumerate(todo):
-            in_flight = (run.run_dir / "checkpoints" / f"phase{n}" / "last").exists()
+            in_flight = rundir.epoch_checkpoint(n).exists()
             t0 = time.time()
             result = run_phase(
                 run,
@@ -825,11 +351,21 @@ def run_curriculum(
         run.summary["data"].update(skips)
         run.update_metrics({"data": run.summary["data"]})
         echo(
-            run.accelerator,
+            acc,
             f"data: {skips['skipped']} volume(s) skipped in all, some at load time: "
             f"{skips['by_reason']} (see metrics.json data.items)",
         )
     return results
+
+
+def open_run(rundir: RunDir, checkpoint: Path, progress: Any = None, **overrides: Any) -> Run:
+    """A finished run's model, rebuilt from ``RUN/config.yaml`` (with dotted ``overrides``) and
+    loaded from ``checkpoint``; nothing in the run folder is rewritten."""
+    cfg = rundir.read_config(**overrides)
+    run = prepare_run(cfg, rundir, progress=progress, record=False)
+    run.load(checkpoint)
+    run.summary["checkpoint"] = rundir.checkpoint_info(checkpoint)
+    return run
 
 
 def gather_skips(run: Run) -> None:

@@ -11,14 +11,13 @@ that changes for the engine is here, and every function is a no-op without FSDP:
   parameter, which ``fully_shard`` refuses (the calibrator's α, the InfoNCE temperature, each
   cross-attention adapter with its tanh gate), replicated, and prints what this process holds;
 - :func:`sync_replicated_grads`: averages those replicated parameters' gradients, as DDP would;
-- :func:`clip_grad_norm_`: one total norm over sharded and replicated gradients;
 - :func:`resharded`: FSDP keeps the root unit gathered after a no-grad forward until the next
   backward; the engine puts it back in its shards, so the bridge is read and loaded in one layout;
 - :func:`unsharded`: the root unit gathered for what runs outside the objective's forward (the
   calibrator refresh, the collapse monitor's generation), and what a callback wrote to it kept.
 
-Checkpoints gather with :func:`graftkit.checkpoint.full_tensors` and load with
-:func:`graftkit.checkpoint.shard_like`: they hold full tensors, as in one process.
+The tensor-level helpers (gathering, laying out, one gradient norm over sharded and replicated
+gradients) are in :mod:`graftkit.distributed`: checkpoints hold full tensors, as in one process.
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from graftkit.checkpoint import sharded_types
 from graftkit.config import ConfigError, LaunchConfig
+from graftkit.distributed import sharded_types
 
 #: accelerate config keys (``fsdp_config``, as graftkit.launch renders it) -> plugin fields
 _PLUGIN_FIELDS = {
@@ -104,7 +103,7 @@ def prepare(accelerator: Accelerator, objective: nn.Module, *objects: Any) -> tu
     local = sum(p.to_local().numel() if isinstance(p, sharded) else p.numel() for p in params)
     total = sum(p.numel() for p in params)
     units = sum(is_sharded(m) for m in objective.modules())
-    from graftkit.curriculum.engine import echo
+    from graftkit.curriculum.run import echo
 
     echo(
         accelerator,
@@ -127,28 +126,6 @@ def sync_replicated_grads(accelerator: Accelerator, model: nn.Module) -> None:
         if p.grad is not None and not isinstance(p, sharded):
             torch.distributed.all_reduce(p.grad)
             p.grad.div_(accelerator.num_processes)
-
-
-def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """``torch.nn.utils.clip_grad_norm_`` over ``params`` (which have gradients), also when some
-    gradients are sharded and some replicated: one total norm over all of them."""
-    sharded = sharded_types()
-    if not any(isinstance(p.grad, sharded) for p in params):
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    split = (
-        [p.grad for p in params if isinstance(p.grad, sharded)],
-        [p.grad for p in params if not isinstance(p.grad, sharded)],
-    )
-    norms = [torch.nn.utils.get_total_norm(grads) for grads in split if grads]
-    # a norm of sharded gradients is partial on each process: full_tensor() reduces it
-    total = torch.linalg.vector_norm(
-        torch.stack([n.full_tensor() if isinstance(n, sharded) else n for n in norms])
-    )
-    coef = float((max_norm / (total + 1e-6)).clamp(max=1.0))
-    for grads in split:
-        for g in grads:
-            g.mul_(coef)
-    return total
 
 
 @contextlib.contextmanager

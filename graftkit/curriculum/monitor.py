@@ -38,7 +38,7 @@ class CollapseMonitor(Callback):
         run = ctx.run
         self._extractor = evaluation_extractor(run.cfg.eval, run.dataset)
         floor = run.cfg.eval.reliance_floor
-        path = run.run_dir / "collapse.jsonl"
+        path = run.rundir.collapse
         self._monitor = (
             _Collapse.from_jsonl(path, reliance_floor=floor)
             if path.is_file()
@@ -74,4 +74,4 @@ class CollapseMonitor(Callback):
         for warning in warnings:
             ctx.echo(f"[collapse monitor] {warning}")
         if run.main:
-            self._monitor.to_jsonl(run.run_dir / "collapse.jsonl")
+            self._monitor.to_jsonl(run.rundir.collapse)

@@ -1,12 +1,21 @@
 """The phase objective: one ``forward(batch)`` that computes every loss a phase declares.
 
-Losses are looked up by name in :data:`LOSSES`; a phase config lists names with weights
-(docs/design.md table). Everything runs inside one module call so DDP sees a single forward.
+Each loss is a declared record in :data:`LOSSES`: how it is computed from the step's shared
+intermediates (:class:`StepState`) and what it needs (text targets, chat tokens, the LLM, which
+bridge head it trains). A phase config lists names with weights (docs/design.md, "Four-phase
+curriculum"); :func:`check_losses` refuses an unknown name before any work, and ``graftkit plan``,
+the batches and the evaluation read the same records. Every batch loss runs inside one module
+call, so DDP sees a single forward.
+
+Parameter penalties that do not depend on the batch (phase 4's EWC, λ·Σ(θ − θ*)²) are declared
+with the objective too (:meth:`Objective.add_penalty`, by the ``ewc`` callback) and added by
+:meth:`Objective.loss` to the forward's total; they are logged beside it (``train_ewc``) and are
+not part of the validation total.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +31,7 @@ from graftkit.align import (
     orthogonality_loss,
     weighted_bce,
 )
-from graftkit.config import ObjectiveConfig
+from graftkit.config import ConfigError, ObjectiveConfig
 
 
 @dataclass
@@ -110,25 +119,79 @@ def _jepa(s: StepState) -> torch.Tensor:
     return (1 - F.cosine_similarity(z_v, s.batch["text_emb"], dim=-1)).mean()
 
 
-LOSSES: dict[str, Callable[[StepState], torch.Tensor]] = {
-    "bce": lambda s: weighted_bce(s.cls_logits, s.batch["labels"], s.objective.pos_weight),
-    "focal": lambda s: focal_loss(s.cls_logits, s.batch["labels"], gamma=s.objective.focal_gamma),
-    "mil": lambda s: mil_loss(s.glm.heads.mil(s.tokens), s.batch["labels"]),
-    "orth": lambda s: orthogonality_loss(s.zones),
-    "mmd": lambda s: mmd_imq(
-        s.glm.heads.jepa_tokens(s.tokens),
-        s.batch["cond_emb"],
-        s.batch["cond_mask"],
-        s.objective.mmd_alpha,
+@dataclass(frozen=True)
+class Loss:
+    """One loss term and what it needs of a batch and the model."""
+
+    compute: Callable[[StepState], torch.Tensor]
+    #: the batch carries whitened text targets of its phase text (``cond_emb``, ``text_emb``)
+    text_targets: bool = False
+    #: the batch carries the phase text as chat tokens, and the LLM runs on them
+    tokens: bool = False
+    #: the bridge head the term trains (the evaluation scores only trained heads)
+    head: str | None = None
+
+
+LOSSES: dict[str, Loss] = {
+    "bce": Loss(
+        lambda s: weighted_bce(s.cls_logits, s.batch["labels"], s.objective.pos_weight),
+        head="cls",
     ),
-    "infonce": lambda s: s.objective.infonce(s.glm.heads.jepa(s.tokens), s.batch["text_emb"]),
-    "jepa": _jepa,
-    "lm": _lm,
-    "llm_cls": _llm_cls,
+    "focal": Loss(
+        lambda s: focal_loss(s.cls_logits, s.batch["labels"], gamma=s.objective.focal_gamma),
+        head="cls",
+    ),
+    "mil": Loss(lambda s: mil_loss(s.glm.heads.mil(s.tokens), s.batch["labels"]), head="mil"),
+    "orth": Loss(lambda s: orthogonality_loss(s.zones)),
+    "mmd": Loss(
+        lambda s: mmd_imq(
+            s.glm.heads.jepa_tokens(s.tokens),
+            s.batch["cond_emb"],
+            s.batch["cond_mask"],
+            s.objective.mmd_alpha,
+        ),
+        text_targets=True,
+        head="jepa",
+    ),
+    "infonce": Loss(
+        lambda s: s.objective.infonce(s.glm.heads.jepa(s.tokens), s.batch["text_emb"]),
+        text_targets=True,
+        head="jepa",
+    ),
+    "jepa": Loss(_jepa, text_targets=True, head="jepa"),
+    "lm": Loss(_lm, tokens=True),
+    "llm_cls": Loss(_llm_cls, tokens=True, head="llm_cls"),
 }
 
-NEEDS_TEXT_TARGETS = {"mmd", "infonce", "jepa"}
-NEEDS_TOKENS = {"lm", "llm_cls"}
+
+def needs_text_targets(losses: Iterable[str]) -> bool:
+    return any(LOSSES[name].text_targets for name in losses)
+
+
+def needs_tokens(losses: Iterable[str]) -> bool:
+    return any(LOSSES[name].tokens for name in losses)
+
+
+def trained_heads(losses: Iterable[str]) -> set[str]:
+    """The bridge heads that ``losses`` train."""
+    return {LOSSES[name].head for name in losses if LOSSES[name].head is not None}
+
+
+def check_losses(phases) -> None:
+    """Refuse a loss name :data:`LOSSES` does not declare, in any phase of the curriculum, before
+    any work, with the closest names (``phases.p3.losses: unknown loss 'lmm'; did you mean 'lm'?``).
+    """
+    import difflib
+
+    for number in phases.numbers:
+        for name in phases.get(number).losses:
+            if name not in LOSSES:
+                near = difflib.get_close_matches(name, LOSSES, n=1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                raise ConfigError(
+                    f"phases.p{number}.losses: unknown loss {name!r}; {hint}"
+                    f"(losses: {', '.join(LOSSES)})"
+                )
 
 
 class Objective(nn.Module):
@@ -149,15 +212,32 @@ class Objective(nn.Module):
         self.mmd_alpha = mmd_alpha
         self.focal_gamma = focal_gamma
         self.weights: dict[str, float] = {}
+        self.penalties: dict[str, Callable[[], torch.Tensor]] = {}
 
     def set_losses(self, weights: dict[str, float]) -> None:
+        """The phase's losses with their weights (a weight of 0 switches a term off); clears the
+        penalties of the phase before."""
         unknown = sorted(set(weights) - set(LOSSES))
         if unknown:
             raise ValueError(f"unknown loss(es) {unknown}; known: {sorted(LOSSES)}")
         self.weights = {k: v for k, v in weights.items() if v > 0}
+        self.penalties = {}
+
+    def add_penalty(self, name: str, penalty: Callable[[], torch.Tensor]) -> None:
+        """Declare a parameter penalty of the current phase (a term that reads no batch)."""
+        self.penalties[name] = penalty
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Every declared loss of the batch and their weighted ``total``."""
         state = StepState(self, batch)
-        terms = {name: LOSSES[name](state) for name in self.weights}
+        terms = {name: LOSSES[name].compute(state) for name in self.weights}
         terms["total"] = sum(self.weights[n] * terms[n] for n in self.weights)
         return terms
+
+    def loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The step's loss: the forward's ``total`` plus each penalty, recorded in ``terms``."""
+        loss = terms["total"]
+        for name, penalty in self.penalties.items():
+            terms[name] = penalty()
+            loss = loss + terms[name]
+        return loss

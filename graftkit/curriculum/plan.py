@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from graftkit.config import ConfigError, RunConfig
+from graftkit.curriculum.objective import check_losses, needs_text_targets, needs_tokens
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -67,6 +68,7 @@ def plan(cfg: RunConfig, num_classes: int | None = None) -> dict[str, Any]:
     from graftkit import plugins
     from graftkit.curriculum.model import build_grafted
 
+    check_losses(cfg.phases)
     llm_config = _llm_config(cfg)
     dataset_cls = plugins.get("dataset", cfg.dataset)
     num_classes = num_classes or len(dataset_cls.class_names)
@@ -85,11 +87,13 @@ def plan(cfg: RunConfig, num_classes: int | None = None) -> dict[str, Any]:
         trainable = {g: inventory[g] for g in phase.trainable if g in inventory}
         frozen = {g: inventory[g] for g in inventory if g not in phase.trainable}
         t_params = sum(v["parameters"] for v in trainable.values())
-        uses_llm = any(loss in phase.losses for loss in ("lm", "llm_cls", "mmd", "infonce", "jepa"))
+        # the frozen LLM is held for every phase that reads text (its text targets are its own
+        # hidden states); its activations only where a loss runs it on chat tokens
+        uses_llm = needs_tokens(phase.losses) or needs_text_targets(phase.losses)
         seq = glm.num_visual_tokens + 300
         activations = (
             phase.batch_size * seq * d_l * llm_config.num_hidden_layers * 34 * dtype_bytes / 2
-            if any(loss in phase.losses for loss in ("lm", "llm_cls"))
+            if needs_tokens(phase.losses)
             else 0
         )
         memory = base_params * dtype_bytes * uses_llm + t_params * 16 + activations

@@ -348,7 +348,7 @@ def evaluate(
     train: Sequence[Volume] | None = None,
     seed: int = 0,
     max_slices: int | None = None,
-    trained_losses: Collection[str] | None = None,
+    trained_heads: Collection[str] | None = None,
     nll_text: str = "positive_findings",
     probe_checkpoints: Mapping[str, Path] | None = None,
     token_source: str = "real",
@@ -364,8 +364,9 @@ def evaluate(
     ``nll_text`` responses), the linear probes of ``probe_checkpoints`` and the zone-grounding map;
     these need the ``train`` volumes (the probes' and the oracle's fit).
 
-    Nothing here knows the curriculum or writes a file: ``trained_losses`` says which bridge
-    heads were trained (``None``: all of them are put on the ladder).
+    Nothing here knows the curriculum or writes a file: ``trained_heads`` says which bridge
+    heads were trained (``cls``, ``mil``, ``llm_cls``; ``None``: all of them are put on the
+    ladder).
     ``token_source="oracle"`` generates every report (and its ablations) from label-token-oracle
     tokens (:func:`~graftkit.eval.generation.label_token_oracle`) instead of the compressor's:
     the decoder's ceiling for this recipe on the same data and text.
@@ -442,9 +443,9 @@ def evaluate(
     if ablations:
         real = scores["real"]["macro_f1"]
         metrics["ablation"] = {mode: _triple(scores[mode]) for mode in modes}
-        trained = set(trained_losses) if trained_losses is not None else None
+        trained = set(trained_heads) if trained_heads is not None else None
         head_scores = {}
-        if trained is None or trained & {"bce", "focal"}:
+        if trained is None or "cls" in trained:
             head_scores["cls"] = head
         if trained is None or "mil" in trained:
             mil = _head_probabilities(glm, "mil", tokens)

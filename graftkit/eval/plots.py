@@ -18,6 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from graftkit.rundir import HISTORY_BOOKKEEPING
+
 DPI = 110
 PHASE_SHADES = ("#f2f2f2", "#ffffff")
 ABLATION_ORDER = ("real", "zero", "shuffle", "random")
@@ -28,23 +30,11 @@ ABLATION_LABELS = {
     "random": "random",
 }
 METRIC_LABELS = {"f1": "F1", "precision": "precision", "recall": "recall"}
-#: history keys that are bookkeeping, not metrics (``best`` repeats the early-stopping series)
-NON_METRIC_KEYS = frozenset(
-    {
-        "phase",
-        "epoch",
-        "step",
-        "global_step",
-        "lr",
-        "learning_rate",
-        "time",
-        "wall_s",
-        "seconds",
-        "best",
-    }
-)
-#: prefixes of the per-term loss columns the engine writes (``train_bce``, ``valid_total``, ...)
-LOSS_PREFIXES = ("train_", "valid_", "val_")
+#: history keys that are bookkeeping, not metrics: the run folder's contract
+#: (:data:`graftkit.rundir.HISTORY_BOOKKEEPING`) plus an event row's keys
+NON_METRIC_KEYS = frozenset({*HISTORY_BOOKKEEPING, "event", "changes"})
+#: prefixes of the per-term loss columns the trainer writes (``train_bce``, ``valid_total``, ...)
+LOSS_PREFIXES = ("train_", "valid_")
 #: words that make a column a score even under a loss prefix (``valid_macro_f1``, ``val_auc``)
 SCORE_WORDS = frozenset(
     {"f1", "auc", "acc", "accuracy", "precision", "recall", "top1", "top5", "reliance"}

@@ -480,7 +480,7 @@ def write_report(run_dir: str | Path, training_dir: str | Path | None = None) ->
     """Render ``RUN/report.html`` and ``RUN/plots/*.png`` from whatever run outputs exist.
 
     ``training_dir``: where ``history.jsonl``, ``collapse.jsonl`` and ``config.yaml`` live when
-    ``run_dir`` is an evaluation folder of its own (``graftkit eval RUN --output-dir DIR``);
+    ``run_dir`` is an evaluation folder of its own (``RUN/eval/NAME``, written by ``graftkit eval``);
     default ``run_dir``.
     """
     run = Path(run_dir)

@@ -41,7 +41,7 @@ NON_DEFAULT = {
 def test_every_bridge_setting_of_the_run_reaches_the_components():
     """A ``--set bridge.X`` for each of the bridge's settings arrives in the graft's config and,
     for the compressor's settings, in the built module's config."""
-    assert set(NON_DEFAULT) | {"jepa_dim"} == set(BridgeSettings.model_fields)
+    assert set(NON_DEFAULT) == set(BridgeSettings.model_fields)
     cfg = build_config("ct_rate", overrides={f"bridge.{k}": v for k, v in NON_DEFAULT.items()})
     graft = graft_config(cfg, visual_dim=16, num_classes=3, jepa_dim=7)
     assert {k: getattr(graft, k) for k in NON_DEFAULT} == NON_DEFAULT

@@ -130,3 +130,14 @@ def test_phases_are_a_list_of_any_length_addressed_by_number():
         build_config("ct_rate", base=base, overrides={"phases.p5.lr": -1})
     with pytest.raises(ConfigError, match=r"list of phases is expected.*got key .px."):
         build_config("ct_rate", base={"phases": {"p1": PRE_PHASE_LIST["p1"], "px": {}}})
+
+
+def test_a_config_saved_with_the_unread_jepa_dim_still_loads():
+    """``bridge.jepa_dim`` was never read by runs (the JEPA head is the text space's width);
+    configs saved with it load, and today's schema has no such key to set."""
+    base = load_yaml(Path(__file__).parents[2] / "graftkit" / "configs" / "paper.yaml")
+    base["bridge"]["jepa_dim"] = 64
+    cfg = build_config("ct_rate", base=base)
+    assert "jepa_dim" not in cfg.bridge.model_dump()
+    with pytest.raises(ConfigError, match="unknown config key"):
+        build_config("ct_rate", overrides={"bridge.jepa_dimension": 64})

@@ -110,14 +110,12 @@ def test_dataset_example_serves_the_curriculum(doc_plugin, tmp_path):
 
 
 def test_profile_examples_configure_a_run(doc_plugin):
-    from graftkit.commands import resolve_config
+    from graftkit.config.layers import resolve_config
 
-    args = SimpleNamespace(dataset="toy", profile=None, config=None, overrides=[])
-    cfg = resolve_config(args)  # the dataset's default profile
+    cfg, _ = resolve_config("toy")  # the dataset's default profile
     assert cfg.profile == "toy-quick" and cfg.bridge.compressor == "pooled"
     assert cfg.bridge.num_zones == 4 and cfg.phases.get(1).epochs == 1
-    args.profile = "toy-2gpu"
-    assert resolve_config(args).launch.num_processes == 2
+    assert resolve_config("toy", profile="toy-2gpu")[0].launch.num_processes == 2
 
 
 def test_callback_example_freezes_its_group_and_resumes_frozen(doc_plugin):

@@ -23,6 +23,7 @@ from graftkit.curriculum.callbacks import Callback
 from graftkit.curriculum.engine import prepare_run, run_curriculum, run_phase
 from graftkit.curriculum.phases import parse_phase_range
 from graftkit.hookspecs import hookimpl
+from graftkit.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,7 @@ def run(prepared, tmp_path):
     base, start, infonce = prepared
     base.glm.load_bridge_state_dict(start)
     base.objective.infonce.load_state_dict(infonce)
-    return dataclasses.replace(base, run_dir=tmp_path)
+    return dataclasses.replace(base, rundir=RunDir(tmp_path))
 
 
 def _with(run, **overrides):

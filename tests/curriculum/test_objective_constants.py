@@ -20,7 +20,7 @@ def test_focal_gamma_comes_from_the_objective():
             cls_logits=logits,
             batch={"labels": labels},
         )
-        assert torch.equal(LOSSES["focal"](state), focal_loss(logits, labels, gamma=gamma))
+        assert torch.equal(LOSSES["focal"].compute(state), focal_loss(logits, labels, gamma=gamma))
 
 
 def test_objective_defaults_to_the_configs_focal_gamma():

@@ -1,15 +1,11 @@
 """`graftkit plan` builds the paper model on the meta device: no weights, no download."""
 
-from graftkit.commands import resolve_config
+from graftkit.config.layers import resolve_config
 from graftkit.curriculum.plan import plan
 
 
-class _Args:
-    dataset, profile, config, overrides = "ct_rate", "paper", None, []
-
-
 def test_paper_profile_plan_reports_392_lora_tensors_and_adapters_at_7_14_21():
-    result = plan(resolve_config(_Args()))
+    result = plan(resolve_config("ct_rate", profile="paper")[0])
     assert result["lora_tensors"] == 392  # 28 layers x 7 projections x (A, B)
     # Llama-3.2-3B's 3,212,749,824 parameters (the lm_head is the tied embedding matrix, counted
     # once) + one embedding row for the visual placeholder token

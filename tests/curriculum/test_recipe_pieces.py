@@ -144,12 +144,14 @@ def test_weighted_lm_loss_with_unit_weights_is_the_models_own_loss():
     labels[2, 7:] = -100  # padding
     out = model(input_ids=ids, labels=labels)
     batch = {"labels_lm": labels}
-    plain = LOSSES["lm"](SimpleNamespace(batch=batch, lm_output=out))
-    unit = LOSSES["lm"](
+    plain = LOSSES["lm"].compute(SimpleNamespace(batch=batch, lm_output=out))
+    unit = LOSSES["lm"].compute(
         SimpleNamespace(batch={**batch, "lm_weights": torch.ones(3, 9)}, lm_output=out)
     )
     torch.testing.assert_close(unit, plain)
     heavy = torch.ones(3, 9)
     heavy[0, 5] = 10.0
-    weighted = LOSSES["lm"](SimpleNamespace(batch={**batch, "lm_weights": heavy}, lm_output=out))
+    weighted = LOSSES["lm"].compute(
+        SimpleNamespace(batch={**batch, "lm_weights": heavy}, lm_output=out)
+    )
     assert not torch.isclose(weighted, plain)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from graftkit.config import PhaseConfig
-from graftkit.curriculum.engine import build_scheduler
+from graftkit.curriculum.trainer import build_scheduler
 
 
 def _former_factor(step: int, schedule: str, warmup: int, total: int) -> float:
-    """graftkit's schedule before transformers' (the engine's hand-written schedules before transformers')."""
+    """The engine's hand-written schedule before transformers'."""
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":

@@ -16,8 +16,8 @@ from accelerate.utils import gather_object
 
 from graftkit import plugins
 from graftkit.config import build_config
-from graftkit.curriculum.callbacks import PhaseContext
-from graftkit.curriculum.engine import _loader, prepare_run, run_curriculum
+from graftkit.curriculum.engine import prepare_run, run_curriculum
+from graftkit.curriculum.trainer import phase_loader
 
 out, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
 overrides = {**plugins.get("profile", "smoke").overrides, "phases.p1.batch_size": 8}
@@ -26,7 +26,7 @@ run = prepare_run(cfg, run_dir)
 acc = run.accelerator
 damaged = []
 if acc.process_index == 1:
-    loader = _loader(PhaseContext(run, 1, cfg.phases.get(1)), "train", 0, shuffle=True)
+    loader = phase_loader(run, 1, "train", 0, shuffle=True)
     for index in loader.dataset.indices[8:16]:
         volume = run.train[index]
         source = Path(volume.meta["embedding"])
@@ -38,7 +38,7 @@ if acc.process_index == 1:
 damaged = gather_object(damaged)
 run_curriculum(run, [1])
 if run.main:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = run.rundir.read_metrics()
     out.write_text(json.dumps({"processes": acc.num_processes, "damaged": damaged, **metrics}))
 
 # let gloo free its last collective's work before exit (see tests/align/infonce_ddp_worker.py)

@@ -203,7 +203,12 @@ def test_eval_cli_scores_the_volumes_it_was_asked_for(smoke_run, e2e_cache):
     assert 0.0 <= e["macro_f1"] <= 1.0 and "ablation" not in metrics
     rows = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == 3
-    assert "graftkit run report" in (folder / "report.html").read_text()
+    report = (folder / "report.html").read_text()
+    assert "graftkit run report" in report
+    # the evaluation folder's report reads the run's history: its loss curves are drawn
+    assert (
+        '<section id="loss-curves">' in report and (folder / "plots" / "loss_curves.png").is_file()
+    )
     assert (smoke_run / "metrics.json").read_text() == own
     again = run_graftkit(
         e2e_cache, "eval", str(smoke_run), "--limit", "3", "--split", "train", "--no-ablations"

@@ -8,17 +8,14 @@ from pathlib import Path
 
 from graftkit import plugins
 from graftkit.config import build_config
-from graftkit.curriculum.callbacks import PhaseContext
-from graftkit.curriculum.engine import prepare_run, validate
+from graftkit.curriculum.engine import prepare_run
+from graftkit.curriculum.trainer import PhaseTrainer
 
 out, root = Path(sys.argv[1]), Path(sys.argv[2])
 cfg = build_config("ct_rate", overrides=dict(plugins.get("profile", "smoke").overrides))
 # one folder per process: each fits the (deterministic) text space itself, no shared files
 run = prepare_run(cfg, root / f"rank{os.environ.get('RANK', '0')}", record=False)
-phase = cfg.phases.get(2)  # InfoNCE + MMD
-run.objective.set_losses(phase.losses)
-model = run.accelerator.prepare(run.objective)
-row = validate(PhaseContext(run, 2, phase), model)
+row = PhaseTrainer(run, 2).validate()  # phase 2: InfoNCE + MMD
 if run.main:
     out.write_text(json.dumps({"processes": run.accelerator.num_processes, **row}))
 

@@ -14,10 +14,12 @@ import torch
 
 from graftkit import plugins
 from graftkit.config import EvalConfig, build_config
-from graftkit.curriculum.engine import prepare_run, save_final
+from graftkit.curriculum.engine import prepare_run
+from graftkit.curriculum.trainer import PhaseTrainer
 from graftkit.eval.evaluate import evaluate
 from graftkit.eval.generation import generation_scores
 from graftkit.labels import evaluation_extractor
+from graftkit.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -64,9 +66,9 @@ def test_ablations_and_oracle_tokens_name_the_missing_training_volumes(run, kwar
 
 
 def test_ladder_shows_trained_heads_and_probes_restore_the_model(run, tmp_path):
-    """Only the heads of ``trained_losses`` reach the ladder; each probed checkpoint is loaded
+    """Only the ``trained_heads`` reach the ladder; each probed checkpoint is loaded
     for its probe and the model's own bridge is back afterwards."""
-    save_final(dataclasses.replace(run, run_dir=tmp_path), 1, None, [])
+    PhaseTrainer(dataclasses.replace(run, rundir=RunDir(tmp_path)), 1).save_final()
     with torch.no_grad():
         run.glm.compressor.queries.add_(1.0)  # the model now differs from the checkpoint
     own = {k: v.clone() for k, v in run.glm.bridge_state_dict().items()}
@@ -77,7 +79,7 @@ def test_ladder_shows_trained_heads_and_probes_restore_the_model(run, tmp_path):
         run.valid[:8],
         EvalConfig(ablations=True, **QUICK),
         train=run.train[:24],
-        trained_losses={"focal", "lm"},
+        trained_heads={"cls"},
         probe_checkpoints={"p1": tmp_path / "phase1"},
     )
     stages = [row["stage"] for row in result.metrics["ladder"]]

@@ -371,9 +371,9 @@ def test_grounding_says_what_was_measured(full_report):
 
 
 def test_loss_columns_of_the_engine_are_losses():
-    for key in ("train_bce", "valid_total", "train_llm_cls", "valid_infonce", "loss", "val_loss"):
+    for key in ("train_bce", "valid_total", "train_llm_cls", "valid_infonce", "loss", "valid_nll"):
         assert plots.is_loss_key(key), key
-    for key in ("gen_f1_real", "gen_f1", "valid_macro_f1", "val_auc", "reliance", "top1"):
+    for key in ("gen_f1_real", "gen_f1", "valid_macro_f1", "gen_f1_zero", "reliance", "lr"):
         assert not plots.is_loss_key(key), key
     assert plots.loss_term("valid_total") == ("valid", "total")
     assert plots.loss_term("train_llm_cls") == ("train", "llm_cls")

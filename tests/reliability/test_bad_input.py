@@ -309,13 +309,11 @@ def test_structural_csv_errors_are_one_line(cohort, tmp_path, capsys, damage):
 def saved_run(pristine, tmp_path_factory) -> Path:
     """A run directory holding only the resolved smoke config (enough for the checks before
     a model is built)."""
-    import argparse
-
-    from graftkit.commands import resolve_config
+    from graftkit.config.layers import resolve_config
 
     run_dir = tmp_path_factory.mktemp("saved") / "run"
-    args = argparse.Namespace(dataset="ct_rate", profile="smoke", config=None, overrides=[])
-    cfg = resolve_config(args, {"data.data_dir": str(pristine)})
+    data = [("--data-dir", {"data.data_dir": str(pristine)})]
+    cfg, _ = resolve_config("ct_rate", profile="smoke", flags=data)
     cfg.model_copy(update={"output_dir": run_dir}).save(run_dir / "config.yaml")
     return run_dir
 
@@ -413,24 +411,19 @@ def test_label_input_quirks_are_handled(files, capsys):
 
 
 def test_resume_allows_only_named_safe_changes(saved_run):
-    import argparse
+    from graftkit.config import ConfigError, load_yaml
+    from graftkit.config.layers import resolve_config
+    from graftkit.curriculum.resume import check_resume_config
+    from graftkit.rundir import RunDir
 
-    from graftkit.cli import CLIError
-    from graftkit.commands import check_resume_config, resolve_config
-    from graftkit.config import load_yaml
-
-    data = load_yaml(saved_run / "config.yaml")["data"]["data_dir"]
-    args = argparse.Namespace(
-        dataset="ct_rate", profile="smoke", config=None, overrides=["eval.limit=3"]
-    )
-    cfg = resolve_config(args, {"data.data_dir": data})
-    with pytest.raises(CLIError, match=r"eval\.limit: None -> 3"):
-        check_resume_config(cfg, saved_run, [])
-    assert check_resume_config(cfg, saved_run, ["eval.*"]) == {"eval.limit": [None, 3]}
-    same = resolve_config(
-        argparse.Namespace(**{**vars(args), "overrides": []}), {"data.data_dir": data}
-    )
-    assert check_resume_config(same, saved_run, []) == {}
+    rundir = RunDir(saved_run)
+    data = [("--data-dir", {"data.data_dir": load_yaml(rundir.config)["data"]["data_dir"]})]
+    cfg, _ = resolve_config("ct_rate", profile="smoke", overrides=["eval.limit=3"], flags=data)
+    with pytest.raises(ConfigError, match=r"eval\.limit: None -> 3"):
+        check_resume_config(cfg, rundir, [])
+    assert check_resume_config(cfg, rundir, ["eval.*"]) == {"eval.limit": [None, 3]}
+    same, _ = resolve_config("ct_rate", profile="smoke", flags=data)
+    assert check_resume_config(same, rundir, []) == {}
 
 
 # -- end to end: every skip at once, then evaluations that must not overwrite the run --------------
@@ -593,14 +586,14 @@ def test_resume_records_an_allowed_change_and_says_it_rebuilds_a_corrupted_phase
 def test_rewriting_the_runs_own_evaluation_leaves_nothing_of_the_old_one(tmp_path):
     """Before the run's own evaluation is written again (e.g. after ``--resume
     --allow-config-change eval.ablations``), the earlier one is removed, not merged into."""
-    from graftkit.commands import clear_evaluation
+    from graftkit.rundir import RunDir
 
     metrics = {"data": {"train": 3}, "phases": {"1": {}}, "eval": {"macro_f1": 0.2}}
     metrics |= {"ablation": {"zero_drop": 0.5}, "probe": {}, "classifier": {}}
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     for name in ("generations.jsonl", "grounding.json", "history.jsonl"):
         (tmp_path / name).write_text("{}\n")
-    clear_evaluation(tmp_path)
+    RunDir(tmp_path).clear()
     assert json.loads((tmp_path / "metrics.json").read_text()) == {
         "data": {"train": 3},
         "phases": {"1": {}},

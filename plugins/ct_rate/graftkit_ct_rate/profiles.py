@@ -40,7 +40,6 @@ TINY = {
     # phase-1 MIL validation F1 at 0.5 was 0.50 with 1.0, 0.62 with 0.1.
     "bridge.position_scale": 0.1,
     "bridge.xattn_heads": 4,
-    "bridge.jepa_dim": 64,
     "bridge.whitening_components": 64,
     "model.lora.r": 8,
     "model.lora.alpha": 16,
@@ -91,7 +90,6 @@ SMOKE = {
     "model.prior.num_hidden_layers": 2,
     "model.prior.vocab_size": 400,
     "bridge.num_zones": 8,
-    "bridge.jepa_dim": 16,
     "bridge.whitening_components": 16,
     "eval.batch_size": 16,
     "eval.monitor_subset": 8,

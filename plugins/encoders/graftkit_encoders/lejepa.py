@@ -1,4 +1,4 @@
-"""``lejepa-ct``: the LeJEPA / DALE-CT chest-CT slice encoder (docs/design.md, "CT-RATE ...": timm
+"""``lejepa-ct``: the LeJEPA / DALE-CT chest-CT slice encoder (docs/design.md, "The LeJEPA/DALE-CT slice encoder": timm
 ``vit_large_patch14_dinov2``, ``in_chans=1``, ``num_classes=0``, dynamic image size, 1024-d CLS
 per axial slice, HU clamped to [-997, 888], weights from a local safetensors file).
 
