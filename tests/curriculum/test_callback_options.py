@@ -1,4 +1,4 @@
-"""A misspelt callback name or option stops ``graftkit run`` before any work, with the closest
+"""A misspelt callback name or option, or loss name, stops ``graftkit run`` before any work, with the closest
 valid name, instead of when its phase starts (possibly hours into the run)."""
 
 from __future__ import annotations
@@ -60,3 +60,15 @@ def test_graftkit_run_stops_before_preparing_anything(tmp_path, capsys):
     assert code == 2
     assert "phases.p3.callbacks.recalibrate: unknown option 'everyy'; did you mean 'every'?" in err
     assert not (run_dir / "config.yaml").exists() and not (run_dir / "phase1").exists()
+
+
+def test_a_misspelt_loss_stops_graftkit_run_before_any_work(tmp_path, capsys):
+    """A loss name is checked against the declared loss records for every phase before the data
+    or the prior are touched, not when its phase starts."""
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    argv = ["run", "ct_rate", "--profile", "smoke", "--output-dir", str(run_dir)]
+    argv += ["--set", f"data.cache_dir={cache}", "--set", "phases.p4.losses={lmm: 1.0}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "phases.p4.losses: unknown loss 'lmm'; did you mean 'lm'?" in err
+    assert not cache.exists() and not (run_dir / "config.yaml").exists()
