@@ -323,3 +323,32 @@ def test_unknown_split_and_missing_files_are_named(cohort, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(ds.records("valid")) == 6
+
+
+def test_embeddings_written_by_the_dale_ct_script_are_read_without_conversion(cohort, tmp_path):
+    """DALE-CT's ``scripts/ctrate_generate_embeddings.py`` writes ``{VolumeName without
+    .nii.gz}.npy`` (float32, CLS only: ``[N, 1024]``) straight into its ``main_output`` folder,
+    next to an empty ``embeddings/`` folder and ``crop_visualizations/*.png``. With
+    ``embeddings_dir`` pointing there, every volume is found, loaded bit for bit, positioned
+    from ZSpacing, and nothing there is reported as unused."""
+    features = tmp_path / "features" / "ctrate" / "lejepa_1s_cropped_global"
+    (features / "embeddings").mkdir(parents=True)
+    (features / "crop_visualizations").mkdir()
+    rng = np.random.default_rng(2)
+    written = {}
+    for split in ("train", "valid"):
+        for name in pd.read_csv(layout.labels_csv(cohort, split)).VolumeName:
+            stem = name.removesuffix(".nii.gz")
+            written[name] = rng.normal(size=(int(rng.integers(3, 9)), 1024)).astype(np.float32)
+            np.save(features / f"{stem}.npy", written[name])
+            (features / "crop_visualizations" / f"vis_00_{stem}_slice0.png").write_bytes(b"png")
+    ds = dataset(cohort, tmp_path, embeddings_dir=features)
+    valid = ds.records("valid")
+    assert len(ds.records("train")) == 12 and len(valid) == 6 and ds.skips.entries == []
+    assert ds.embedding_dim == 1024 and not any("match no VolumeName" in w for w in ds.warnings)
+    meta = pd.read_csv(layout.metadata_csv(cohort, "valid")).set_index("VolumeName")
+    for volume in valid:
+        slices, z_mm = ds.load(volume)
+        np.testing.assert_array_equal(slices.numpy(), written[volume.name])
+        spacing = meta.ZSpacing[volume.name]
+        np.testing.assert_allclose(z_mm.numpy(), np.arange(len(slices)) * spacing, rtol=1e-6)

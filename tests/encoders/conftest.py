@@ -19,6 +19,7 @@ TINY = dict(
     patch_size=14,
     pretrain_image_size=70,
     image_size=42,
+    crop_size=42,  # cropped_global: RoI align to 42, a multiple of 14 (the script's 256 → 252)
     layerscale_value=1.0,  # timm's 1e-5 init would make random blocks nearly the identity
     allow_random_weights=True,
 )

@@ -47,3 +47,38 @@ def test_bad_files_named(tmp_path):
     for name, pattern in cases.items():
         with pytest.raises(ValueError, match=pattern):
             enc.encode(tmp_path / name)
+
+
+def write_dale_ct_output(folder, volumes: dict[str, np.ndarray]):
+    """A folder as DALE-CT's ``scripts/ctrate_generate_embeddings.py`` leaves it: one
+    ``{VolumeName without .nii.gz}.npy`` per volume, ``np.save`` of the float32 CLS outputs
+    concatenated over slice batches, saved straight into ``output_folders.main_output``; beside
+    them the ``embeddings/`` folder it creates and never fills, and ``crop_visualizations/``."""
+    (folder / "embeddings").mkdir(parents=True)
+    (folder / "crop_visualizations").mkdir()
+    for stem, array in volumes.items():
+        batches = [array[i : i + 32] for i in range(0, len(array), 32)]
+        np.save(folder / f"{stem}.npy", np.concatenate(batches, axis=0))
+        (folder / "crop_visualizations" / f"vis_00_{stem}_slice0.png").write_bytes(b"\x89PNG")
+    return folder
+
+
+def test_the_dale_ct_embedding_files_are_read_as_they_are(tmp_path):
+    """CLS-only files ``[N, 1024]`` float32 (``extract_patches: false``, the CT-RATE configs),
+    and ``[N, 1 + 18 · 18, 1024]`` files (``extract_patches: true``; token 0 the CLS) are read
+    without conversion; the PNGs and the empty folder are not inputs."""
+    rng = np.random.default_rng(0)
+    cls_only = rng.normal(size=(40, 1024)).astype(np.float32)
+    with_patches = rng.normal(size=(2, 325, 1024)).astype(np.float32)
+    out = write_dale_ct_output(
+        tmp_path / "lejepa_1s_cropped_global" / "valid",
+        {"valid_1_a_1": cls_only, "valid_2_a_1": with_patches},
+    )
+    inputs = PrecomputedEncoder.discover_inputs(out.parent)
+    assert [p.name for p in inputs] == ["valid_1_a_1.npy", "valid_2_a_1.npy"]
+    enc = PrecomputedEncoder(expected_dim=1024, z_spacing_mm=1.5)
+    a, b = (enc.encode(p) for p in inputs)
+    assert a.embeddings.dtype == np.float32
+    np.testing.assert_array_equal(a.embeddings, cls_only)
+    np.testing.assert_allclose(a.z_mm, 1.5 * np.arange(40))
+    np.testing.assert_array_equal(b.embeddings, with_patches[:, 0])

@@ -146,3 +146,88 @@ def test_bad_nifti_inputs_named(tmp_path):
     (tmp_path / "scan.mha").write_bytes(b"x")
     with pytest.raises(VolumeError, match=r"^scan\.mha: not a NIfTI file"):
         read_volume(tmp_path / "scan.mha")
+
+
+def write_metadata(path, rows):
+    """A CT-RATE metadata CSV (the columns the reader uses, plus one it ignores)."""
+    lines = ["VolumeName,ZSpacing,RescaleIntercept,RescaleSlope"]
+    lines += [f"{name},2.5,{intercept},{slope}" for name, slope, intercept in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_ct_rate_reader_is_the_dale_ct_conversion(tmp_path):
+    """reader=ct_rate (scripts/build_ctrate_train_hu.py): HU = stored × RescaleSlope +
+    RescaleIntercept from the volume's own metadata row (-1024 and -8192 here, CT-RATE's two
+    intercepts), ``data.transpose(2, 0, 1)`` with no reorientation, rounded to float16: 2049 HU
+    is not a float16 (spacing 2 above 2048) and becomes 2048."""
+    from graftkit_encoders.readers import read_ct_rate_volume, read_rescale_table
+
+    hu = np.round(ct_phantom(n=4))
+    hu[1, 5, 9] = 2049
+    a = write_nifti(tmp_path / "train_1_a_1.nii.gz", hu + 1024)
+    b = write_nifti(tmp_path / "train_2_a_1.nii.gz", hu + 8192)
+    table = read_rescale_table(
+        write_metadata(
+            tmp_path / "train_metadata.csv",
+            [("train_1_a_1.nii.gz", 1, -1024), ("train_2_a_1.nii.gz", 1.0, -8192.0)],
+        )
+    )
+    assert table == {"train_1_a_1.nii.gz": (1.0, -1024.0), "train_2_a_1.nii.gz": (1.0, -8192.0)}
+    import nibabel as nib
+
+    stored = np.asarray(nib.load(str(a)).dataobj).astype(np.float32)  # [i, j, k] as written
+    expected = np.transpose(stored - 1024, (2, 0, 1)).astype(np.float16).astype(np.float32)
+    for path in (a, b):
+        volume = read_ct_rate_volume(path, table)
+        np.testing.assert_array_equal(volume.hu, expected)
+        np.testing.assert_allclose(volume.z_mm, -100.0 + 2.5 * np.arange(4))
+    assert read_ct_rate_volume(a, table).hu.max() == 2048.0
+    assert volume.hu.shape == (4, 64, 48)  # rows: the file's first axis (64 columns of the phantom)
+
+
+def test_stored_order_keeps_a_superior_to_inferior_file_as_it_is(tmp_path):
+    """A file whose slice axis points down (k = 0 the most superior slice): the canonical reader
+    puts the most inferior slice first; stored order (reader=ct_rate) keeps k = 0 first, with z
+    increasing along the file's slice axis."""
+    import nibabel as nib
+    from graftkit_encoders.readers import read_ct_rate_volume
+
+    hu = np.round(ct_phantom(n=5))
+    data = np.ascontiguousarray(np.transpose(hu, (2, 1, 0))[::-1, ::-1, :])  # RAS+ [i, j, k]
+    affine = np.diag([0.7, 0.8, -2.0, 1.0])
+    affine[:3, 3] = (0.0, 0.0, 40.0)  # slice k at z = 40 - 2k mm: k = 0 is the top
+    path = tmp_path / "valid_7_a_1.nii.gz"
+    nib.save(nib.Nifti1Image(data.astype(np.int16), affine), str(path))
+    canonical = read_volume(path)
+    stored = read_ct_rate_volume(path, None)
+    np.testing.assert_array_equal(stored.hu, np.transpose(data, (2, 0, 1)))
+    np.testing.assert_array_equal(canonical.hu, hu[::-1])  # inferior first
+    np.testing.assert_allclose(canonical.z_mm, [32.0, 34.0, 36.0, 38.0, 40.0])
+    np.testing.assert_allclose(stored.z_mm, -40.0 + 2.0 * np.arange(5))  # along -S, from the top
+    assert stored.spacing_xy == pytest.approx((0.7, 0.8))
+
+
+def test_ct_rate_reader_bad_inputs_are_named(tmp_path):
+    from graftkit_encoders.readers import read_ct_rate_volume, read_rescale_table
+
+    path = write_nifti(tmp_path / "valid_3_a_1.nii.gz", np.round(ct_phantom(n=3)) + 1024)
+    table = read_rescale_table(
+        write_metadata(tmp_path / "m.csv", [("valid_9_a_1.nii.gz", 1, -1024)])
+    )
+    with pytest.raises(VolumeError, match=r"^valid_3_a_1\.nii\.gz: no row in metadata_csv"):
+        read_ct_rate_volume(path, table)
+    with pytest.raises(VolumeError, match=r"^valid_3_a_1\.nii\.gz: .*raw stored values"):
+        read_ct_rate_volume(path, None)
+    folder, _ = write_dicom_series(tmp_path / "series", n=2)
+    with pytest.raises(VolumeError, match=r"^series: reader=ct_rate reads CT-RATE NIfTI files"):
+        read_ct_rate_volume(folder, table)
+    (tmp_path / "cols.csv").write_text("VolumeName,RescaleSlope\nvalid_3_a_1.nii.gz,1\n")
+    with pytest.raises(ValueError, match=r"cols\.csv: no column\(s\) RescaleIntercept"):
+        read_rescale_table(tmp_path / "cols.csv")
+    write_metadata(tmp_path / "nan.csv", [("a.nii.gz", 1, -1024), ("b.nii.gz", "x", -1024)])
+    with pytest.raises(ValueError, match=r"nan\.csv line 3 \(b\.nii\.gz\): RescaleSlope 'x'"):
+        read_rescale_table(tmp_path / "nan.csv")
+    write_metadata(tmp_path / "two.csv", [("a.nii.gz", 1, -1024), ("a.nii.gz", 1, -8192)])
+    with pytest.raises(ValueError, match=r"two\.csv line 3: a\.nii\.gz has another"):
+        read_rescale_table(tmp_path / "two.csv")

@@ -17,6 +17,7 @@ from graftkit_encoders.vit import (
     build_vit,
     hf_to_timm_state_dict,
     load_weights,
+    split_backbone,
     timm_to_hf_state_dict,
 )
 from safetensors.torch import save_file
@@ -172,24 +173,95 @@ def test_hf_layouts_load(tmp_path, tiny_config):
     )
     for name in ("legacy.safetensors", "hf.safetensors"):
         model = build_vit(tiny_config)
-        load_weights(model, tmp_path / name)
+        if name == "legacy.safetensors":
+            with pytest.warns(UserWarning, match=r"ignored 1 tensor\(s\) .*: classifier\.weight$"):
+                load_weights(model, tmp_path / name)
+        else:
+            load_weights(model, tmp_path / name)
         with torch.inference_mode():
             torch.testing.assert_close(model(pixel_values=x).pooler_output, expected)
 
 
+def test_extra_tensors_are_ignored_and_listed_in_one_line(tmp_path, tiny_config):
+    """A training checkpoint: the backbone under ``backbone.`` next to a projector, a predictor,
+    a supervised head and a classifier (the authors load their checkpoints with strict=False).
+    The backbone loads and gives timm's CLS; the five other tensors are named in one warning."""
+    sd = random_timm_state()
+    extra = {
+        "projector.0.weight": torch.zeros(8, 32),
+        "projector.2.bias": torch.zeros(8),
+        "predictor.blocks.0.weight": torch.zeros(4, 4),
+        "organ_head.fc.weight": torch.zeros(118, 32),
+        "head.weight": torch.zeros(3, 32),
+    }
+    save_file(
+        {"backbone." + k: v for k, v in sd.items()} | extra, str(tmp_path / "ckpt.safetensors")
+    )
+    model = build_vit(tiny_config)
+    with pytest.warns(UserWarning) as caught:
+        load_weights(model, tmp_path / "ckpt.safetensors")
+    (message,) = [str(w.message) for w in caught]
+    assert message == (
+        "ckpt.safetensors: ignored 5 tensor(s) outside the ViT backbone: head.weight, "
+        "organ_head.fc.weight, predictor.blocks.0.weight, projector.0.weight, projector.2.bias"
+    )
+    x = torch.rand(2, 1, 42, 42, generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            model(pixel_values=x).pooler_output, timm_forward(sd, x, 2, 14), atol=2e-5, rtol=1e-4
+        )
+    backbone, ignored = split_backbone(
+        {"module." + k: v for k, v in sd.items()} | {"module.mask_token": torch.zeros(1, 32)}
+    )
+    assert set(backbone) == set(sd) and ignored == []
+
+
+def test_missing_or_misshaped_backbone_tensors_are_named_in_one_line(tmp_path, tiny_config):
+    sd = random_timm_state()
+    del sd["blocks.1.mlp.fc2.bias"], sd["norm.weight"]
+    save_file(sd, str(tmp_path / "cut.safetensors"))
+    with pytest.raises(ValueError) as err:
+        load_weights(build_vit(tiny_config), tmp_path / "cut.safetensors")
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(
+        "cut.safetensors: checkpoint does not match the lejepa-ct config: missing 2 backbone "
+        "tensor(s): encoder.layer.1.mlp.fc2.bias, layernorm.weight (check"
+    )
+    wide = random_timm_state()
+    wide["blocks.0.mlp.fc1.weight"] = torch.zeros(64, 32)
+    save_file(wide, str(tmp_path / "wide.safetensors"))
+    with pytest.raises(
+        ValueError,
+        match=r"^wide\.safetensors: .*1 of another shape: encoder\.layer\.0\.mlp\.fc1\.weight "
+        r"has shape \(64, 32\), config expects \(128, 32\)",
+    ):
+        load_weights(build_vit(tiny_config), tmp_path / "wide.safetensors")
+
+
 def test_mismatched_checkpoint_names_file_and_tensor(tmp_path, tiny_config):
+    """A deeper model is not truncated silently: its third block is 18 backbone tensors (timm's
+    14, with qkv split into q, k, v weights and biases) the config lacks."""
     save_file(random_timm_state(depth=3), str(tmp_path / "deep.safetensors"))
-    with pytest.raises(ValueError, match=r"deep\.safetensors: .*encoder\.layer\.2"):
+    with pytest.raises(
+        ValueError,
+        match=r"deep\.safetensors: .*18 backbone tensor\(s\) the config lacks: encoder\.layer\.2\.",
+    ):
         load_weights(build_vit(tiny_config), tmp_path / "deep.safetensors")
     save_file(random_timm_state(grid=4), str(tmp_path / "grid4.safetensors"))
     with pytest.raises(
         ValueError,
-        match=r"grid4\.safetensors: embeddings\.position_embeddings has shape \(1, 17, 32\).*pretrain_image_size",
+        match=r"grid4\.safetensors: .*embeddings\.position_embeddings has shape \(1, 17, 32\), "
+        r"config expects \(1, 26, 32\).*pretrain_image_size",
     ):
         load_weights(build_vit(tiny_config), tmp_path / "grid4.safetensors")
     bad = random_timm_state() | {"fc_norm.weight": torch.ones(32)}
     with pytest.raises(ValueError, match=r"unknown timm key 'fc_norm\.weight'"):
         timm_to_hf_state_dict(bad, source="x.safetensors")
+    assert split_backbone(bad)[1] == ["fc_norm.weight"]
+    regs = random_timm_state() | {"reg_token": torch.zeros(1, 4, 32)}
+    save_file(regs, str(tmp_path / "regs.safetensors"))
+    with pytest.raises(ValueError, match=r"regs\.safetensors: has register tokens"):
+        load_weights(build_vit(tiny_config), tmp_path / "regs.safetensors")
 
 
 def test_full_size_geometry_is_vit_large_patch14_dinov2():

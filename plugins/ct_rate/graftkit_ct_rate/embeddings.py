@@ -2,7 +2,10 @@
 
 docs/design.md ("CT-RATE, as its own files lay it out"): one file per volume, ``{stem}.npy`` of shape
 ``(N, d)`` or ``(N, T, d)`` with token 0 the CLS, or ``.npz`` with key ``embeddings`` (and
-optionally ``z_mm``, the slice positions in mm). 50,000 volumes x 600 x 1,024 in float16 is about
+optionally ``z_mm``, the slice positions in mm). The DALE-CT authors'
+``scripts/ctrate_generate_embeddings.py`` writes the first two exactly (float32 ``(N, 1024)``
+CLS only, or ``(N, 1 + P, 1024)`` with patch tokens), so their folders are read as they are;
+``graftkit embed`` writes the ``.npz`` form. 50,000 volumes x 600 x 1,024 in float16 is about
 60 GB, so nothing here reads more than one volume at a time: ``.npy`` files are memory-mapped and
 the header is read without touching the data.
 """

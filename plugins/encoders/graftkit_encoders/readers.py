@@ -1,10 +1,12 @@
 """CT volume readers: NIfTI (nibabel) and DICOM series (pydicom), returned in Hounsfield units.
 
-Every reader returns a :class:`CTVolume`: axial slices ``hu[N, H, W]`` (float32, HU) ordered from
-inferior to superior, their physical positions ``z_mm[N]`` (docs/design.md, data flow: "z ∈ R^N
-(physical positions, mm)") and the in-plane pixel spacing. Slices are in the radiological display
-convention of DICOM axial images: rows run anterior → posterior and columns run from the
-patient's right to the patient's left, whichever format they came from.
+Every reader returns a :class:`CTVolume`: axial slices ``hu[N, H, W]`` (float32, HU), their
+physical positions ``z_mm[N]`` (docs/design.md, data flow: "z ∈ R^N (physical positions, mm)")
+and the in-plane pixel spacing. :func:`read_volume` orders slices from inferior to superior in the
+radiological display convention of DICOM axial images (rows run anterior → posterior, columns from
+the patient's right to the patient's left), whichever format they came from.
+:func:`read_ct_rate_volume` instead reads a CT-RATE NIfTI as the DALE-CT scripts do: the array as
+stored, slice ``k`` of the file is slice ``k``, whatever the affine says.
 
 Input discovery (:func:`discover_ct_inputs`: NIfTI files and DICOM series folders) and the reader
 options (``rescale``, ``rescale_slope``, ``rescale_intercept``, ``check_hu``: encoder options,
@@ -19,10 +21,13 @@ a CT in HU, about -2048 after a second rescale and about 0 for raw stored values
 
 from __future__ import annotations
 
+import csv
+import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -79,7 +84,9 @@ class VolumeError(ValueError):
 
 @dataclass
 class CTVolume:
-    """Axial slices in HU ``[N, H, W]`` (inferior → superior) and their positions ``z_mm[N]``."""
+    """Axial slices in HU ``[N, H, W]`` and their positions ``z_mm[N]`` (increasing with the
+    slice index): inferior → superior from :func:`read_volume`, stored order from
+    :func:`read_ct_rate_volume`."""
 
     hu: np.ndarray
     z_mm: np.ndarray
@@ -120,18 +127,28 @@ def read_volume(
     return volume
 
 
-def read_nifti(path: str | Path) -> CTVolume:
-    """Read a 3-D NIfTI volume, reoriented to RAS+, as axial slices in the DICOM display convention.
+def read_nifti(
+    path: str | Path, orientation: Literal["canonical", "stored"] = "canonical"
+) -> CTVolume:
+    """Read a 3-D NIfTI volume as axial slices.
 
-    The slice axis is the superior axis of the closest canonical orientation; ``z_mm`` comes from
-    the affine, so it holds the physical positions of the slices, not their indices.
+    ``orientation="canonical"``: reoriented to the closest RAS+ orientation, slices along its
+    superior axis (inferior → superior), in the DICOM display convention; ``z_mm`` from the
+    affine, so it holds the physical positions of the slices, not their indices.
+
+    ``orientation="stored"``: the array as the file stores it, ``hu[k] = data[:, :, k]`` (rows:
+    the file's first axis, columns: its second), slice ``k`` of the file first to last: the
+    DALE-CT scripts' ``data.transpose(2, 0, 1)`` (``scripts/build_ctrate_train_hu.py``).
+    ``z_mm[k]`` is slice ``k``'s position along the file's slice axis (the affine's third column):
+    increasing with ``k``, whichever anatomical direction that axis points to.
     """
     import nibabel as nib
 
     path = Path(path)
     try:
         image = nib.load(str(path))
-        image = nib.as_closest_canonical(image)
+        if orientation == "canonical":
+            image = nib.as_closest_canonical(image)
         data = np.asarray(image.get_fdata(dtype=np.float32))
     except Exception as err:  # nibabel raises many types for truncated or foreign files
         raise VolumeError(path, f"cannot read NIfTI ({type(err).__name__}: {err})") from err
@@ -140,13 +157,97 @@ def read_nifti(path: str | Path) -> CTVolume:
     if data.ndim != 3:
         raise VolumeError(path, f"expected a 3-D volume, got shape {tuple(data.shape)}")
     _check_slices(path, data.shape[2], data.shape[:2])
-    # RAS+ array [i→R, j→A, k→S]: flip i and j and transpose to rows→posterior, columns→left.
-    hu = np.ascontiguousarray(np.transpose(data[::-1, ::-1, :], (2, 1, 0)))
     affine = image.affine
     k = np.arange(data.shape[2], dtype=np.float64)
-    z_mm = (affine[2, 2] * k + affine[2, 3]).astype(np.float32)
     zooms = image.header.get_zooms()
+    if orientation == "stored":
+        hu = np.ascontiguousarray(np.transpose(data, (2, 0, 1)))
+        axis = np.asarray(affine[:3, 2], dtype=np.float64)
+        step = float(np.linalg.norm(axis)) or 1.0
+        z_mm = (k * step + float(np.dot(affine[:3, 3], axis / step))).astype(np.float32)
+        return CTVolume(
+            hu=hu, z_mm=z_mm, spacing_xy=(float(zooms[0]), float(zooms[1])), source=path
+        )
+    # RAS+ array [i→R, j→A, k→S]: flip i and j and transpose to rows→posterior, columns→left.
+    hu = np.ascontiguousarray(np.transpose(data[::-1, ::-1, :], (2, 1, 0)))
+    z_mm = (affine[2, 2] * k + affine[2, 3]).astype(np.float32)
     return CTVolume(hu=hu, z_mm=z_mm, spacing_xy=(float(zooms[1]), float(zooms[0])), source=path)
+
+
+def read_rescale_table(path: str | Path) -> dict[str, tuple[float, float]]:
+    """``VolumeName → (RescaleSlope, RescaleIntercept)`` from a CT-RATE metadata CSV
+    (``metadata/{train,validation}_metadata.csv``).
+
+    Raises ``ValueError`` naming the file when it cannot be read or lacks a column, and naming the
+    row when a value is not a finite number or a volume has two different rows.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"metadata_csv {path}: cannot read ({type(err).__name__}: {err})") from err
+    columns = ("VolumeName", "RescaleSlope", "RescaleIntercept")
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ValueError(f"metadata_csv {path}: no column(s) {', '.join(missing)}")
+    table: dict[str, tuple[float, float]] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            value = (float(row["RescaleSlope"]), float(row["RescaleIntercept"]))
+        except (TypeError, ValueError):
+            value = (math.nan, math.nan)
+        if not all(math.isfinite(v) for v in value):
+            raise ValueError(
+                f"metadata_csv {path} line {line} ({row['VolumeName']}): RescaleSlope "
+                f"{row['RescaleSlope']!r} / RescaleIntercept {row['RescaleIntercept']!r} are not numbers"
+            )
+        name = row["VolumeName"]
+        if table.get(name, value) != value:
+            raise ValueError(
+                f"metadata_csv {path} line {line}: {name} has another RescaleSlope/Intercept "
+                f"{table[name]} in an earlier row"
+            )
+        table[name] = value
+    return table
+
+
+def read_ct_rate_volume(
+    path: str | Path,
+    rescale_table: Mapping[str, tuple[float, float]] | None,
+    check: bool = True,
+) -> CTVolume:
+    """A CT-RATE NIfTI read exactly as the DALE-CT scripts read it for their CT-RATE embeddings
+    (``scripts/build_ctrate_train_hu.py``, replicating ``Process-CT-Data/1_preprocessing/
+    preprocess_val.py``): ``raw = get_fdata()``, ``hu = raw · RescaleSlope + RescaleIntercept``
+    with this volume's row of ``rescale_table`` (:func:`read_rescale_table`; CT-RATE's intercepts
+    differ per volume), ``hu.transpose(2, 0, 1)`` in stored slice order (no reorientation,
+    :func:`read_nifti` ``orientation="stored"``), rounded to float16 as their ``.npy`` files are.
+
+    ``rescale_table=None`` takes the stored values as HU (a release already in HU). ``check`` runs
+    :func:`check_hu`. Only NIfTI files: a DICOM series has no stored order to keep.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(path, "no such file or folder")
+    if not is_nifti(path):
+        raise VolumeError(
+            path, "reader=ct_rate reads CT-RATE NIfTI files (.nii, .nii.gz); use reader=canonical"
+        )
+    volume = read_nifti(path, orientation="stored")
+    if rescale_table is not None:
+        if path.name not in rescale_table:
+            raise VolumeError(
+                path, "no row in metadata_csv (VolumeName must be the file name, as in CT-RATE)"
+            )
+        slope, intercept = rescale_table[path.name]
+        volume.hu = volume.hu * np.float32(slope) + np.float32(intercept)
+    volume.hu = volume.hu.astype(np.float16).astype(np.float32)
+    if check:
+        check_hu(volume.hu, path, rescaled=rescale_table is not None)
+    return volume
 
 
 def read_dicom_series(path: str | Path, rescale: bool = True) -> CTVolume:

@@ -11,6 +11,7 @@ resampling of the 37 × 37 position grid for other slice sizes (timm antialiases
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -78,7 +79,10 @@ def build_vit(config: LeJepaCTConfig) -> Dinov2Model:
 
 
 _PREFIXES = ("module.", "model.", "backbone.", "dinov2.", "encoder.backbone.")
-_DROPPED = ("head.", "classifier.", "mask_token", "embeddings.mask_token")
+_MASK_TOKENS = ("mask_token", "embeddings.mask_token")
+_BACKBONE_ROOTS = ("cls_token", "pos_embed", "reg_token", "patch_embed.", "blocks.", "norm.")
+_HF_BACKBONE_ROOTS = ("embeddings.", "encoder.layer.", "layernorm.")
+_ANCHORS = ("cls_token", "embeddings.cls_token")
 _TIMM_BLOCK = {
     "norm1": "norm1",
     "attn.proj": "attention.o_proj",
@@ -96,30 +100,59 @@ _LEGACY_HF = {
 }
 
 
-def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    state = dict(state)
+def _is_backbone_key(key: str) -> bool:
+    return key.startswith(_BACKBONE_ROOTS + _HF_BACKBONE_ROOTS) and key not in _MASK_TOKENS
+
+
+def split_backbone(
+    state: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The ViT backbone of a checkpoint (wrapper prefixes stripped) and the names of every other
+    tensor in it (projection heads, predictors, supervised heads, classifiers), which
+    :func:`load_weights` ignores and lists.
+
+    A prefix (``module.``, ``model.``, ``backbone.``, ``dinov2.``, ``encoder.backbone.``) is
+    stripped when every key has it, or when the keys under it hold a backbone (a CLS token) and
+    the others are then outside it. Backbone keys are timm's (``cls_token``, ``pos_embed``,
+    ``reg_token``, ``patch_embed.*``, ``blocks.*``, ``norm.*``) and HF Dinov2's (``embeddings.*``,
+    ``encoder.layer.*``, ``layernorm.*``); the mask token (unused at inference) is dropped.
+    """
+    names = {key: key for key in state}  # current key -> key in the checkpoint
+    current = dict(state)
+    ignored: list[str] = []
     changed = True
     while changed:
         changed = False
         for prefix in _PREFIXES:
-            if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
-                changed = True
-    return state
+            inside = {k[len(prefix) :]: k for k in current if k.startswith(prefix)}
+            if not inside or not (
+                len(inside) == len(current) or any(a in inside for a in _ANCHORS)
+            ):
+                continue
+            ignored += [names[k] for k in current if not k.startswith(prefix)]
+            names = {new: names[old] for new, old in inside.items()}
+            current = {new: current[old] for new, old in inside.items()}
+            changed = True
+    backbone = {}
+    for key, value in current.items():
+        if _is_backbone_key(key):
+            backbone[key] = value
+        elif key not in _MASK_TOKENS:
+            ignored.append(names[key])
+    return backbone, sorted(ignored)
 
 
 def timm_to_hf_state_dict(
     state: Mapping[str, torch.Tensor], source: str = "checkpoint"
 ) -> dict[str, torch.Tensor]:
-    """Map a timm ``vit_*_dinov2`` state dict (or an HF Dinov2 one, current or legacy key names)
-    onto :func:`build_vit`'s keys; ``qkv`` is split into ``q_proj``/``k_proj``/``v_proj``.
+    """Map a timm ``vit_*_dinov2`` backbone state dict (or an HF Dinov2 one, current or legacy
+    key names) onto :func:`build_vit`'s keys; ``qkv`` is split into ``q_proj``/``k_proj``/``v_proj``.
 
-    Classifier heads and the mask token are dropped (``num_classes=0``; masking is unused at
-    inference). Keys this mapping does not know raise ``ValueError`` naming ``source`` and the key.
+    The mask token is dropped (masking is unused at inference). Keys this mapping does not know,
+    and register tokens, raise ``ValueError`` naming ``source`` and the key: take the backbone out
+    of a larger checkpoint with :func:`split_backbone` first.
     """
-    state = {k: v for k, v in state.items() if not k.startswith(_DROPPED)}
-    state = _strip_prefixes(state)
-    state = {k: v for k, v in state.items() if not k.startswith(_DROPPED)}
+    state = {k: v for k, v in state.items() if k not in _MASK_TOKENS}
     if any(k.startswith("reg_token") for k in state):
         raise ValueError(
             f"{source}: has register tokens (reg_token); only the plain dinov2 ViT is supported"
@@ -157,9 +190,7 @@ def timm_to_hf_state_dict(
             else:
                 raise ValueError(f"{source}: unknown timm key {key!r}")
         else:
-            raise ValueError(
-                f"{source}: unknown timm key {key!r} (fc_norm/attn_pool heads are not the CLS encoder)"
-            )
+            raise ValueError(f"{source}: unknown timm key {key!r}")
     return out
 
 
@@ -201,11 +232,19 @@ def hf_to_timm_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def load_weights(model: Dinov2Model, path: str | Path) -> None:
-    """Load a safetensors (or torch) checkpoint in timm or HF layout into ``model``, strictly.
+def _listing(names: list[str], first: int = 6) -> str:
+    return ", ".join(names[:first]) + (", ..." if len(names) > first else "")
 
-    A checkpoint whose shapes disagree with the config (width, depth, position grid, channels)
-    raises ``ValueError`` naming the file, the tensor and both shapes.
+
+def load_weights(model: Dinov2Model, path: str | Path) -> None:
+    """Load a safetensors (or torch) checkpoint in timm or HF layout into ``model``.
+
+    Lenient where the authors are (DALE-CT ``load_hf/lejepa_1s.py`` loads its own checkpoint with
+    ``strict=False``): tensors outside the ViT backbone (:func:`split_backbone`: projection heads,
+    predictors, supervised heads) are ignored and listed in one warning (count and first names).
+    Strict about the backbone: every backbone tensor of the config must be in the file with its
+    shape, and the file must hold no backbone tensor the config lacks (a deeper or wider model);
+    otherwise one ``ValueError`` line names the file, the tensors and the config field to check.
     """
     path = Path(path)
     if not path.is_file():
@@ -220,25 +259,39 @@ def load_weights(model: Dinov2Model, path: str | Path) -> None:
             if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                 state = state[key]
                 break
-    mapped = timm_to_hf_state_dict(state, source=path.name)
+    backbone, ignored = split_backbone(state)
+    mapped = timm_to_hf_state_dict(backbone, source=path.name)
     own = model.state_dict()
-    missing = sorted(set(own) - set(mapped))
-    unexpected = sorted(set(mapped) - set(own))
-    if missing or unexpected:
+    missing = [k for k in own if k not in mapped]
+    unexpected = sorted(k for k in mapped if k not in own)
+    misshaped = [
+        f"{k} has shape {tuple(mapped[k].shape)}, config expects {tuple(own[k].shape)}"
+        for k in own
+        if k in mapped and tuple(mapped[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} backbone tensor(s): {_listing(missing)}")
+    if unexpected:
+        problems.append(
+            f"{len(unexpected)} backbone tensor(s) the config lacks: {_listing(unexpected)}"
+        )
+    if misshaped:
+        problems.append(f"{len(misshaped)} of another shape: {_listing(misshaped, 3)}")
+    if problems:
+        bad = missing + unexpected + [m.split(" ", 1)[0] for m in misshaped]
+        hints = ["num_hidden_layers / hidden_size / patch_size"]
+        if any("position_embeddings" in k for k in bad):
+            hints.append("pretrain_image_size (the checkpoint's image size)")
         raise ValueError(
             f"{path.name}: checkpoint does not match the lejepa-ct config: "
-            f"missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
-            f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''} "
-            "(check num_hidden_layers / hidden_size)"
+            + "; ".join(problems)
+            + f" (check {', '.join(hints)})"
         )
-    for key, value in mapped.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            hint = (
-                " (set pretrain_image_size to the checkpoint's image size)"
-                if "position" in key
-                else ""
-            )
-            raise ValueError(
-                f"{path.name}: {key} has shape {tuple(value.shape)}, config expects {tuple(own[key].shape)}{hint}"
-            )
+    if ignored:
+        warnings.warn(
+            f"{path.name}: ignored {len(ignored)} tensor(s) outside the ViT backbone: "
+            f"{_listing(ignored)}",
+            stacklevel=2,
+        )
     model.load_state_dict(mapped, strict=True)
