@@ -51,6 +51,10 @@ class DataConfig(Strict):
     synth: dict[str, Any] = Field(
         default_factory=dict, description="dataset-specific synth options"
     )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the dataset's own settings (e.g. the hf dataset's columns); the dataset checks them",
+    )
     max_slices: int | None = Field(None, gt=0, description="uniformly subsample longer volumes")
     include_impressions: bool = False
     limit_train: int | None = Field(None, gt=0)
