@@ -31,6 +31,7 @@ Bad input (docs/plugins.md, "The built-in `hf` dataset", lists every check):
 from __future__ import annotations
 
 import difflib
+import json
 import random
 import re
 import warnings
@@ -197,6 +198,9 @@ def open_dataset(path: Path, cache_dir: Path) -> Any:
     if not path.exists():
         raise DataError(f"hf: {path}: not found (data.options.path, or --data-dir)")
     if path.is_dir() and any((path / m).is_file() for m in SAVED_MARKERS):
+        empty = _empty_saved_splits(path)
+        if empty:
+            raise DataError(f"hf: {path}: split {empty[0]!r} was saved with no rows")
         load, how = (lambda: datasets.load_from_disk(str(path))), "load_from_disk"
     elif path.is_file() and path.suffix == ".parquet":
         load = lambda: datasets.load_dataset(  # noqa: E731
@@ -272,6 +276,9 @@ class HFDataset(GraftDataset):
         data = open_dataset(self.path, self.workdir / "hf_cache")
         self.data: dict[str, Any] = dict(data) if hasattr(data, "keys") else {"": data}
         self._sources = self._split_sources()
+        for split, (source, subset) in self._sources.items():
+            if (len(subset) if subset is not None else len(self.data[source])) == 0:
+                raise DataError(f"hf: {self._where(source)}: no rows for graftkit's {split} split")
         self._labels = self._check_columns()
         self.class_names = [name for name, _ in self._labels]  # type: ignore[misc]
         if self.options.prompt is not None:
@@ -433,19 +440,16 @@ class HFDataset(GraftDataset):
         source, subset = self._sources[split]
         data = self.data[source]
         rows = subset if subset is not None else np.arange(len(data))
-        if len(rows) == 0:
-            raise DataError(f"hf: {self._where(source)}: no rows for graftkit's {split} split")
         columns = [o.report_column, *(c for _, c in self._labels)]
         columns += [c for c in (o.id_column, o.embeddings_path_column) if c is not None]
         table = data.select_columns(sorted(set(columns))).to_dict()
-        names = (
-            [_id(table[o.id_column][int(r)]) for r in rows]
-            if o.id_column is not None
-            else [f"{source or 'data'}_{int(r)}" for r in rows]
-        )
-        counts = Counter(names)
+        # ids are counted over the data's whole split: with valid_fraction, the two rows of one
+        # id may fall on either side of the hold-out
+        ids = table[o.id_column] if o.id_column is not None else None
+        counts = Counter(_id(value) for value in ids) if ids is not None else Counter()
         candidates = []
-        for row, name in zip(map(int, rows), names):
+        for row in map(int, rows):
+            name = _id(ids[row]) if ids is not None else f"{source or 'data'}_{row}"
             if not name:
                 self.skips.skip(
                     split, f"{source or 'data'}_{row}", f"bad id: {o.id_column} is empty"
@@ -626,7 +630,7 @@ class HFDataset(GraftDataset):
         assert isinstance(array, np.ndarray)
         if z is None:
             z = np.arange(array.shape[0], dtype=np.float32)
-        return torch.from_numpy(np.ascontiguousarray(array)), torch.from_numpy(z)
+        return torch.from_numpy(np.array(array, dtype=np.float32)), torch.from_numpy(z)
 
     # -- texts ----------------------------------------------------------------------------------
     def finding_words(self) -> set[str]:  # type: ignore[override]
@@ -713,6 +717,24 @@ def _label_vector(cells: list[tuple[str, Any]]) -> np.ndarray | str:
 
 def _id(value: Any) -> str:
     return str(value).strip() if value is not None else ""
+
+
+def _empty_saved_splits(path: Path) -> list[str]:
+    """Splits of a ``save_to_disk`` folder that hold no data file (``datasets`` fails on them
+    with an ``IndexError``); best effort: a folder this cannot parse is left to ``datasets``."""
+    try:
+        if (path / "dataset_dict.json").is_file():
+            splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+            folders = [(name, path / name) for name in splits]
+        else:
+            folders = [("", path)]
+        return [
+            name
+            for name, folder in folders
+            if json.loads((folder / "state.json").read_text()).get("_data_files") == []
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _integer(feature: Any) -> bool:
