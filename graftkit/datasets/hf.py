@@ -492,7 +492,10 @@ class HFDataset(GraftDataset):
     def _read_embeddings(self, source: str, row: int, path: Path | None) -> np.ndarray | str:
         """One row's embeddings ``[N, d]`` (column or ``.npy`` file), or the reason it has none."""
         if self.options.embeddings_column is not None:
-            return embedding_array(self._row_values(source)[row][self.options.embeddings_column])
+            value = self._row_values(source)[row][self.options.embeddings_column]
+            if value is None:
+                return f"missing embedding: {self.options.embeddings_column} is empty"
+            return embedding_array(value)
         column = self.options.embeddings_path_column
         if path is None:
             return f"missing embedding: {column} is empty"

@@ -101,7 +101,7 @@ def test_ragged_and_empty_cells_are_skipped_and_tokens_take_token_0(tmp_path):
     reasons = {i["name"]: i["reason"] for i in ds.skips.summary()["items"]}
     assert reasons == {
         "r001": "bad shape: its rows have different lengths",
-        "r002": "missing embedding: the cell is empty",
+        "r002": "missing embedding: embeddings is empty",
     }
     # [N, T, d] rows (a column nested three deep): token 0 of each slice
     tokens = rows(2, 0, "k")
