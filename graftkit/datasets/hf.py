@@ -318,13 +318,19 @@ class HFDataset(GraftDataset):
                 "train": (train, np.sort(order[n_valid:])),
                 "valid": (train, np.sort(order[:n_valid])),
             }
-        if o.valid_split is not None:
-            valid = self._split(o.valid_split, "valid_split")
-        elif "" in self.data:
+        if "" in self.data:
             raise DataError(
                 f"hf: {self.path} holds one split; set data.options.valid_fraction (e.g. 0.2) "
                 "to hold out part of it for validation"
             )
+        if o.valid_split is not None:
+            valid = self._split(o.valid_split, "valid_split")
+            if valid == train:
+                raise ConfigError(
+                    f"hf: data.options.valid_split {valid!r} is the train split: the model "
+                    "would be validated and evaluated on its training rows; name another split "
+                    "or set data.options.valid_fraction"
+                )
         else:
             found = [name for name in VALID_SPLIT_NAMES if name in self.data]
             if not found:

@@ -212,6 +212,15 @@ def test_data_that_is_not_there_or_has_no_validation_split(tmp_path):
         DataError, match=r"set data\.options\.valid_split or data\.options\.valid_f"
     ):
         open_hf(tmp_path, only_train)
+    with pytest.raises(ConfigError, match="valid_split 'train' is the train split"):
+        open_hf(tmp_path, only_train, valid_split="train")
+    import datasets
+
+    datasets.Dataset.from_dict(rows(4, 0, "r")).save_to_disk(str(tmp_path / "single"))
+    for options in ({}, {"valid_split": "validation"}):  # one Dataset is every split
+        with pytest.raises(DataError, match=r"holds one split; set data\.options\.valid_fraction"):
+            open_hf(tmp_path, tmp_path / "single", **options)
+    assert len(open_hf(tmp_path, tmp_path / "single", valid_fraction=0.25).records("valid")) == 1
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataError, match=r"junk\.parquet: load_dataset\('parquet'\) cannot read"):
         open_hf(tmp_path, tmp_path / "junk.parquet")
