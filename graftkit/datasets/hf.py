@@ -109,6 +109,10 @@ class HFOptions(BaseModel):
     def _exclusive(self) -> HFOptions:
         if (self.embeddings_column is None) == (self.embeddings_path_column is None):
             raise ValueError("set exactly one of embeddings_column and embeddings_path_column")
+        if self.label_columns is not None and len(set(self.label_columns)) < len(
+            self.label_columns
+        ):
+            raise ValueError(f"label_columns names a column twice: {self.label_columns}")
         if self.label_columns is not None and self.label_prefix is not None:
             raise ValueError("set label_columns or label_prefix, not both")
         if self.valid_split is not None and self.valid_fraction is not None:
@@ -379,6 +383,7 @@ class HFDataset(GraftDataset):
                 f"hf: data.options.keywords names {unknown[0]!r}, which is no class; classes: "
                 f"{', '.join(name for name, _ in labels)}"
             )
+        label_option = "label_prefix" if o.label_prefix is not None else "label_columns"
         for source in sources:
             features = self.data[source].features
             wanted = [
@@ -387,7 +392,7 @@ class HFDataset(GraftDataset):
                 ("embeddings_path_column", o.embeddings_path_column, "text"),
                 ("positions_column", o.positions_column, "positions"),
                 ("id_column", o.id_column, "id"),
-                *[("label_columns", column, "label") for _, column in labels],
+                *[(label_option, column, "label") for _, column in labels],
             ]
             for option, column, kind in wanted:
                 if column is None:

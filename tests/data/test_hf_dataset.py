@@ -164,6 +164,7 @@ def test_limits_cap_the_usable_rows(tmp_path, saved):
         ({"report_column": None}, "data.options.report_column = None"),
         ({"embeddings_path_column": "id"}, "exactly one of embeddings_column and"),
         ({"label_columns": ["a"], "label_prefix": "x"}, "label_columns or label_prefix"),
+        ({"label_columns": ["a", "b", "a"]}, "label_columns names a column twice"),
         ({"valid_fraction": 1.5}, "data.options.valid_fraction = 1.5"),
         ({"valid_fraction": 0.2, "valid_split": "validation"}, "valid_split or valid_fraction"),
         ({"keywords": {"cardio": ["heart"]}}, "keywords names 'cardio', which is no class"),
