@@ -1,12 +1,20 @@
-"""Built-in plugin of the core: the generic zone compressor and the engine's phase callbacks,
-registered like any plugin's."""
+"""Built-in plugin of the core: the generic zone compressor, the engine's phase callbacks, and the
+``hf`` dataset (any local Hugging Face ``datasets`` dataset) with its label extractor and
+profiles, registered like any plugin's."""
 
 from __future__ import annotations
 
 from graftkit.compressors import zone_compressor
 from graftkit.hookspecs import hookimpl
 
-__all__ = ["register_callbacks", "register_compressors", "zone_compressor"]
+__all__ = [
+    "register_callbacks",
+    "register_compressors",
+    "register_datasets",
+    "register_label_extractors",
+    "register_profiles",
+    "zone_compressor",
+]
 
 
 @hookimpl
@@ -27,3 +35,22 @@ def register_callbacks(register):
     ):
         register(name, f"graftkit.curriculum.callbacks:{attr}")
     register("collapse_monitor", "graftkit.curriculum.monitor:CollapseMonitor")
+
+
+# by reference: listing plugins or running another dataset imports neither torch nor datasets
+@hookimpl
+def register_datasets(register):
+    register("hf", "graftkit.datasets.hf:HFDataset")
+
+
+@hookimpl
+def register_label_extractors(register):
+    register("hf-keywords", "graftkit.datasets.keywords:KeywordExtractor")
+
+
+@hookimpl
+def register_profiles(register):
+    from graftkit.datasets.profiles import PROFILES
+
+    for profile in PROFILES:
+        register(profile.name, profile)

@@ -115,6 +115,11 @@ class GraftDataset(ABC):
         #: each; recorded in ``metrics.json`` as ``data.warnings``.
         self.warnings: list[str] = []
 
+    def extractor_options(self, name: str) -> dict[str, Any]:
+        """Options the dataset gives label extractor ``name`` when a run builds it (a run's
+        ``eval.extractor_options`` override them); none by default."""
+        return {}
+
     def prepare(self, progress: Any = None) -> None:  # noqa: B027 - optional hook
         """Materialise the data if needed (e.g. synthesise a cohort); called once per run."""
 

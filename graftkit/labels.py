@@ -33,8 +33,10 @@ class LabelExtractor(ABC):
 
 def evaluation_extractor(eval_config, dataset, name: str | None = None) -> LabelExtractor:
     """The label extractor an evaluation scores generated text with: ``name`` if given, else
-    ``eval.extractor``, else the dataset's ``default_extractor``; built with
-    ``eval.extractor_options`` (e.g. ``model_dir`` of ``ct_rate-radbert``).
+    ``eval.extractor``, else the dataset's ``default_extractor``; built with the dataset's own
+    options for it (:meth:`~graftkit.data.GraftDataset.extractor_options`, e.g. the class names
+    of data whose classes are its columns) updated by ``eval.extractor_options`` (e.g.
+    ``model_dir`` of ``ct_rate-radbert``).
 
     The one place this choice is made, for the final evaluation, the per-epoch monitor and the
     study alike.
@@ -42,4 +44,5 @@ def evaluation_extractor(eval_config, dataset, name: str | None = None) -> Label
     from graftkit import plugins
 
     chosen = name or eval_config.extractor or dataset.default_extractor
-    return plugins.get("extractor", chosen)(**eval_config.extractor_options)
+    options = {**dataset.extractor_options(chosen), **eval_config.extractor_options}
+    return plugins.get("extractor", chosen)(**options)

@@ -50,6 +50,10 @@ class DataConfig(Strict):
     limit_train: int | None = Field(None, gt=0)
     limit_valid: int | None = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the dataset's own settings (e.g. the hf dataset's columns); the dataset checks them",
+    )
 
 
 class PriorConfig(Strict):

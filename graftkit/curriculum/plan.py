@@ -60,19 +60,36 @@ def _base_parameters(llm, llm_config) -> int:
     return total
 
 
+def _data_shape(cfg: RunConfig) -> tuple[int, int]:
+    """The number of classes and d_v of the run's data, with no model built: from the dataset
+    class and ``bridge.visual_dim`` (or the synthetic cohort's ``dim``, else the paper's 1024)
+    when the class declares its classes; else from an instance, which opens its data (a dataset
+    whose classes are its label columns)."""
+    from graftkit import plugins
+
+    dataset_cls = plugins.get("dataset", cfg.dataset)
+    try:
+        return len(dataset_cls.class_names), cfg.bridge.visual_dim or int(
+            cfg.data.synth.get("dim", 1024)
+        )
+    except ConfigError:
+        from graftkit.curriculum.engine import cache_root
+
+        dataset = dataset_cls(cfg.data, workdir=cache_root(cfg) / "data" / cfg.dataset)
+        return len(dataset.class_names), cfg.bridge.visual_dim or dataset.embedding_dim
+
+
 def plan(cfg: RunConfig, num_classes: int | None = None) -> dict[str, Any]:
     """Inventory per phase and an estimate of memory per GPU for the run's launch profile."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
-    from graftkit import plugins
     from graftkit.curriculum.model import build_grafted
 
     check_losses(cfg.phases)
     llm_config = _llm_config(cfg)
-    dataset_cls = plugins.get("dataset", cfg.dataset)
-    num_classes = num_classes or len(dataset_cls.class_names)
-    visual_dim = cfg.bridge.visual_dim or int(cfg.data.synth.get("dim", 1024))
+    data_classes, visual_dim = _data_shape(cfg)
+    num_classes = num_classes or data_classes
     jepa_dim = cfg.bridge.whitening_components  # the text space's width, as in a run
     with init_empty_weights(include_buffers=False), torch.device("meta"):
         llm = AutoModelForCausalLM.from_config(llm_config)

@@ -240,7 +240,7 @@ def test_unknown_dataset_is_one_line_and_exit_code_2():
 
 #: Modules the fast paths must not import: torch, and the plugins' dataset/encoder/extractor code.
 HEAVY = ("torch", "sklearn", "pandas", "graftkit_ct_rate.dataset", "graftkit_encoders.lejepa",
-         "graftkit_digits.dataset", "graftkit.data")  # fmt: skip
+         "graftkit_digits.dataset", "graftkit.data", "datasets", "graftkit.datasets.hf")  # fmt: skip
 
 LOADED = """
 import sys
