@@ -284,13 +284,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         tokens = run.glm.encode(slices, z_mm, torch.ones(1, len(emb), dtype=torch.bool))[1]
     gen = generation_settings(run.cfg.eval.generation, greedy=args.greedy)
-    text = generate_reports(
-        run.glm, run.tokenizer, run.dataset.prompt, tokens, gen, seed=run.cfg.seed
-    )[0]
+    text = generate_reports(run.glm, run.tokenizer, run.prompt, tokens, gen, seed=run.cfg.seed)[0]
     print(text)
     if args.explain:
         for sentence, zones in explain_sentences(
-            run.glm, run.tokenizer, run.dataset.prompt, tokens[0], text
+            run.glm, run.tokenizer, run.prompt, tokens[0], text
         ):
             print(
                 f"- {sentence}\n    zones (1 = first .. {tokens.shape[1]} = last along z): "

@@ -62,6 +62,7 @@ def evaluate_run(
             nll_text=run.cfg.phases.get(max(done)).text if done else "positive_findings",
             probe_checkpoints={f"p{n}": run.rundir.phase(n) for n in done},
             token_source=token_source,
+            prompt=run.prompt,
             progress=progress,
         )
     evaluation.metrics["eval"]["split"] = config.split

@@ -68,7 +68,7 @@ def _gen_f1(run, skip_decode: bool) -> float:
     texts = generate_reports(
         run.glm,
         run.tokenizer,
-        run.dataset.prompt,
+        run.prompt,
         tokens,
         gen,
         run.cfg.eval.batch_size,

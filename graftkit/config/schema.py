@@ -97,10 +97,24 @@ class LoraSettings(Strict):
     )
 
 
+class ChatConfig(Strict):
+    """How every prompt of a run is rendered through the LLM's chat template (saved with the run,
+    so evaluation and generation repeat what training saw)."""
+
+    system: str | None = Field(None, description="a system turn before every user turn")
+    date_string: str = Field(
+        "26 Jul 2024",
+        min_length=1,
+        description="the date a date-stamping template (Llama-3.x) writes: fixed, so a prompt is "
+        "the same on every day (26 Jul 2024 is those templates' own clockless default)",
+    )
+
+
 class ModelConfig(Strict):
     llm: Path | None = Field(None, description="local causal-LM directory; None = language prior")
     prior: PriorConfig = Field(default_factory=PriorConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     architecture: str | None = Field(
         None,

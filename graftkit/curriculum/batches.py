@@ -20,7 +20,7 @@ from graftkit.data import (
     response_text,
     sample_rng,
 )
-from graftkit.lm import encode_chat, pad_batch
+from graftkit.lm import ChatPrompt, encode_chat, pad_batch
 
 
 class TextTargets:
@@ -70,11 +70,13 @@ class PhaseCollator:
         seed: int,
         max_length: int | None = None,
         finding_weight: float = 1.0,
+        prompt: ChatPrompt | None = None,
     ):
         self.dataset, self.volumes, self.targets = dataset, volumes, targets
         self.tokenizer, self.text_kind = tokenizer, text_kind
         self.k, self.seed, self.max_length = num_visual_tokens, seed, max_length
         self.finding_weight = finding_weight
+        self.prompt = prompt if prompt is not None else ChatPrompt(dataset.prompt)
         self.epoch = 0
 
     def __call__(self, items: list[dict[str, Any] | Skipped]) -> dict[str, Any]:
@@ -100,7 +102,7 @@ class PhaseCollator:
                 encodings.append(
                     encode_chat(
                         self.tokenizer,
-                        self.dataset.prompt,
+                        self.prompt,
                         text,
                         self.k,
                         max_length=self.max_length,

@@ -106,7 +106,7 @@ def prepare_run(
     ``record=False`` (``graftkit eval``/``generate`` on an existing run) leaves the run's
     ``config.yaml`` and ``metrics.json`` as they are.
     """
-    from graftkit.lm import build_or_load_prior, load_llm
+    from graftkit.lm import build_or_load_prior, check_date_independent, load_llm
 
     check_callbacks(cfg.phases)
     check_losses(cfg.phases)
@@ -148,6 +148,10 @@ def prepare_run(
                 dataset.corpus(cfg.model.prior.corpus), cfg.model.prior, cache
             )
     llm, tokenizer = load_llm(llm_path, dtype=cfg.model.dtype, device=accelerator.device)
+    try:
+        check_date_independent(tokenizer)
+    except ValueError as err:
+        raise ConfigError(f"--llm {llm_path}: {err}") from None
     prior_seconds = round(time.time() - t_prior, 1)
 
     textspace = _text_space(cfg, rundir, dataset, train, valid, llm, tokenizer, accelerator)

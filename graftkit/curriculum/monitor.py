@@ -58,7 +58,7 @@ class CollapseMonitor(Callback):
                 texts = generate_reports(
                     run.glm,
                     run.tokenizer,
-                    run.dataset.prompt,
+                    run.prompt,
                     ablate(tokens, mode),
                     gen,
                     run.cfg.eval.batch_size,

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from graftkit.curriculum.objective import Objective
     from graftkit.curriculum.textspace import TextSpace
     from graftkit.data import GraftDataset, Volume
+    from graftkit.lm.chat import ChatPrompt
 
 
 def echo(accelerator: Accelerator, message: str) -> None:
@@ -53,6 +54,14 @@ class Run:
     def run_dir(self) -> Path:
         """The run folder's path (:attr:`rundir` owns what is in it)."""
         return self.rundir.path
+
+    @property
+    def prompt(self) -> ChatPrompt:
+        """The run's chat prompt: the dataset's instruction, rendered with ``model.chat``."""
+        from graftkit.lm.chat import ChatPrompt
+
+        chat = self.cfg.model.chat
+        return ChatPrompt(self.dataset.prompt, system=chat.system, date_string=chat.date_string)
 
     @property
     def main(self) -> bool:

@@ -137,6 +137,7 @@ def phase_loader(run: Run, number: int, split: str, epoch: int, shuffle: bool):
         run.cfg.seed,
         max_length=run.cfg.model.prior.max_length if run.cfg.model.llm is None else None,
         finding_weight=phase.finding_weight,
+        prompt=run.prompt,
     )
     acc = run.accelerator
     return make_loader(

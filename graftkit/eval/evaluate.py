@@ -41,12 +41,17 @@ from graftkit.eval.generation import (
     zone_features,
 )
 from graftkit.labels import evaluation_extractor
-from graftkit.lm import encode_chat, pad_batch
+from graftkit.lm import ChatPrompt, encode_chat, pad_batch
 
 
 @torch.inference_mode()
 def token_nll(
-    glm, tokenizer, prompt: str, responses: list[str], tokens: torch.Tensor, batch_size: int = 16
+    glm,
+    tokenizer,
+    prompt: str | ChatPrompt,
+    responses: list[str],
+    tokens: torch.Tensor,
+    batch_size: int = 16,
 ):
     """Per-response lists of (token id, NLL) over the response tokens, teacher-forced."""
     out = []
@@ -96,7 +101,9 @@ def split_nll(
 
 
 @torch.inference_mode()
-def occlusion_rise(glm, tokenizer, prompt: str, tokens: torch.Tensor, text: str) -> torch.Tensor:
+def occlusion_rise(
+    glm, tokenizer, prompt: str | ChatPrompt, tokens: torch.Tensor, text: str
+) -> torch.Tensor:
     """``[K]``: the rise of ``text``'s mean teacher-forced NLL when zone k's visual token is
     zeroed, for one volume's tokens ``[K, d]`` (positive: the text relied on zone k)."""
     k = tokens.shape[0]
@@ -116,13 +123,16 @@ def zone_grounding(
     volumes: Sequence[Volume],
     tokens: torch.Tensor,
     per_class: int = 4,
+    prompt: str | ChatPrompt | None = None,
 ) -> dict[str, Any]:
     """Occlusion map: how much the NLL of each finding's sentence rises when zone k is zeroed.
 
     For every class with positive volumes, its condition sentence is teacher-forced for up to
     ``per_class`` such volumes with all tokens, then with token k zeroed (k = 0 apex .. K-1 base).
-    Rows are normalised to sum to 1 over zones (negative rises clipped to 0).
+    Rows are normalised to sum to 1 over zones (negative rises clipped to 0). ``prompt``
+    defaults to the dataset's.
     """
+    prompt = prompt if prompt is not None else dataset.prompt
     k = tokens.shape[1]
     rows = []
     for c, name in enumerate(dataset.class_names):
@@ -132,7 +142,7 @@ def zone_grounding(
         rise = torch.zeros(k)
         for i in idx:
             text = dict(dataset.condition_texts(volumes[i])).get(c, dataset.class_text(c))
-            rise += occlusion_rise(glm, tokenizer, dataset.prompt, tokens[i], text).clamp_min(0)
+            rise += occlusion_rise(glm, tokenizer, prompt, tokens[i], text).clamp_min(0)
         weights = rise / rise.sum() if rise.sum() > 0 else rise
         rows.append({"label": name, "weights": weights.tolist(), "volumes": len(idx)})
     return {
@@ -200,7 +210,12 @@ def linear_probes(
 
 @torch.inference_mode()
 def llm_cls_on_reports(
-    glm, tokenizer, prompt: str, texts: list[str], tokens: torch.Tensor, batch_size: int = 32
+    glm,
+    tokenizer,
+    prompt: str | ChatPrompt,
+    texts: list[str],
+    tokens: torch.Tensor,
+    batch_size: int = 32,
 ) -> np.ndarray:
     """LLM-cls probabilities ``[n, C]`` read at the end of each volume's own generated report
     (where phase 3 trains the head: the end-of-turn state of prompt + response)."""
@@ -352,6 +367,7 @@ def evaluate(
     nll_text: str = "positive_findings",
     probe_checkpoints: Mapping[str, Path] | None = None,
     token_source: str = "real",
+    prompt: str | ChatPrompt | None = None,
     progress: Any = None,
 ) -> Evaluation:
     """Evaluate a grafted model on ``volumes`` (docs/design.md "Evaluation"; paper Tables VIII, X).
@@ -369,7 +385,8 @@ def evaluate(
     ladder).
     ``token_source="oracle"`` generates every report (and its ablations) from label-token-oracle
     tokens (:func:`~graftkit.eval.generation.label_token_oracle`) instead of the compressor's:
-    the decoder's ceiling for this recipe on the same data and text.
+    the decoder's ceiling for this recipe on the same data and text. ``prompt`` is the chat
+    prompt every report is generated and scored with (default: the dataset's instruction).
     """
     from graftkit.eval.metrics import multilabel_scores, optimise_thresholds
 
@@ -386,6 +403,7 @@ def evaluate(
     extractor = evaluation_extractor(config, dataset)
     classes = dataset.class_names
     gen = generation_settings(config.generation)
+    prompt = prompt if prompt is not None else dataset.prompt
 
     real_tokens = visual_tokens(glm, dataset, volumes, config.batch_size, max_slices)
     oracle_tokens = train_zones = None
@@ -405,7 +423,7 @@ def evaluate(
         texts[mode] = generate_reports(
             glm,
             tokenizer,
-            dataset.prompt,
+            prompt,
             chosen,
             gen,
             config.batch_size,
@@ -451,7 +469,7 @@ def evaluate(
             mil = _head_probabilities(glm, "mil", tokens)
             head_scores["mil"] = multilabel_scores(truth, (mil >= 0.5).astype(np.int64), classes)
         if trained is None or "llm_cls" in trained:
-            probs_llm = llm_cls_on_reports(glm, tokenizer, dataset.prompt, texts["real"], tokens)
+            probs_llm = llm_cls_on_reports(glm, tokenizer, prompt, texts["real"], tokens)
             head_scores["llm_cls"] = multilabel_scores(
                 truth, (probs_llm >= 0.5).astype(np.int64), classes
             )
@@ -469,7 +487,7 @@ def evaluate(
         metrics["ablation"]["nll"] = {
             mode: split_nll(
                 tokenizer,
-                token_nll(glm, tokenizer, dataset.prompt, responses, ablate(tokens, mode)),
+                token_nll(glm, tokenizer, prompt, responses, ablate(tokens, mode)),
                 words,
             )
             for mode in ("real", "zero", "shuffle")
@@ -477,7 +495,7 @@ def evaluate(
         metrics["probe"] = linear_probes(
             glm, dataset, volumes, probe_checkpoints, config.probe_folds, max_slices
         )
-        grounding = zone_grounding(glm, tokenizer, dataset, volumes, tokens)
+        grounding = zone_grounding(glm, tokenizer, dataset, volumes, tokens, prompt=prompt)
     predicted = extractor.extract(texts["real"])
     generations = []
     for i, v in enumerate(volumes):

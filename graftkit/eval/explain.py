@@ -11,6 +11,7 @@ import re
 import torch
 
 from graftkit.eval.evaluate import occlusion_rise
+from graftkit.lm import ChatPrompt
 
 
 def sentences(text: str) -> list[str]:
@@ -19,7 +20,7 @@ def sentences(text: str) -> list[str]:
 
 @torch.inference_mode()
 def explain_sentences(
-    glm, tokenizer, prompt: str, tokens: torch.Tensor, text: str, top: int = 3
+    glm, tokenizer, prompt: str | ChatPrompt, tokens: torch.Tensor, text: str, top: int = 3
 ) -> list[tuple[str, list[int]]]:
     """``[(sentence, [zone indices, most relied-on first])]`` for one volume's tokens ``[K, d]``."""
     out = []

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from graftkit.data import GraftDataset, Volume, VolumeDataset, collate_volumes
-from graftkit.lm import encode_chat, pad_batch
+from graftkit.lm import ChatPrompt, encode_chat, pad_batch
 
 ABLATIONS = ("real", "zero", "shuffle", "random")
 
@@ -122,7 +122,7 @@ def generation_settings(generation: Any, greedy: bool = False) -> dict[str, Any]
 def generate_reports(
     glm,
     tokenizer,
-    prompt: str,
+    prompt: str | ChatPrompt,
     tokens: torch.Tensor,
     generation: dict[str, Any],
     batch_size: int = 16,

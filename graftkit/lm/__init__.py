@@ -3,7 +3,15 @@
 Generic for any dataset (docs/design.md, "Embedded default" and "Grafting into a Hugging Face decoder").
 """
 
-from graftkit.lm.chat import IGNORE_INDEX, ChatEncoding, encode_chat, pad_batch
+from graftkit.lm.chat import (
+    FIXED_DATE_STRING,
+    IGNORE_INDEX,
+    ChatEncoding,
+    ChatPrompt,
+    check_date_independent,
+    encode_chat,
+    pad_batch,
+)
 from graftkit.lm.loading import LLMLoadError, add_special_tokens, load_llm
 from graftkit.lm.prior import (
     PRIOR_VERSION,
@@ -27,15 +35,18 @@ __all__ = [
     "BOS_TOKEN",
     "EOS_TOKEN",
     "FALLBACK_CHAT_TEMPLATE",
+    "FIXED_DATE_STRING",
     "IGNORE_INDEX",
     "PAD_TOKEN",
     "PRIOR_CHAT_TEMPLATE",
     "PRIOR_VERSION",
     "VISUAL_TOKEN",
     "ChatEncoding",
+    "ChatPrompt",
     "LLMLoadError",
     "add_special_tokens",
     "build_or_load_prior",
+    "check_date_independent",
     "encode_chat",
     "language_model_loss",
     "load_llm",

@@ -6,11 +6,20 @@ decoder"). Training encodings carry labels only on the assistant response and it
 token (the LM loss of phases 3-4, docs/design.md "Four-phase curriculum"); generation encodings stop
 at the generation prompt. The text goes through the tokenizer's own chat template, so the same
 code serves the language prior and any instruct model (e.g. a Llama-3 template).
+
+A prompt renders the same on every day: Llama-3.x Instruct templates write the day's date into
+their system header (``strftime_now("%d %b %Y")``) unless a ``date_string`` is passed, so every
+encoding passes the :class:`ChatPrompt`'s fixed ``date_string`` (by default
+:data:`FIXED_DATE_STRING`, the date those templates fall back to without a clock), and a
+template that stamps the date some other way is refused (:func:`check_date_independent`). A
+run's :class:`ChatPrompt` comes from its config (``model.chat``), so evaluation and generation
+repeat the prompt training saw.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, TypedDict
 
 import torch
@@ -19,6 +28,36 @@ from transformers import PreTrainedTokenizerBase
 from graftkit.lm.tokenizer import VISUAL_TOKEN, single_token_id
 
 IGNORE_INDEX = -100
+
+#: The date Llama-3.x chat templates write when they have no clock (``strftime_now`` undefined).
+FIXED_DATE_STRING = "26 Jul 2024"
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """The user instruction of a visual chat turn and the fixed settings it renders with.
+
+    ``system``: an optional system turn; ``date_string``: the date a date-stamping template
+    (Llama-3.x) writes, fixed so that the prompt does not change with the day it is rendered.
+    """
+
+    text: str
+    system: str | None = None
+    date_string: str = FIXED_DATE_STRING
+
+
+def check_date_independent(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a chat template that stamps the current date other than through a ``date_string``
+    variable (which :func:`encode_chat` always passes): its prompt would change every day."""
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # named templates
+        template = "\n".join(template.values())
+    if template and "strftime_now" in template and "date_string" not in template:
+        raise ValueError(
+            "the chat template writes the current date (strftime_now) without a date_string "
+            "variable graftkit can fix: every prompt would change with the day it is rendered; "
+            "give the model a chat template that takes date_string, or none that stamps a date"
+        )
 
 
 class ChatEncoding(TypedDict):
@@ -58,7 +97,7 @@ def _encode_text(tokenizer: PreTrainedTokenizerBase, text: str, add_bos: bool) -
 
 def encode_chat(
     tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
+    prompt: str | ChatPrompt,
     response: str | None,
     num_visual_tokens: int,
     visual_token: str = VISUAL_TOKEN,
@@ -70,13 +109,14 @@ def encode_chat(
 
     Args:
         tokenizer: a tokenizer with a chat template in which ``visual_token`` is one token.
-        prompt: the user instruction; the K placeholders come before it, then a newline.
+        prompt: the user instruction (a :class:`ChatPrompt`, or its text with the defaults); the
+            K placeholders come before it, then a newline.
         response: the assistant text to learn; ``None`` gives the generation prompt.
         num_visual_tokens: K, the number of placeholders (docs/design.md: K=32 zones).
         visual_token: the placeholder string.
         max_length: truncate the response so the encoding has at most this many tokens; a prompt
             alone longer than this is an error (the placeholders must all survive).
-        system: an optional system turn.
+        system: a system turn (default: the prompt's own, if any).
 
     Returns:
         ``input_ids``, ``labels`` (``-100`` except on the response tokens and the end-of-turn token
@@ -85,6 +125,8 @@ def encode_chat(
     """
     if num_visual_tokens < 0:
         raise ValueError(f"num_visual_tokens must be >= 0, got {num_visual_tokens}")
+    chat = prompt if isinstance(prompt, ChatPrompt) else ChatPrompt(prompt)
+    prompt, system = chat.text, system if system is not None else chat.system
     for field, text in (("prompt", prompt), ("response", response), ("system", system)):
         if text is not None and visual_token in text:
             raise ValueError(
@@ -100,7 +142,7 @@ def encode_chat(
     user = visual_token * num_visual_tokens + ("\n" + prompt if prompt else "")
     messages.append({"role": "user", "content": user})
     prompt_text = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=False
+        messages, add_generation_prompt=True, tokenize=False, date_string=chat.date_string
     )
     add_bos = _adds_bos(tokenizer)
     input_ids = _encode_text(tokenizer, prompt_text, add_bos)
@@ -113,7 +155,9 @@ def encode_chat(
 
     if response is not None:
         messages.append({"role": "assistant", "content": response})
-        full_text = tokenizer.apply_chat_template(messages, tokenize=False)
+        full_text = tokenizer.apply_chat_template(
+            messages, tokenize=False, date_string=chat.date_string
+        )
         if not full_text.startswith(prompt_text):
             raise ValueError(
                 "encode_chat: the chat template does not render the generation prompt as a prefix "

@@ -110,3 +110,90 @@ def test_pad_batch_right_and_left():
         pad_batch([a], 0, side="middle")
     with pytest.raises(ValueError, match="encoding 0 has fields of different lengths"):
         pad_batch([{"input_ids": [1, 2], "labels": [1], "attention_mask": [1, 1]}], 0)
+
+
+#: The date logic of the Llama-3.1/3.2/3.3 Instruct templates (their system header writes
+#: "Today Date: " + date_string, date_string = strftime_now("%d %b %Y") unless given).
+DATED_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+    '{%- set date_string = strftime_now("%d %b %Y") %}'
+    '{%- else %}{%- set date_string = "26 Jul 2024" %}{%- endif %}{%- endif %}'
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\nToday Date: ' + date_string + '\\n\\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}{%- endif %}"
+    "{{- '<|eot_id|>' }}"
+    "{%- for m in messages %}{%- if m['role'] != 'system' %}"
+    "{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+
+class _Clock:
+    """A stand-in for ``datetime`` whose ``now()`` is a chosen day."""
+
+    def __init__(self, day):
+        self.day = day
+
+    def now(self, tz=None):
+        return self.day
+
+
+def _on_day(monkeypatch, day, render):
+    """``render()`` as if run on ``day``: transformers' ``strftime_now`` reads ``datetime.now``."""
+    import datetime
+
+    from transformers.utils import chat_template_utils
+
+    monkeypatch.setattr(chat_template_utils, "datetime", _Clock(datetime.datetime(*day)))
+    return render()
+
+
+def test_a_date_stamping_template_renders_the_same_prompt_on_every_day(
+    llama3_tokenizer, monkeypatch
+):
+    import copy
+
+    from graftkit.config import ChatConfig
+    from graftkit.lm import FIXED_DATE_STRING, ChatPrompt
+
+    tokenizer = copy.deepcopy(llama3_tokenizer)
+    tokenizer.chat_template = DATED_TEMPLATE
+    messages = [{"role": "user", "content": PROMPT}]
+
+    def plain():  # the template as transformers renders it with no date given
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def ours():
+        return encode_chat(tokenizer, PROMPT, RESPONSE, K)["input_ids"]
+
+    # the template does stamp the day (so the check below could fail) ...
+    assert "Today Date: 01 Jan 2026" in _on_day(monkeypatch, (2026, 1, 1, 23, 59), plain)
+    assert "Today Date: 02 Jan 2026" in _on_day(monkeypatch, (2026, 1, 2, 0, 1), plain)
+    # ... graftkit's encoding is the same either side of midnight, with the fixed date
+    before = _on_day(monkeypatch, (2026, 1, 1, 23, 59), ours)
+    after = _on_day(monkeypatch, (2026, 1, 2, 0, 1), ours)
+    assert before == after
+    assert f"Today Date: {FIXED_DATE_STRING}" in tokenizer.decode(before)
+    assert ChatConfig().date_string == FIXED_DATE_STRING  # the config's default is that date
+    # a run's own system turn and date are rendered, and only those
+    chat = ChatPrompt(PROMPT, system="You are a radiologist.", date_string="01 Mar 2026")
+    text = tokenizer.decode(encode_chat(tokenizer, chat, None, K)["input_ids"])
+    assert "Today Date: 01 Mar 2026" in text and "You are a radiologist." in text
+
+
+def test_a_template_stamping_the_date_without_date_string_is_refused(llama3_tokenizer):
+    import copy
+
+    from graftkit.lm import check_date_independent
+
+    tokenizer = copy.deepcopy(llama3_tokenizer)
+    check_date_independent(tokenizer)  # no date at all: fine
+    tokenizer.chat_template = DATED_TEMPLATE
+    check_date_independent(tokenizer)  # the date through date_string: fine
+    tokenizer.chat_template = (
+        "{{ strftime_now('%Y-%m-%d') }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    )
+    with pytest.raises(ValueError, match="without a date_string"):
+        check_date_independent(tokenizer)
