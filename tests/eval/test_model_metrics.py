@@ -131,3 +131,94 @@ def test_bad_arguments(tiny_bert):
         BERTScorer(tiny_bert, layer=4)
     with pytest.raises(ValueError, match="candidates has 1 texts but references has 2"):
         BERTScorer(tiny_bert).score(["a"], ["a", "b"])
+
+
+ANALYSIS = """[Explanation]:
+The candidate misses the nodule and invents an effusion.
+
+[Clinically Significant Errors]:
+(a) False report of a finding in the candidate: 1. Pleural effusion
+(b) Missing a finding present in the reference: 2. Lung nodule; emphysema
+(c) Misidentification of a finding's anatomic location/position: 0.
+(d) Misassessment of the severity of a finding: 0.
+(e) Mentioning a comparison that isn't in the reference: 0.
+(f) Omitting a comparison detailing a change from a prior study: 0.
+
+[Clinically Insignificant Errors]:
+(a) False report of a finding in the candidate: 0.
+(b) Missing a finding present in the reference: 1. Small granuloma
+
+[Matched Findings]:
+3. Cardiomegaly; atelectasis; hiatal hernia
+"""
+
+
+def test_parse_green_hand_written_response():
+    from graftkit.eval.model_metrics import parse_green
+
+    got = parse_green(ANALYSIS)
+    assert got["matched_findings"] == 3
+    assert got["significant_errors"] == {"a": 1, "b": 2, "c": 0, "d": 0, "e": 0, "f": 0}
+    assert got["insignificant_errors"]["b"] == 1
+    assert got["green"] == pytest.approx(3 / (3 + 1 + 2))  # insignificant errors do not count
+    no_errors = ANALYSIS.replace(
+        ANALYSIS[ANALYSIS.index("(a) False") : ANALYSIS.index("\n\n[Clinically Insig")],
+        "No clinically significant errors.",
+    )
+    assert parse_green(no_errors)["green"] == 1.0
+    nothing_matched = ANALYSIS.replace("3. Cardiomegaly", "0. None")
+    assert parse_green(nothing_matched)["green"] == 0.0
+    assert parse_green("the heart is normal") is None  # not the judge's format: unparsed, not 0
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with a byte-level BPE tokenizer (256 bytes, no merges), saved locally."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab["</s>"] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>")
+    tokenizer.save_pretrained(path)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        eos_token_id=vocab["</s>"],
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def test_green_scorer_runs_the_judge_and_scores_its_format(tiny_llama, monkeypatch):
+    from graftkit.eval.model_metrics import GREENScorer, green_prompt
+
+    scorer = GREENScorer(tiny_llama, batch_size=2, max_length=2200)  # prompt: ~2,100 bytes
+    rendered = scorer.render(REFERENCES[1], CANDIDATES[1])
+    assert rendered.startswith("<|user|>\n" + green_prompt(REFERENCES[1], CANDIDATES[1]) + "</s>")
+    assert rendered.rstrip().endswith("<|assistant|>")
+    # a random judge writes no analysis in the format: every pair is unparsed, none scored 0
+    got = scorer.score(CANDIDATES[:3], REFERENCES[:3])
+    assert got["unparsed"] == 3 and got["green"] is None and got["per_report"] == [None] * 3
+    assert len(got["analyses"]) == 3
+    monkeypatch.setattr(scorer, "analyse", lambda c, r: [ANALYSIS, "garbage"])
+    got = scorer.score(CANDIDATES[:2], REFERENCES[:2])
+    assert got["per_report"] == [pytest.approx(0.5), None] and got["unparsed"] == 1
+
+
+def test_green_missing_model_directory_is_reported(tmp_path):
+    from graftkit.eval.model_metrics import GREENScorer
+
+    with pytest.raises(MetricUnavailableError, match="GREEN: no model directory"):
+        GREENScorer(tmp_path)
