@@ -1,4 +1,5 @@
-"""The ``graftkit`` command line: run, eval, generate, embed, label, plan, synth, study, plugins.
+"""The ``graftkit`` command line: run, eval, generate, embed, label, plan, synth, study, export,
+plugins.
 
 Every error caused by the user's input or environment (an unknown registered name, an invalid
 config, a bad or missing file, a folder that cannot be written, a refused checkpoint) is printed
@@ -234,6 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_run_options(p)
 
     p = sub.add_parser(
+        "export", parents=[common], help="a finished run as a Hub-ready folder with a model card"
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--output", required=True, type=Path, help="the folder to write (must be new)")
+    p.add_argument(
+        "--checkpoint", help="phase checkpoint to export (default: the last complete phase)"
+    )
+    p.add_argument(
+        "--license", help="the card's licence id (default: the dataset's, e.g. cc-by-nc-sa-4.0)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
+
+    p = sub.add_parser(
         "plugins", parents=[common], help="list installed plugins, their hooks and versions"
     )
     p.add_argument("--json", action="store_true")
@@ -280,6 +294,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "plan": _lazy("graftkit.commands", "cmd_plan"),
     "synth": _lazy("graftkit.commands", "cmd_synth"),
     "study": _lazy("graftkit.commands", "cmd_study"),
+    "export": _lazy("graftkit.commands", "cmd_export"),
 }
 
 

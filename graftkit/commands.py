@@ -423,3 +423,25 @@ def cmd_study(args: argparse.Namespace) -> int:
     run_study(cfg, output)
     print(f"study written to {output}")
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import shutil
+
+    from graftkit.export import export_run
+
+    out = args.output
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not args.overwrite or not out.is_dir():
+            raise CLIError(
+                f"--output {out}: exists and is not an empty folder; pass --overwrite to replace it"
+            )
+        if (out / "graft_config.json").is_file():
+            shutil.rmtree(out)
+        else:
+            raise CLIError(f"--output {out}: is not a graftkit export; refusing to replace it")
+    rundir = RunDir(args.run_dir)
+    run = _open_run(rundir, args.checkpoint, "export")
+    export_run(run, out, license=args.license)
+    print(f"exported {describe_checkpoint(run.summary['checkpoint'])} of {rundir.path} -> {out}")
+    return 0

@@ -115,6 +115,12 @@ class GraftDataset(ABC):
         #: each; recorded in ``metrics.json`` as ``data.warnings``.
         self.warnings: list[str] = []
 
+    def card_info(self) -> dict[str, Any]:
+        """What ``graftkit export``'s model card says of the data: ``license`` (the Hub's licence
+        id the trained weights inherit), ``datasets`` (Hub dataset ids), ``tags``; none by
+        default."""
+        return {}
+
     def extractor_options(self, name: str) -> dict[str, Any]:
         """Options the dataset gives label extractor ``name`` when a run builds it (a run's
         ``eval.extractor_options`` override them); none by default."""

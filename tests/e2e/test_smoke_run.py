@@ -235,3 +235,47 @@ def test_generate_cli_explains_each_sentence_by_zones(smoke_run, e2e_cache, tmp_
         assert int(k) == zones and len(set(picked)) == len(picked) == min(3, zones)
         assert all(1 <= z <= zones for z in picked)
     assert run_graftkit(e2e_cache, *args, "--greedy").stdout == out.stdout.split("\n- ")[0] + "\n"
+
+
+def test_export_round_trips_to_the_same_generations(smoke_run, e2e_cache, tmp_path, monkeypatch):
+    """``graftkit export``: a Hub-ready folder (model card with the run's metrics and licence)
+    that ``GraftedLM.from_pretrained`` loads back into a model writing the run's own reports."""
+    import torch
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from graftkit.bridge import GraftedLM
+    from graftkit.curriculum.engine import open_run
+    from graftkit.eval.generation import generate_reports, generation_settings, visual_tokens
+    from graftkit.lm import ChatPrompt
+    from graftkit.rundir import RunDir
+
+    out = tmp_path / "export"
+    done = run_graftkit(e2e_cache, "export", str(smoke_run), "--output", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["license"] == "cc-by-nc-sa-4.0" and meta["library_name"] == "graftkit"
+    scores = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert scores["macro_f1"] == round(metrics["eval"]["macro_f1"], 4)
+    assert "graftkit run ct_rate --config config.yaml" in card
+    assert (out / "config.yaml").read_text() == (smoke_run / "config.yaml").read_text()
+
+    monkeypatch.setenv("GRAFTKIT_CACHE", str(e2e_cache))
+    rundir = RunDir(smoke_run)
+    run = open_run(rundir, rundir.final_checkpoint())
+    base = AutoModelForCausalLM.from_pretrained(out / "base")
+    loaded = GraftedLM.from_pretrained(out, base).eval()
+    chat = json.loads((out / "chat.json").read_text())
+    assert ChatPrompt(**chat) == run.prompt
+    volumes = run.valid[:6]
+    gen = generation_settings(run.cfg.eval.generation, greedy=True)
+    texts = []
+    for glm in (run.glm.eval(), loaded):
+        with torch.inference_mode():
+            tokens = visual_tokens(glm, run.dataset, volumes, 6, run.cfg.data.max_slices)
+            texts.append(generate_reports(glm, glm.tokenizer, run.prompt, tokens, gen, 6))
+    assert texts[0] == texts[1] and any(texts[0])
+    again = run_graftkit(e2e_cache, "export", str(smoke_run), "--output", str(out))
+    assert again.returncode == 2 and "--overwrite" in again.stderr

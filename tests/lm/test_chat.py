@@ -197,3 +197,26 @@ def test_a_template_stamping_the_date_without_date_string_is_refused(llama3_toke
     )
     with pytest.raises(ValueError, match="without a date_string"):
         check_date_independent(tokenizer)
+
+
+def test_an_exported_template_renders_its_run_date_without_graftkit(llama3_tokenizer, monkeypatch):
+    """``graftkit export`` pins the run's date into a date-stamping template, so any program
+    rendering the exported tokenizer's template writes the same prompt on every day."""
+    import copy
+
+    from graftkit.export import pin_date
+
+    tokenizer = copy.deepcopy(llama3_tokenizer)
+    tokenizer.chat_template = pin_date(DATED_TEMPLATE, "01 Mar 2026")
+    messages = [{"role": "user", "content": PROMPT}]
+
+    def plain():
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    first = _on_day(monkeypatch, (2026, 5, 1, 12, 0), plain)
+    assert first == _on_day(monkeypatch, (2027, 1, 1, 12, 0), plain)
+    assert "Today Date: 01 Mar 2026" in first
+    # a caller's own date still wins
+    assert "Today Date: 02 Feb 2026" in tokenizer.apply_chat_template(
+        messages, tokenize=False, date_string="02 Feb 2026"
+    )

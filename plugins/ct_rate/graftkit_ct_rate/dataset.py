@@ -92,6 +92,17 @@ class CTRateDataset(GraftDataset):
     default_extractor: ClassVar[str] = "ct_rate-rules"
     splits: ClassVar[tuple[str, str]] = layout.SPLITS
     default_profile: ClassVar[str | None] = "tiny"
+
+    def card_info(self) -> dict[str, Any]:
+        """CT-RATE is CC BY-NC-SA 4.0, and so is the synthetic cohort, whose reports are built from
+        sentences of CT-RATE's reports; weights trained on either carry that licence."""
+        real = self.config.data_dir is not None
+        return {
+            "license": "cc-by-nc-sa-4.0",
+            "datasets": ["ibrahimhamamci/CT-RATE"] if real else [],
+            "tags": ["radiology", "chest-ct", "ct-rate", *([] if real else ["synthetic-cohort"])],
+        }
+
     #: Anatomy and generic words of the 18 class names ("Pulmonary fibrotic sequela", "Medical
     #: material", ...): the NLL split counts "fibrotic", "sequela", not "pulmonary".
     finding_stopwords: ClassVar[frozenset[str]] = GraftDataset.finding_stopwords | {
