@@ -5,6 +5,15 @@ a Hugging Face fast tokenizer, so the prior directory loads with ``AutoTokenizer
 Besides BOS/EOS/PAD it holds the chat role markers and the visual placeholder
 ``<|visual_region|>`` as single special tokens: the K placeholders of the embedding graft
 (docs/design.md, "Grafting into a Hugging Face decoder") must each be exactly one token.
+
+Each text (each piece between special tokens) gets a leading space before byte-level
+pre-tokenization, which the decoder removes again, as sentencepiece's dummy prefix does: a word is
+the same token at the start of a text as inside one (``"ĠA"``). The curriculum tokenizes a response
+on its own after the generation prompt (:func:`graftkit.lm.encode_chat`); without the prefix its
+first word would be the space-less variant (``"A"``), which a prior pretrained on whole reports
+only ever saw for a report's first word: an untrained row of the tied embedding, which the
+fine-tuned model cannot raise without raising every other untrained token (raw bytes, word
+fragments), so sampling started responses with U+FFFD or half a word.
 """
 
 from __future__ import annotations
@@ -67,7 +76,10 @@ def train_tokenizer(
 
     Returns:
         A fast tokenizer with ``padding_side="left"`` (batched generation), a post-processor that
-        puts BOS before a plain encoding (as Llama's does), and :data:`PRIOR_CHAT_TEMPLATE`.
+        puts BOS before a plain encoding (as Llama's does), and :data:`PRIOR_CHAT_TEMPLATE`. A
+        word encodes to the same tokens at the start of a text and after a space (module
+        docstring); ``decode`` drops that one leading space, so ``decode(encode(text)) == text``
+        for a text that does not itself start with a space.
     """
     extra = [t for t in dict.fromkeys(special_tokens) if t not in CORE_SPECIAL_TOKENS]
     specials = [*CORE_SPECIAL_TOKENS, *extra]
@@ -80,8 +92,9 @@ def train_tokenizer(
         raise ValueError("train_tokenizer: every text is empty")
 
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
+    # a space before each piece that lacks one, stripped by the decoder (module docstring)
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    backend.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,

@@ -40,6 +40,20 @@ def test_vocab_learned_merges_and_bos(prior_tokenizer, corpus):
     assert prior_tokenizer.decode(ids, skip_special_tokens=True) == text
 
 
+def test_a_word_is_the_same_token_at_the_start_of_a_text_and_inside_it(word_prior_tokenizer):
+    """A response is tokenized on its own, after the generation prompt, while the prior learns
+    its words inside whole reports. Byte-level BPE without a prefix space gives a text's first
+    word its space-less variant ("No" instead of "ĠNo"), a token the prior never trains."""
+    alone = word_prior_tokenizer("No effusion is seen.", add_special_tokens=False)["input_ids"]
+    inside = word_prior_tokenizer(
+        "The heart is normal in size. No effusion is seen.", add_special_tokens=False
+    )["input_ids"]
+    assert inside[-len(alone) :] == alone
+    assert word_prior_tokenizer.convert_ids_to_tokens(alone)[0].startswith("Ġ")  # "Ġ" = the space
+    # the prefix space is the decoder's to remove: text in, the same text out
+    assert word_prior_tokenizer.decode(alone) == "No effusion is seen."
+
+
 def test_byte_level_covers_unseen_characters(prior_tokenizer):
     text = "Nodule 4×3 mm, ~12 µSv; naïve ✓"
     ids = prior_tokenizer(text, add_special_tokens=False)["input_ids"]
