@@ -17,6 +17,11 @@ def tokenizer(request, prior_tokenizer, llama3_tokenizer):
     return {"prior": prior_tokenizer, "llama3": llama3_tokenizer}[request.param]
 
 
+def _text(tokenizer, ids: list[int]) -> str:
+    """The decoded text without the prior tokenizer's prefix space (a no-op for Llama-3's)."""
+    return tokenizer.decode(ids).removeprefix(" ")
+
+
 def _end_of_turn(tokenizer) -> int:
     return tokenizer.eos_token_id  # <|end_of_text|> for the prior, <|eot_id|> for Llama-3
 
@@ -30,7 +35,7 @@ def test_labels_cover_exactly_the_response(tokenizer):
     assert supervised == list(range(supervised[0], len(ids)))
     assert [ids[i] for i in supervised] == [labels[i] for i in supervised]
     assert labels[-1] == _end_of_turn(tokenizer)
-    assert tokenizer.decode(labels[supervised[0] : -1]) == RESPONSE
+    assert _text(tokenizer, labels[supervised[0] : -1]) == RESPONSE
     # Nothing of the prompt is supervised: the tokens before the span decode to the generation prompt.
     generation = encode_chat(tokenizer, PROMPT, None, K)
     assert ids[: supervised[0]] == generation["input_ids"]
@@ -73,7 +78,7 @@ def test_system_turn_and_zero_visual_tokens(tokenizer):
     assert tokenizer.convert_tokens_to_ids(VISUAL_TOKEN) not in enc["input_ids"]
     assert "You are a radiologist." in tokenizer.decode(enc["input_ids"])
     first = next(i for i, label in enumerate(enc["labels"]) if label != IGNORE_INDEX)
-    assert tokenizer.decode(enc["labels"][first:-1]) == RESPONSE
+    assert _text(tokenizer, enc["labels"][first:-1]) == RESPONSE
 
 
 def test_max_length_truncates_the_response_only(tokenizer):
@@ -200,3 +205,27 @@ def test_generated_reports_keep_their_first_word(kind, prior_tokenizer, llama3_t
     glm = _EchoLM([*reply, tokenizer.pad_token_id, tokenizer.pad_token_id])
     texts = generate_reports(glm, tokenizer, PROMPT, torch.zeros(3, K, 4), {}, batch_size=2)
     assert texts == [RESPONSE] * 3
+
+
+def test_finding_words_are_found_token_by_token(word_prior_tokenizer):
+    """The evaluation's finding-word NLL (``split_nll``) decodes a response token by token and
+    looks for the words in the concatenated pieces: the prior's tokens must decode with their
+    spaces. "Ġheart" is one token of this vocabulary: one finding token, the others not."""
+    from graftkit.eval.evaluate import split_nll
+
+    enc = encode_chat(word_prior_tokenizer, PROMPT, RESPONSE, K)
+    reply = [t for t in enc["labels"] if t != IGNORE_INDEX]
+    assert word_prior_tokenizer.convert_tokens_to_ids("Ġheart") in reply
+    per_token = [
+        [
+            (t, 2.0 if t == word_prior_tokenizer.convert_tokens_to_ids("Ġheart") else 1.0)
+            for t in reply
+        ]
+    ]
+    split = split_nll(word_prior_tokenizer, per_token, {"heart"})
+    assert split == {
+        "finding": 2.0,
+        "other": 1.0,
+        "finding_tokens": 1,
+        "other_tokens": len(reply) - 1,
+    }
