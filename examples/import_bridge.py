@@ -76,17 +76,17 @@ def build(seed: int = 0):
     compressor = ZoneCompressor(
         VISUAL_DIM, num_zones=ZONES, num_heads=4, num_global_layers=1, dropout=0.0
     )
-    config = GraftConfig(
+    config = GraftConfig(  # K, heads and dropout are the compressor's: graft reads them from it
         visual_dim=VISUAL_DIM,
-        num_zones=ZONES,
-        num_heads=4,
         xattn_layers=[1],
         xattn_heads=4,
         num_classes=CLASSES,
         jepa_dim=8,
         lora=None,  # the LLM stays exactly as it was; only the bridge trains
     )
-    return graft(llm, config, compressor=compressor)
+    glm = graft(llm, config, compressor=compressor)
+    assert glm.config.num_zones == glm.num_visual_tokens == ZONES
+    return glm
 
 
 @torch.no_grad()

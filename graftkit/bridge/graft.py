@@ -61,6 +61,8 @@ BRIDGE_GROUPS = PARAMETER_GROUPS
 CONFIG_FILE = "graft_config.json"
 BRIDGE_FILE = "bridge.safetensors"
 TOKENIZER_DIR = "tokenizer"
+#: ``bridge.safetensors`` entries holding the embedding rows added to the base's vocabulary
+VOCABULARY_PREFIX = "vocabulary."
 _DEFAULT_COMPRESSOR = f"{ZoneCompressor.__module__}.{ZoneCompressor.__qualname__}"
 
 
@@ -81,7 +83,13 @@ class GraftConfig(BridgeSettings):
     """Everything :func:`graft` builds; saved as JSON next to the bridge weights.
 
     The bridge's settings are :class:`~graftkit.config.BridgeSettings` (one definition, shared
-    with a run's ``bridge`` section); this adds what a graft learns from its data and LLM.
+    with a run's ``bridge`` section); this adds what a graft learns from its data and LLM. Every
+    field, its default and its meaning: docs/bridge.md, "GraftConfig".
+
+    The compressor settings (:class:`~graftkit.config.CompressorSettings`: ``num_zones``,
+    ``num_heads``, ...) build the :class:`ZoneCompressor` when :func:`graft` gets no
+    ``compressor``. With a compressor passed, the compressor is their source: the settings it
+    declares replace those left unset here, and one set here to another value is refused.
     """
 
     model_config = ConfigDict(extra="forbid", from_attributes=True)
@@ -90,11 +98,17 @@ class GraftConfig(BridgeSettings):
     jepa_dim: int = Field(
         256, gt=0, description="width of the JEPA head's output: the whitened text space's"
     )
-    xattn_dropout: float = Field(0.0, ge=0, lt=1)
-    num_classes: int = Field(18, gt=0)
+    xattn_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout on the cross-attention adapters' attention weights"
+    )
+    num_classes: int = Field(18, gt=0, description="C, outputs of the cls, mil and llm_cls heads")
     jepa_hidden: int | None = Field(None, gt=0, description="JEPA head hidden width; None = d_l")
-    lora: LoraSettings | None = Field(default_factory=LoraSettings)
-    visual_token: str = VISUAL_TOKEN
+    lora: LoraSettings | None = Field(
+        default_factory=LoraSettings, description="peft LoRA on the LLM; None = no LoRA"
+    )
+    visual_token: str = Field(
+        VISUAL_TOKEN, description="the placeholder token whose K copies take the visual tokens"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -184,6 +198,84 @@ def expand_visual_placeholders(
     return run + text
 
 
+def _compressor_settings(compressor: nn.Module) -> dict[str, Any]:
+    """The :class:`~graftkit.config.CompressorSettings` a compressor module declares: all of them
+    for one with such a ``config`` (a :class:`ZoneCompressor`), else ``num_zones`` if it has the
+    attribute, else none."""
+    own = getattr(compressor, "config", None)
+    if isinstance(own, CompressorSettings):
+        return own.model_dump(include=set(CompressorSettings.model_fields))
+    if hasattr(compressor, "num_zones"):
+        return {"num_zones": int(compressor.num_zones)}
+    return {}
+
+
+def _agree_with_compressor(config: GraftConfig, compressor: nn.Module) -> GraftConfig:
+    """``config`` with the compressor's declared settings; a setting the caller gave ``config``
+    explicitly with another value raises a ``ValueError`` naming both (one source of truth)."""
+    declared = _compressor_settings(compressor)
+    conflicts = {
+        k: v
+        for k, v in declared.items()
+        if k in config.model_fields_set and getattr(config, k) != v
+    }
+    if conflicts:
+        listing = ", ".join(
+            f"GraftConfig.{k}={getattr(config, k)!r} but the compressor has {k}={v!r}"
+            for k, v in conflicts.items()
+        )
+        raise ValueError(
+            f"graft: {listing}; set them alike, or leave them unset in GraftConfig to take the "
+            f"compressor's ({type(compressor).__name__})"
+        )
+    if all(getattr(config, k) == v for k, v in declared.items()):
+        return config
+    return GraftConfig.model_validate({**config.model_dump(exclude_unset=True), **declared})
+
+
+def _check_sizes(config: GraftConfig, hidden: int, build_compressor: bool) -> None:
+    """The width constraints of the modules :func:`graft` builds, checked before the model is
+    touched and named by the :class:`GraftConfig` field (not by the module that would fail)."""
+    if build_compressor:
+        if config.visual_dim % 2:
+            raise ValueError(
+                f"GraftConfig.visual_dim={config.visual_dim} must be even (the zone compressor's "
+                "sinusoidal z encoding)"
+            )
+        if config.visual_dim % config.num_heads:
+            raise ValueError(
+                f"GraftConfig.num_heads={config.num_heads} (zone compressor heads, default 16) does "
+                f"not divide visual_dim={config.visual_dim}; set num_heads to a divisor of it"
+            )
+    if hidden % config.xattn_heads:
+        raise ValueError(
+            f"GraftConfig.xattn_heads={config.xattn_heads} (cross-attention heads, default 8) does "
+            f"not divide the LLM's hidden size {hidden}; set xattn_heads to a divisor of it"
+        )
+
+
+def _disk_vocab_size(model: nn.Module) -> int | None:
+    """The vocabulary size in the ``config.json`` of the local folder ``model`` was loaded from
+    (``None`` for a model built from a config or loaded by hub id): the rows the base had before
+    any token was added to it (by :func:`graftkit.lm.load_llm` or by :func:`graft`)."""
+    config = getattr(model, "config", None)
+    path = getattr(config, "name_or_path", None) or getattr(config, "_name_or_path", None)
+    if not path or not (Path(path) / "config.json").is_file():
+        return None
+    try:
+        text = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    size = text.get("vocab_size", (text.get("text_config") or {}).get("vocab_size"))
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def _grafted_already(model: nn.Module) -> bool:
+    """Whether ``model``'s input embeddings carry the placeholder hook of an earlier graft."""
+    hooks = model.get_input_embeddings()._forward_hooks.values()
+    return any(isinstance(getattr(hook, "__self__", None), GraftedLM) for hook in hooks)
+
+
 def _is_peft(model: nn.Module) -> bool:
     try:
         from peft import PeftModel
@@ -195,9 +287,15 @@ def _is_peft(model: nn.Module) -> bool:
 class GraftedLM(nn.Module):
     """A decoder LLM with the bridge grafted in; build it with :func:`graft`.
 
-    Attributes: ``llm`` (the possibly peft-wrapped HF model), ``tokenizer``, ``visual_token_id``,
-    ``num_visual_tokens`` (K), ``compressor``, ``predictor``, ``calibrator``, ``projectors`` and
-    ``xattn`` (``ModuleDict`` keyed by layer index), ``heads``, ``xattn_layers``.
+    Attributes: ``llm`` (the possibly peft-wrapped HF model), ``tokenizer``, ``visual_token_id``
+    (the placeholder's id in the tokenizer and the embedding matrix), ``num_visual_tokens`` (K),
+    ``base_vocab_size`` (embedding rows of the base before a token was added), ``config`` (the
+    :class:`GraftConfig` as built, compressor settings included), ``compressor``, ``predictor``,
+    ``calibrator``, ``projectors`` and ``xattn`` (``ModuleDict`` keyed by layer index), ``heads``,
+    ``xattn_layers``.
+
+    Right after construction every bridge group and LoRA are trainable and the base LLM is
+    frozen; :meth:`set_trainable` selects the groups a phase trains.
     """
 
     def __init__(
@@ -215,8 +313,18 @@ class GraftedLM(nn.Module):
             raise TypeError(f"graft: {type(model).__name__} is not a Hugging Face causal LM")
         if _is_peft(model):
             raise TypeError("graft: pass the base model; graft applies LoRA itself (config.lora)")
+        if _grafted_already(model):
+            raise ValueError(
+                f"graft: {type(model).__name__} already carries a graft (its input embeddings hold "
+                "the placeholder hook); graft a freshly loaded, unmodified base model"
+            )
+        if compressor is not None:
+            config = _agree_with_compressor(config, compressor)
+        _check_sizes(config, model.get_input_embeddings().weight.shape[1], compressor is None)
         self.config = config
         self.tokenizer = tokenizer
+        rows = model.get_input_embeddings().weight.shape[0]
+        self.base_vocab_size = min(rows, _disk_vocab_size(model) or rows)
         self.visual_token_id = self._add_visual_token(model, tokenizer, visual_token_id)
         embed = model.get_input_embeddings()
         hidden, device, dtype = embed.weight.shape[1], embed.weight.device, embed.weight.dtype
@@ -590,13 +698,40 @@ class GraftedLM(nn.Module):
         return loaded
 
     # -- persistence ---------------------------------------------------------------------------
+    def _embedding_matrices(self) -> dict[str, Tensor]:
+        """``input_embeddings`` and, for an LM head not tied to it, ``output_embeddings``."""
+        weights = {"input_embeddings": self.llm.get_input_embeddings().weight}
+        out = self.llm.get_output_embeddings()
+        if out is not None and out.weight is not weights["input_embeddings"]:
+            weights["output_embeddings"] = out.weight
+        return weights
+
+    def added_embedding_rows(self) -> dict[str, Tensor]:
+        """The embedding rows beyond the base's :attr:`base_vocab_size` (the placeholder's and any
+        other token added to the base): ``vocabulary.input_embeddings`` ``[n, d_l]`` and, for an
+        untied LM head, ``vocabulary.output_embeddings``. Empty when nothing was added, and for
+        sharded (FSDP) embeddings, which only a collective call could gather."""
+        from graftkit.distributed import sharded_types
+
+        base, weights = self.base_vocab_size, self._embedding_matrices()
+        if any(isinstance(w, sharded_types()) for w in weights.values()):
+            return {}
+        return {
+            f"{VOCABULARY_PREFIX}{name}": w[base:].detach().cpu().contiguous()
+            for name, w in weights.items()
+            if w.shape[0] > base
+        }
+
     def save_pretrained(
         self, directory: str | Path, state: dict[str, Tensor] | None = None
     ) -> Path:
         """``graft_config.json`` + ``bridge.safetensors`` (+ peft adapter files, ``tokenizer/``).
 
         ``state``, a full :meth:`bridge_state_dict` (gathered from sharded parameters under
-        FSDP), is written in place of the model's own tensors.
+        FSDP), is written in place of the model's own tensors. The peft adapter holds the LoRA
+        tensors only, so it loads alone into the unmodified base
+        (``PeftModel.from_pretrained(base, directory)``); the embedding rows added to the base
+        (:meth:`added_embedding_rows`) go to ``bridge.safetensors``, never the whole matrices.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -612,6 +747,7 @@ class GraftedLM(nn.Module):
             "xattn_layers": self.xattn_layers,
             "compressor_class": compressor_class,
             "lora": _is_peft(self.llm),
+            "base_vocab_size": self.base_vocab_size,
         }
         if isinstance(getattr(self.compressor, "config", None), ZoneCompressorConfig):
             # the compressor's own options (z-encoding scale and period, ...) beyond GraftConfig's
@@ -631,9 +767,12 @@ class GraftedLM(nn.Module):
             for n, t in state.items()
             if n.split(".", 1)[0] in groups
         }
+        bridge.update(self.added_embedding_rows())
         save_file(bridge, str(directory / BRIDGE_FILE), metadata={"format": "graftkit-bridge"})
         if _is_peft(self.llm):
-            self.llm.save_pretrained(str(directory), **lora)
+            # peft's "auto" would save the whole embedding and LM-head matrices of a resized
+            # vocabulary, which no unmodified base can load; the added rows are in the bridge
+            self.llm.save_pretrained(str(directory), save_embedding_layers=False, **lora)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(directory / TOKENIZER_DIR))
         return directory
@@ -646,17 +785,23 @@ class GraftedLM(nn.Module):
         tokenizer: Any | None = None,
         compressor: nn.Module | None = None,
     ) -> GraftedLM:
-        """Rebuild a saved graft on ``base_model`` (the same base LLM it was grafted into).
+        """Rebuild a saved graft on ``base_model``.
 
-        The tokenizer saved with the graft is used when ``tokenizer`` is None. A compressor other
-        than :class:`ZoneCompressor` must be passed (built, e.g., from the plugin registry).
+        ``base_model`` must be the base LLM the graft was built on, freshly loaded and unmodified:
+        the same weights (no merged LoRA, no other fine-tuning; nothing checks them) and no graft
+        of its own (refused). Its vocabulary may be the original one or already hold the added
+        tokens (as :func:`graftkit.lm.load_llm` leaves it); the saved added rows replace whatever
+        it holds there. The tokenizer saved with the graft is used when ``tokenizer`` is None. A
+        compressor other than :class:`ZoneCompressor` must be passed (built, e.g., from the
+        plugin registry); the saved compressor settings then yield to the ones it declares.
+        Folders written before the added rows were saved separately (their adapter holds the
+        whole embedding matrices) load as well.
         """
         directory = Path(directory)
         path = directory / CONFIG_FILE
         if not path.exists():
             raise FileNotFoundError(f"GraftedLM.from_pretrained: no {CONFIG_FILE} in {directory}")
         meta = json.loads(path.read_text())
-        config = GraftConfig.model_validate(meta["graft"])
         if compressor is None and meta["compressor_class"] != _DEFAULT_COMPRESSOR:
             raise ValueError(
                 f"GraftedLM.from_pretrained: {directory} was saved with compressor {meta['compressor_class']}; "
@@ -665,6 +810,20 @@ class GraftedLM(nn.Module):
         if compressor is None and "compressor_config" in meta:
             compressor = ZoneCompressor.from_config(
                 ZoneCompressorConfig.model_validate(meta["compressor_config"])
+            )
+        # the compressor the tensors were saved from is the truth about its settings (folders of
+        # older versions may record other values beside it in "graft")
+        declared = _compressor_settings(compressor) if compressor is not None else {}
+        if "dropout" in declared:
+            declared["compressor_dropout"] = declared["dropout"]  # the field's former name
+        config = GraftConfig.model_validate(
+            {k: v for k, v in meta["graft"].items() if k not in declared}
+        )
+        k = int(declared.get("num_zones", config.num_zones))
+        if k != meta["num_visual_tokens"]:
+            raise ValueError(
+                f"GraftedLM.from_pretrained: {directory} holds a graft of K={meta['num_visual_tokens']} "
+                f"visual tokens, the compressor passed makes {k}"
             )
         if tokenizer is None and (directory / TOKENIZER_DIR).exists():
             from transformers import AutoTokenizer
@@ -680,7 +839,34 @@ class GraftedLM(nn.Module):
         )
         state = load_file(str(directory / BRIDGE_FILE))
         model.load_bridge_state_dict(state, groups=[g for g in BRIDGE_GROUPS if g != "lora"])
+        model._load_added_rows(state, meta.get("base_vocab_size"), directory)
         return model
+
+    @torch.no_grad()
+    def _load_added_rows(
+        self, state: dict[str, Tensor], base_vocab_size: int | None, directory: Path
+    ) -> None:
+        """Copy the saved :meth:`added_embedding_rows` into this model's embedding matrices."""
+        rows = {n: t for n, t in state.items() if n.startswith(VOCABULARY_PREFIX)}
+        if not rows:
+            return  # nothing was added, or a folder whose adapter holds the whole matrices
+        weights = self._embedding_matrices()
+        for name, value in rows.items():
+            weight = weights.get(name.removeprefix(VOCABULARY_PREFIX))
+            if weight is None:
+                raise ValueError(
+                    f"GraftedLM.from_pretrained: {directory} holds {name}, but the base model's "
+                    "LM head is tied to its input embeddings (a different base model?)"
+                )
+            target = weight[base_vocab_size:]
+            if base_vocab_size is None or tuple(target.shape) != tuple(value.shape):
+                raise ValueError(
+                    f"GraftedLM.from_pretrained: {directory} holds {tuple(value.shape)} added "
+                    f"rows {name} after row {base_vocab_size}; the base model has "
+                    f"{weight.shape[0]} rows of width {weight.shape[1]} (a different base model?)"
+                )
+            target.copy_(value.to(device=weight.device, dtype=weight.dtype))
+        self.base_vocab_size = base_vocab_size
 
 
 def graft(

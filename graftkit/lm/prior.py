@@ -41,7 +41,7 @@ from graftkit.lm.loading import hf_progress_bars
 from graftkit.lm.tokenizer import CORE_SPECIAL_TOKENS, train_tokenizer
 
 #: Bump when the prior's training or saved format changes: it is part of the cache key.
-PRIOR_VERSION = "1"
+PRIOR_VERSION = "2"  # 2: the tokenizer gives a word its in-text token at the start of a text
 MANIFEST = "prior.json"
 
 #: ``progress(step, total_steps, loss)``; or pass a rich ``Progress`` (graftkit.progress.progress_bar).

@@ -5,6 +5,18 @@ a Hugging Face fast tokenizer, so the prior directory loads with ``AutoTokenizer
 Besides BOS/EOS/PAD it holds the chat role markers and the visual placeholder
 ``<|visual_region|>`` as single special tokens: the K placeholders of the embedding graft
 (docs/design.md, "Grafting into a Hugging Face decoder") must each be exactly one token.
+
+Each text (each piece between special tokens) that does not start with a space gets one before
+byte-level pre-tokenization (GPT-2's ``add_prefix_space``; sentencepiece's dummy prefix does the
+same): a word is the same token at the start of a text as inside one (``"ĠA"``). The curriculum tokenizes a response
+on its own after the generation prompt (:func:`graftkit.lm.encode_chat`); without the prefix its
+first word would be the space-less variant (``"A"``), which a prior pretrained on whole reports
+only ever saw for a report's first word: an untrained row of the tied embedding, which the
+fine-tuned model cannot raise without raising every other untrained token (raw bytes, word
+fragments), so sampling started responses with U+FFFD or half a word. Decoding keeps the prefix
+space (``decode(encode("A b")) == " A b"``), so every token decodes to the text it stands for,
+word boundary included: callers strip (``generate_reports``), and per-token decoding
+(``split_nll``) still concatenates to the text.
 """
 
 from __future__ import annotations
@@ -67,7 +79,9 @@ def train_tokenizer(
 
     Returns:
         A fast tokenizer with ``padding_side="left"`` (batched generation), a post-processor that
-        puts BOS before a plain encoding (as Llama's does), and :data:`PRIOR_CHAT_TEMPLATE`.
+        puts BOS before a plain encoding (as Llama's does), and :data:`PRIOR_CHAT_TEMPLATE`. A
+        word encodes to the same tokens at the start of a text and after a space (module
+        docstring); ``decode`` returns a text with that space in front.
     """
     extra = [t for t in dict.fromkeys(special_tokens) if t not in CORE_SPECIAL_TOKENS]
     specials = [*CORE_SPECIAL_TOKENS, *extra]
@@ -80,7 +94,8 @@ def train_tokenizer(
         raise ValueError("train_tokenizer: every text is empty")
 
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # a space before each piece that lacks one (module docstring)
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import FAMILIES, make_model, make_tokenizer, small_graft_config
+from tiny_decoders import FAMILIES, make_model, make_tokenizer, small_graft_config
 
 from graftkit.bridge import (
     graft,

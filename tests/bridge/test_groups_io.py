@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import FAMILIES, make_model, make_tokenizer, small_graft_config
+from tiny_decoders import FAMILIES, make_model, make_tokenizer, small_graft_config
 
 from graftkit.bridge import (
     BRIDGE_GROUPS,
@@ -209,11 +209,15 @@ def test_save_and_load_reproduce_logits_and_lora_loads_alone(tmp_path):
 
 
 def test_save_and_load_keep_the_compressor_options(tmp_path):
-    compressor = ZoneCompressor(16, num_zones=4, num_heads=2, position_scale=0.1, max_period=64.0)
+    compressor = ZoneCompressor(
+        16, num_zones=4, num_heads=2, dropout=0.0, position_scale=0.1, max_period=64.0
+    )
     g = graft(make_model("llama"), small_graft_config(lora=None), compressor=compressor).eval()
+    assert g.config.position_scale == 0.1  # left unset in the GraftConfig: the compressor's
     g.save_pretrained(tmp_path)
     loaded = GraftedLM.from_pretrained(tmp_path, make_model("llama")).eval()
     assert loaded.compressor.config == compressor.config
+    assert loaded.config == g.config
     slices, z = torch.randn(2, 30, 16), torch.arange(30.0).expand(2, 30) * 1.5
     with torch.no_grad():
         assert torch.equal(loaded.encode(slices, z)[1], g.encode(slices, z)[1])

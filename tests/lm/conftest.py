@@ -81,6 +81,13 @@ def prior_tokenizer(corpus) -> PreTrainedTokenizerFast:
     return train_tokenizer(corpus, 320)
 
 
+@pytest.fixture(scope="session")
+def word_prior_tokenizer(corpus) -> PreTrainedTokenizerFast:
+    """The prior's tokenizer with room for every merge of the corpus (it stops below 400): each
+    word of the grammar is one or two tokens, as in a prior trained on a real cohort."""
+    return train_tokenizer(corpus, 400)
+
+
 def build_llama3_style_tokenizer(
     texts: list[str], with_template: bool = True
 ) -> PreTrainedTokenizerFast:

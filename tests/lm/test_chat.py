@@ -17,6 +17,11 @@ def tokenizer(request, prior_tokenizer, llama3_tokenizer):
     return {"prior": prior_tokenizer, "llama3": llama3_tokenizer}[request.param]
 
 
+def _text(tokenizer, ids: list[int]) -> str:
+    """The decoded text without the prior tokenizer's prefix space (a no-op for Llama-3's)."""
+    return tokenizer.decode(ids).removeprefix(" ")
+
+
 def _end_of_turn(tokenizer) -> int:
     return tokenizer.eos_token_id  # <|end_of_text|> for the prior, <|eot_id|> for Llama-3
 
@@ -30,7 +35,7 @@ def test_labels_cover_exactly_the_response(tokenizer):
     assert supervised == list(range(supervised[0], len(ids)))
     assert [ids[i] for i in supervised] == [labels[i] for i in supervised]
     assert labels[-1] == _end_of_turn(tokenizer)
-    assert tokenizer.decode(labels[supervised[0] : -1]) == RESPONSE
+    assert _text(tokenizer, labels[supervised[0] : -1]) == RESPONSE
     # Nothing of the prompt is supervised: the tokens before the span decode to the generation prompt.
     generation = encode_chat(tokenizer, PROMPT, None, K)
     assert ids[: supervised[0]] == generation["input_ids"]
@@ -50,7 +55,8 @@ def test_visual_tokens_and_single_bos(tokenizer):
 
 def test_generation_prompt_ends_with_assistant_header(prior_tokenizer, llama3_tokenizer):
     prior = encode_chat(prior_tokenizer, PROMPT, None, K)["input_ids"]
-    assert prior_tokenizer.decode(prior[-2:]) == "<|assistant|>\n"
+    # the prior's tokenizer puts its prefix space before the "\n" that follows the role marker
+    assert prior_tokenizer.convert_ids_to_tokens(prior[-3:]) == ["<|assistant|>", "Ġ", "Ċ"]
     llama = encode_chat(llama3_tokenizer, PROMPT, None, K)["input_ids"]
     assert llama3_tokenizer.decode(llama).endswith(
         "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -72,7 +78,7 @@ def test_system_turn_and_zero_visual_tokens(tokenizer):
     assert tokenizer.convert_tokens_to_ids(VISUAL_TOKEN) not in enc["input_ids"]
     assert "You are a radiologist." in tokenizer.decode(enc["input_ids"])
     first = next(i for i, label in enumerate(enc["labels"]) if label != IGNORE_INDEX)
-    assert tokenizer.decode(enc["labels"][first:-1]) == RESPONSE
+    assert _text(tokenizer, enc["labels"][first:-1]) == RESPONSE
 
 
 def test_max_length_truncates_the_response_only(tokenizer):
@@ -220,3 +226,116 @@ def test_an_exported_template_renders_its_run_date_without_graftkit(llama3_token
     assert "Today Date: 02 Feb 2026" in tokenizer.apply_chat_template(
         messages, tokenize=False, date_string="02 Feb 2026"
     )
+
+
+# -- the first word of a response --------------------------------------------------------------
+def test_every_response_token_is_one_the_prior_trains_on(word_prior_tokenizer, corpus):
+    """Phase-3 responses are sentences from inside the reports. Each of their tokens, the first
+    one included, must occur in the prior's pretraining documents: a token that never occurs
+    there has an untrained (tied) embedding, and sampling then starts the response with one of
+    the hundreds of untrained tokens (a lone byte, U+FFFD, or half a word)."""
+    from graftkit.lm.prior import _documents
+
+    documents, _ = _documents(word_prior_tokenizer, corpus)
+    trained = {t for doc in documents for t in doc}
+    # never a document's first sentence in the corpus (conftest.make_corpus), only inside one
+    for response in ("No effusion is seen.", "Follow-up is advised.", "Appearance is stable."):
+        assert any(response in doc for doc in corpus)
+        assert not any(doc.startswith(response) for doc in corpus)
+        enc = encode_chat(word_prior_tokenizer, PROMPT, response, K)
+        reply = [t for t in enc["labels"] if t != IGNORE_INDEX]
+        untrained = [
+            word_prior_tokenizer.convert_ids_to_tokens(t) for t in reply if t not in trained
+        ]
+        assert untrained == [], response
+
+
+def build_sentencepiece_style_tokenizer(texts: list[str]):
+    """A Llama-2/Mistral-like tokenizer: Metaspace (a "▁" before every word, the first one
+    included), BOS from the post-processor, no chat template of its own."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from graftkit.lm.tokenizer import FALLBACK_CHAT_TEMPLATE
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(prepend_scheme="always")
+    specials = ["<unk>", "<s>", "</s>", VISUAL_TOKEN]
+    alphabet = sorted(set("".join([*texts, PROMPT, "\n:"])))  # the template's "\n" and ":"
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
+    backend.train_from_iterator(texts, trainer)
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens=[VISUAL_TOKEN],
+        padding_side="left",
+        chat_template=FALLBACK_CHAT_TEMPLATE,
+    )
+
+
+class _EchoLM:
+    """Stands in for a grafted LM whose generation is exactly the training target: ``generate``
+    returns the prompt followed by the given response ids (EOS, then padding, included)."""
+
+    def __init__(self, new_ids: list[int]):
+        self.new = torch.tensor([new_ids])
+
+    def eval(self):
+        return self
+
+    def generate(self, visual_tokens, input_ids, attention_mask, **kwargs):
+        assert input_ids.shape[0] == visual_tokens.shape[0] == attention_mask.shape[0]
+        return torch.cat([input_ids, self.new.expand(input_ids.shape[0], -1)], dim=1)
+
+
+@pytest.mark.parametrize("kind", ["prior", "llama3", "sentencepiece"])
+def test_generated_reports_keep_their_first_word(kind, prior_tokenizer, llama3_tokenizer, corpus):
+    """What the model learns to emit after the generation prompt (``encode_chat``'s response
+    tokens) comes back from ``generate_reports`` as the response text, first bytes included,
+    for a byte-level BPE with and without a prefix space and a sentencepiece-style tokenizer."""
+    from graftkit.eval.generation import generate_reports
+
+    tokenizer = {
+        "prior": lambda: prior_tokenizer,
+        "llama3": lambda: llama3_tokenizer,
+        "sentencepiece": lambda: build_sentencepiece_style_tokenizer(corpus),
+    }[kind]()
+    enc = encode_chat(tokenizer, PROMPT, RESPONSE, K)
+    reply = [t for t in enc["labels"] if t != IGNORE_INDEX]
+    assert reply[-1] == tokenizer.eos_token_id
+    glm = _EchoLM([*reply, tokenizer.pad_token_id, tokenizer.pad_token_id])
+    texts = generate_reports(glm, tokenizer, PROMPT, torch.zeros(3, K, 4), {}, batch_size=2)
+    assert texts == [RESPONSE] * 3
+
+
+def test_finding_words_are_found_token_by_token(word_prior_tokenizer):
+    """The evaluation's finding-word NLL (``split_nll``) decodes a response token by token and
+    looks for the words in the concatenated pieces: the prior's tokens must decode with their
+    spaces. "Ġheart" is one token of this vocabulary: one finding token, the others not."""
+    from graftkit.eval.evaluate import split_nll
+
+    enc = encode_chat(word_prior_tokenizer, PROMPT, RESPONSE, K)
+    reply = [t for t in enc["labels"] if t != IGNORE_INDEX]
+    assert word_prior_tokenizer.convert_tokens_to_ids("Ġheart") in reply
+    per_token = [
+        [
+            (t, 2.0 if t == word_prior_tokenizer.convert_tokens_to_ids("Ġheart") else 1.0)
+            for t in reply
+        ]
+    ]
+    split = split_nll(word_prior_tokenizer, per_token, {"heart"})
+    assert split == {
+        "finding": 2.0,
+        "other": 1.0,
+        "finding_tokens": 1,
+        "other_tokens": len(reply) - 1,
+    }

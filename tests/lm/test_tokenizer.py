@@ -37,14 +37,31 @@ def test_vocab_learned_merges_and_bos(prior_tokenizer, corpus):
     ids = prior_tokenizer(text)["input_ids"]
     assert ids[0] == prior_tokenizer.bos_token_id
     assert len(ids) - 1 < len(text.encode()) / 2  # merges compress the training domain
-    assert prior_tokenizer.decode(ids, skip_special_tokens=True) == text
+    # the prefix space that makes a text's first word an in-text word is decoded too
+    assert prior_tokenizer.decode(ids, skip_special_tokens=True) == f" {text}"
+
+
+def test_a_word_is_the_same_token_at_the_start_of_a_text_and_inside_it(word_prior_tokenizer):
+    """A response is tokenized on its own, after the generation prompt, while the prior learns
+    its words inside whole reports. Byte-level BPE without a prefix space gives a text's first
+    word its space-less variant ("No" instead of "ĠNo"), a token the prior never trains."""
+    alone = word_prior_tokenizer("No effusion is seen.", add_special_tokens=False)["input_ids"]
+    inside = word_prior_tokenizer(
+        "The heart is normal in size. No effusion is seen.", add_special_tokens=False
+    )["input_ids"]
+    assert inside[-len(alone) :] == alone
+    assert word_prior_tokenizer.convert_ids_to_tokens(alone)[0].startswith("Ġ")  # "Ġ" = the space
+    # each token decodes to the text it stands for, its word boundary included, so the pieces
+    # of a response concatenate to it (the evaluation's finding-word NLL decodes token by token)
+    pieces = [word_prior_tokenizer.decode([i]) for i in alone]
+    assert "".join(pieces) == word_prior_tokenizer.decode(alone) == " No effusion is seen."
 
 
 def test_byte_level_covers_unseen_characters(prior_tokenizer):
     text = "Nodule 4×3 mm, ~12 µSv; naïve ✓"
     ids = prior_tokenizer(text, add_special_tokens=False)["input_ids"]
     assert prior_tokenizer.unk_token_id not in ids or prior_tokenizer.unk_token_id is None
-    assert prior_tokenizer.decode(ids) == text
+    assert prior_tokenizer.decode(ids) == f" {text}"
 
 
 def test_round_trip_through_auto_tokenizer(prior_tokenizer, corpus, tmp_path):
