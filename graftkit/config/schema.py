@@ -229,6 +229,12 @@ class PhaseConfig(Strict):
     losses: dict[str, float]
     text: Literal["conditions", "positive_findings", "canonical_findings", "narrative"]
     epochs: int = Field(gt=0)
+    steps: int | None = Field(
+        None,
+        gt=0,
+        description="training budget in optimizer steps: the phase runs ceil(steps / steps per "
+        "epoch) epochs instead of `epochs`, so a smaller cohort trains as long as a larger one",
+    )
     batch_size: int = Field(gt=0)
     lr: float = Field(gt=0)
     weight_decay: float = Field(0.01, ge=0)

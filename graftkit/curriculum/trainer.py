@@ -66,6 +66,14 @@ def build_optimizer(phase: PhaseConfig, groups: list[dict[str, Any]]) -> torch.o
     return torch.optim.AdamW(groups, lr=phase.lr, weight_decay=phase.weight_decay)
 
 
+def phase_epochs(phase: PhaseConfig, steps_per_epoch: int) -> int:
+    """The epochs phase ``phase`` runs: ``epochs``, or with a budget of ``steps`` optimizer steps
+    ``ceil(steps / steps_per_epoch)`` (the step budget does not shrink with the cohort)."""
+    if phase.steps is None:
+        return phase.epochs
+    return max(1, math.ceil(phase.steps / steps_per_epoch))
+
+
 def build_scheduler(phase: PhaseConfig, optimizer, steps_per_epoch: int):
     """The phase's learning-rate schedule: stepped once per optimizer step, or (``plateau``) once
     per epoch on the early-stopping metric (:class:`Schedule` knows which).
@@ -89,7 +97,9 @@ def build_scheduler(phase: PhaseConfig, optimizer, steps_per_epoch: int):
     # a process never takes more than steps_per_epoch steps an epoch (make_loader shards
     # floor(n / world) volumes), so the cosine ends at 0 and never turns back up
     return get_cosine_schedule_with_warmup(
-        optimizer, phase.warmup_steps, max(1, steps_per_epoch * phase.epochs)
+        optimizer,
+        phase.warmup_steps,
+        max(1, steps_per_epoch * phase_epochs(phase, steps_per_epoch)),
     )
 
 
@@ -214,6 +224,7 @@ class PhaseTrainer:
             1, math.ceil(len(run.train) / self.acc.num_processes / phase.batch_size)
         )
         scheduler = build_scheduler(phase, optimizer, steps_per_epoch)
+        self.epochs = phase_epochs(phase, steps_per_epoch)
         self.model, self.optimizer, scheduler = fsdp.prepare(
             self.acc, run.objective, optimizer, scheduler
         )
@@ -241,9 +252,9 @@ class PhaseTrainer:
     def fit(self) -> dict[str, Any]:
         """Every remaining epoch (train, validate, callbacks' evaluation, early stopping, epoch
         checkpoint), then the best epoch's bridge saved as ``RUN/phase{N}``."""
-        run, phase, number, ctx = self.run, self.phase, self.number, self.ctx
+        run, number, ctx = self.run, self.number, self.ctx
         stopped_early = False
-        for epoch in range(self.start_epoch, phase.epochs):
+        for epoch in range(self.start_epoch, self.epochs):
             t0 = time.time()
             torch.manual_seed(run.cfg.seed * 7919 + number * 101 + epoch)
             with fsdp.unsharded(run.glm, self.model):
@@ -264,10 +275,10 @@ class PhaseTrainer:
             echo(self.acc, format_row(row))
             self.save(epoch)
             self.acc.wait_for_everyone()
-            if stop and epoch + 1 < phase.epochs:
+            if stop and epoch + 1 < self.epochs:
                 echo(
                     self.acc,
-                    f"phase {number}: stopped early after epoch {epoch + 1} of {phase.epochs} "
+                    f"phase {number}: stopped early after epoch {epoch + 1} of {self.epochs} "
                     f"(no {self.stopper.metric} improvement for {self.stopper.bad_epochs} epochs; "
                     f"best {self.stopper.best:.4f})",
                 )

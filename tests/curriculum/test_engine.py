@@ -331,3 +331,22 @@ def test_paper_phase_3_keeps_the_lars_scale_in_bounds(run, monkeypatch):
     )
     run_phase(run, 3)
     assert len(scales) == 3 and all(1.0 <= s <= 30.0 for s in scales)  # 48 volumes / 16
+
+
+def test_a_step_budget_runs_as_many_steps_whatever_the_cohort(run, monkeypatch):
+    """``steps``: the phase runs ceil(steps / steps per epoch) epochs and its cosine schedule
+    spans them, so halving the cohort doubles the epochs instead of halving the training."""
+    from graftkit.curriculum.trainer import phase_epochs
+
+    p1 = run.cfg.phases.get(1)  # smoke: batch 16
+    assert phase_epochs(p1, 3) == p1.epochs  # no budget: the declared epochs
+    budget = p1.model_copy(update={"steps": 7})
+    assert [phase_epochs(budget, n) for n in (1, 3, 7, 8)] == [7, 3, 1, 1]
+    for volumes, epochs in ((48, 3), (24, 4)):  # 3 and 2 steps an epoch
+        small = dataclasses.replace(
+            _with(run, **{"phases.p1.steps": 7, "phases.p1.epochs": 1}), train=run.train[:volumes]
+        )
+        rows = _epoch_states(small, monkeypatch)
+        run_phase(small, 1)
+        assert [r["row"]["epoch"] for r in rows] == list(range(1, epochs + 1))
+        assert rows[-1]["row"]["lr"] < 0.05 * small.cfg.phases.get(1).lr  # the cosine ran out
