@@ -116,9 +116,10 @@ def prepare_run(
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     rundir.path.mkdir(parents=True, exist_ok=True)
-    dataset_cls = plugins.get("dataset", cfg.dataset)
-    dataset: GraftDataset = dataset_cls(cfg.data, workdir=cache_root(cfg) / "data" / cfg.dataset)
-    with warnings_echoed_once(dataset):
+    dataset: GraftDataset = plugins.build(
+        "dataset", cfg.dataset, cfg.data, workdir=cache_root(cfg) / "data" / cfg.dataset
+    )
+    with warnings_echoed_once(dataset), plugins.options_errors("dataset", cfg.dataset):
         if accelerator.is_main_process:
             dataset.prepare(progress=progress)
         accelerator.wait_for_everyone()
