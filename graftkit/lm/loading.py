@@ -22,7 +22,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from graftkit.lm.tokenizer import FALLBACK_CHAT_TEMPLATE, VISUAL_TOKEN
-from graftkit.progress import is_quiet
+from graftkit.progress import library_bars
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -114,7 +114,7 @@ def load_llm(
     except (OSError, ValueError) as err:
         raise LLMLoadError(f"cannot load a tokenizer from {path}: {err}") from err
     try:
-        with hf_progress_bars(enabled=not is_quiet()):
+        with hf_progress_bars(enabled=library_bars()):
             placement = {}
             if device is not None and torch.device(device).type != "cpu":
                 placement["device_map"] = {"": torch.device(device)}
