@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Graft a frozen self-supervised encoder into a decoder LLM (four-phase curriculum).",
     )
     parser.add_argument("--version", action="version", version=f"graftkit {__version__}")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars or lines (results still print)"
+    )
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of any error (GRAFTKIT_DEBUG=1)"
     )
@@ -62,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress bars or lines (results still print)",
     )
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
@@ -248,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
 
     p = sub.add_parser(
-        "plugins", parents=[common], help="list installed plugins, their hooks and versions"
+        "plugins",
+        parents=[common],
+        help="list installed plugins: distribution, where loaded from, hooks, names provided",
     )
     p.add_argument("--json", action="store_true")
     return parser
@@ -265,14 +272,25 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title="graftkit plugins")
-    for col in ("plugin", "version", "hooks", "provides"):
+    for col in ("plugin", "version", "distribution", "loaded from", "hooks", "provides"):
         table.add_column(col)
     for row in info:
         provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in row["provides"].items())
-        table.add_row(row["name"], row["version"], ", ".join(row["hooks"]), provides)
+        distribution = row["distribution"] + "".join(
+            f"\n(also declared by {o['distribution']} {o['version']}: not loaded)"
+            for o in row["shadows"]
+        )
+        table.add_row(
+            row["name"],
+            row["version"],
+            distribution,
+            row["location"],
+            ", ".join(row["hooks"]),
+            provides,
+        )
     # a file or a pipe gets the whole table, not one cut at 80 columns
-    Console(width=None if sys.stdout.isatty() else 400).print(table)
-    return 0
+    Console(width=None if sys.stdout.isatty() else 10_000).print(table)
+    return 0  # a name declared twice was also warned about on stderr when the plugins loaded
 
 
 def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:

@@ -65,11 +65,10 @@ def ensure_dir(path: Path, flag: str) -> Path:
 
 
 def _print_summary(out) -> None:
-    from graftkit.progress import is_quiet
+    """The evaluation's results: printed with ``--quiet`` too (it silences progress only)."""
     from graftkit.run_eval import format_summary
 
-    if not is_quiet():
-        print("\n".join(format_summary(out)))
+    print("\n".join(format_summary(out)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

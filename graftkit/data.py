@@ -129,6 +129,27 @@ class GraftDataset(ABC):
     def prepare(self, progress: Any = None) -> None:  # noqa: B027 - optional hook
         """Materialise the data if needed (e.g. synthesise a cohort); called once per run."""
 
+    def run_files(self) -> dict[str, Path]:
+        """Files :meth:`prepare` made by *training* that this run's data depends on (e.g. an
+        encoder it trained on the images), as ``{file name: path}``; none by default.
+
+        Called after :meth:`prepare` when a run starts: graftkit copies each into the run folder
+        (``RUN/dataset/NAME``, with its sha256) and hands the copies back through
+        :meth:`use_run_files` whenever the run is reopened (``graftkit eval``, ``generate``,
+        ``run --resume``), so a finished run trains nothing again, whatever ``GRAFTKIT_CACHE``.
+        Data that is read or synthesised deterministically need not be listed.
+        """
+        return {}
+
+    def use_run_files(self, files: dict[str, Path]) -> None:
+        """Use a run's own copies of :meth:`run_files` (same names) in :meth:`prepare`, which
+        graftkit calls next, instead of training them again. Called only with files this
+        dataset named for the same ``data`` settings; a dataset that names files must implement it.
+        """
+        raise NotImplementedError(
+            f"dataset {self.name!r} names run_files() but does not implement use_run_files()"
+        )
+
     @property
     @abstractmethod
     def embedding_dim(self) -> int:

@@ -9,10 +9,16 @@ naming the plugin in the error. ``GRAFTKIT_TRACE_PLUGINS=1`` logs every hook cal
 the module is imported (and the object type-checked) only when that name is asked for. A plugin
 that registers its dataset this way lets ``graftkit run OTHER`` fail, or ``graftkit plugins``
 list, without importing torch or the dataset's code.
+
+Each entry-point plugin's distribution and the folder its module was imported from are kept for
+``graftkit plugins``. When two installed distributions declare the same entry-point name, the
+first one found on ``sys.path`` is loaded and the other is named in a warning (logged at load
+time, and listed by ``graftkit plugins``), never dropped silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import inspect
@@ -20,7 +26,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +78,10 @@ def _allow_list() -> set[str] | None:
 
 
 def load_plugins() -> None:
-    """Load entry-point plugins once (idempotent), honouring ``GRAFTKIT_LOAD_PLUGINS``."""
+    """Load entry-point plugins once (idempotent), honouring ``GRAFTKIT_LOAD_PLUGINS``.
+
+    A second distribution declaring an entry-point name already loaded is not loaded; it is
+    recorded in :func:`collisions` and named in a logged warning."""
     global _loaded
     if _loaded:
         return
@@ -84,12 +93,24 @@ def load_plugins() -> None:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if allowed is not None and ep.name not in allowed:
             continue
-        if pm.get_plugin(ep.name) is not None:
+        if ep.name in _sources:
+            if _distribution(ep) != _sources[ep.name]["distribution"]:
+                _shadowed.setdefault(ep.name, []).append(
+                    {
+                        "distribution": _distribution(ep),
+                        "version": _dist_version(ep),
+                        "value": ep.value,
+                    }
+                )
+            continue
+        if pm.get_plugin(ep.name) is not None:  # registered by hand (tests, a host program)
             continue
         module = ep.load()
         pm.register(module, name=ep.name)
-        dist = getattr(ep, "dist", None)
-        _versions[ep.name] = dist.version if dist is not None else "unknown"
+        _versions[ep.name] = _dist_version(ep)
+        _sources[ep.name] = {"distribution": _distribution(ep), "location": _location(module)}
+    for name in _shadowed:
+        log.warning(collision_message(name))
     check_pending()
     if os.environ.get("GRAFTKIT_TRACE_PLUGINS"):
         pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
@@ -97,6 +118,50 @@ def load_plugins() -> None:
 
 
 _versions: dict[str, str] = {}
+#: entry-point name -> the distribution that declared it and the folder its module came from
+_sources: dict[str, dict[str, str]] = {}
+#: entry-point name -> the other distributions that declare it too (not loaded)
+_shadowed: dict[str, list[dict[str, str]]] = {}
+
+
+def _distribution(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.metadata["Name"] if dist is not None else "unknown"
+
+
+def _dist_version(ep: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.version if dist is not None else "unknown"
+
+
+def _location(module: Any) -> str:
+    """The folder a plugin's module was imported from (a package's folder, a module's file)."""
+    file = getattr(module, "__file__", None)
+    if file is None:
+        return "unknown"
+    path = os.path.abspath(file)
+    return os.path.dirname(path) if os.path.basename(path) == "__init__.py" else path
+
+
+def collisions() -> dict[str, list[dict[str, str]]]:
+    """Entry-point names declared by more than one installed distribution: name -> the
+    distributions that were *not* loaded (``distribution``, ``version``, ``value``)."""
+    load_plugins()
+    return {name: list(others) for name, others in _shadowed.items()}
+
+
+def collision_message(name: str) -> str:
+    """One line naming the distribution loaded for plugin ``name`` and those left out."""
+    loaded = _sources[name]
+    others = ", ".join(
+        f"{o['distribution']} {o['version']} ({ENTRY_POINT_GROUP} entry point {name} = {o['value']})"
+        for o in _shadowed[name]
+    )
+    return (
+        f"warning: plugin name {name!r} is declared by more than one installed distribution: "
+        f"loaded {loaded['distribution']} {_versions[name]} from {loaded['location']}; not "
+        f"loaded: {others}. Uninstall one (pip uninstall NAME) or rename its entry point"
+    )
 
 
 def check_pending() -> None:
@@ -245,8 +310,38 @@ def get(kind: str, name: str) -> Any:
     return registry(kind).get(name)
 
 
+@contextlib.contextmanager
+def options_errors(kind: str, name: str) -> Iterator[None]:
+    """Turn a pydantic ``ValidationError`` raised in the block by registered ``kind`` ``name``
+    (its options model refused a value, e.g. a misspelt key) into a
+    :class:`graftkit.config.ConfigError` naming the object, its plugin and each key, so the CLI
+    prints one line instead of pydantic's dump:
+    ``dataset 'digits' (plugin digits): option encoder.epoch: Extra inputs are not permitted``.
+    """
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except ValidationError as err:
+        from graftkit.config import ConfigError
+        from graftkit.errors import one_line
+
+        owner = registry(kind).owners.get(name, "unknown")
+        raise ConfigError(f"{kind} {name!r} (plugin {owner}): {one_line(err)}") from None
+
+
+def build(kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
+    """Look up ``name`` and construct it with ``args``/``kwargs`` (a dataset, an encoder, an
+    extractor), a validation error of its options as one line (:func:`options_errors`)."""
+    cls = get(kind, name)
+    with options_errors(kind, name):
+        return cls(*args, **kwargs)
+
+
 def describe() -> list[dict[str, Any]]:
-    """Installed plugins with their version, hooks and registered names (``graftkit plugins``)."""
+    """Installed plugins with their version, distribution, the folder they were loaded from,
+    hooks, registered names and the other distributions declaring the same name
+    (``shadows``, not loaded) (``graftkit plugins``)."""
     load_plugins()
     regs = {r.hook: r.collect() for r in _registries().values()}
     out = []
@@ -256,12 +351,18 @@ def describe() -> list[dict[str, Any]]:
             reg.kind: sorted(n for n, owner in reg.owners.items() if owner == name)
             for reg in regs.values()
         }
+        source = _sources.get(name, {})
         out.append(
             {
                 "name": name,
                 "version": _versions.get(name, getattr(plugin, "__version__", "builtin")),
+                "distribution": source.get(
+                    "distribution", "graftkit (built in)" if name in DEFAULT_PLUGINS else "none"
+                ),
+                "location": source.get("location", _location(plugin)),
                 "hooks": hooks,
                 "provides": {k: v for k, v in provides.items() if v},
+                "shadows": list(_shadowed.get(name, [])),
             }
         )
     return sorted(out, key=lambda d: d["name"])

@@ -1,8 +1,10 @@
 """Progress for long steps: rich bars on a terminal, plain lines in a file or pipe.
 
-``graftkit --quiet`` silences both. Rich redraws a bar in place, which a log file only sees when
-a step ends; redirected output instead gets one line per step when it ends, and one every
-:data:`LINE_EVERY` seconds while it runs, each with elapsed time and ETA.
+``graftkit --quiet`` silences both (and the commands' chatter), not the results a command
+prints. Rich redraws a bar in place, which a log file only sees when a step ends; redirected
+output instead gets one line per step when it ends, and one every :data:`LINE_EVERY` seconds
+while it runs, each with elapsed time and ETA. Libraries' own bars (transformers' "Loading
+weights") are drawn only on a terminal (:func:`library_bars`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ def set_quiet(quiet: bool) -> None:
 
 def is_quiet() -> bool:
     return _quiet
+
+
+def library_bars() -> bool:
+    """Whether a library may draw its own progress bars (tqdm, on stderr): not ``--quiet`` and
+    stderr a terminal. Redirected to a file, a tqdm bar is carriage-return noise that the plain
+    progress lines already cover."""
+    return not _quiet and sys.stderr.isatty()
 
 
 def _clock(seconds: float) -> str:

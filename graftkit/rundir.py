@@ -10,6 +10,9 @@ them; nothing else in graftkit builds those paths (docs/design.md, "The run fold
       collapse.jsonl         the collapse monitor's history
       metrics.json           data summary, phases, timing, oracle, prevalence + the evaluation
       textspace/             the whitened text space (fitted once; resume reuses it)
+      prior/                 the language prior the run grafted into (a copy), when no --llm
+      llm.json               with --llm: its path and fingerprint, checked when the run reopens
+      dataset/               the files the dataset trained (GraftDataset.run_files) + files.json
       phase{N}/              phase N's final checkpoint (best epoch's bridge; peft under pretrained/)
       checkpoints/phase{N}/last   phase N's per-epoch resume checkpoint
       generations.jsonl, grounding.json, report.html, plots/    the run's own evaluation
@@ -17,7 +20,8 @@ them; nothing else in graftkit builds those paths (docs/design.md, "The run fold
       accelerate_config.yaml, tensorboard/                      launch and tracking
 
 Checkpoint folders are written atomically by :mod:`graftkit.checkpoint`, every file here through
-:mod:`graftkit.io`. An evaluation folder is an :class:`EvalDir`: the run's own is the run folder
+:mod:`graftkit.io`; :mod:`graftkit.curriculum.carry` fills ``prior/``, ``llm.json`` and
+``dataset/``. An evaluation folder is an :class:`EvalDir`: the run's own is the run folder
 itself, the others live under ``RUN/eval/``; each knows the run it belongs to, whose history and
 config its report reads.
 """
@@ -137,6 +141,22 @@ class RunDir(EvalDir):
     @property
     def textspace(self) -> Path:
         return self.path / "textspace"
+
+    @property
+    def prior(self) -> Path:
+        """The run's own copy of the language prior it grafted into (no ``--llm``)."""
+        return self.path / "prior"
+
+    @property
+    def llm_fingerprint(self) -> Path:
+        """With ``--llm``: the LLM folder's path and fingerprint, checked when the run reopens."""
+        return self.path / "llm.json"
+
+    @property
+    def dataset_files(self) -> Path:
+        """Copies of the files the dataset trained (``GraftDataset.run_files``) and their sha256
+        (``files.json``)."""
+        return self.path / "dataset"
 
     @property
     def accelerate_config(self) -> Path:

@@ -34,10 +34,10 @@ from graftkit import plugins
 from graftkit.align import InfoNCE, imq_alpha, positive_weights
 from graftkit.checkpoint import CheckpointError, is_complete, recover_checkpoint, verify_checkpoint
 from graftkit.config import PARAMETER_GROUPS, ConfigError, RunConfig
-from graftkit.curriculum import fsdp
+from graftkit.curriculum import carry, fsdp
 from graftkit.curriculum.batches import TextTargets
 from graftkit.curriculum.callbacks import check_callbacks
-from graftkit.curriculum.model import build_grafted, resolve_llm_path, text_embedding_layer
+from graftkit.curriculum.model import build_grafted, text_embedding_layer
 from graftkit.curriculum.objective import Objective, check_losses
 from graftkit.curriculum.run import Run, echo
 from graftkit.curriculum.textspace import TextSpace
@@ -98,15 +98,31 @@ def warnings_echoed_once(dataset: GraftDataset) -> Iterator[None]:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
+@contextlib.contextmanager
+def random_streams_kept() -> Iterator[None]:
+    """Run the block without moving the run's random streams (torch's CPU and current CUDA
+    generator, Python's, NumPy's): a dataset's ``prepare()`` that trains or builds a model only
+    on a cache miss (the digits example's encoder) would otherwise make the run's numbers depend
+    on what the cache held."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+
+
 def prepare_run(
     cfg: RunConfig, run_dir: Path | RunDir, progress: Any = None, record: bool = True
 ) -> Run:
     """Dataset, language prior (or ``--llm``), text space and grafted model; fails before training.
 
     ``record=False`` (``graftkit eval``/``generate`` on an existing run) leaves the run's
-    ``config.yaml`` and ``metrics.json`` as they are.
+    ``config.yaml`` and ``metrics.json`` as they are. The prior and the files the dataset trained
+    come from the run folder when it carries them (:mod:`graftkit.curriculum.carry`); a run
+    copies them in, so a reopened run trains nothing whatever ``GRAFTKIT_CACHE``.
     """
-    from graftkit.lm import build_or_load_prior, check_date_independent, load_llm
+    from graftkit.lm import check_date_independent, load_llm
 
     check_callbacks(cfg.phases)
     check_losses(cfg.phases)
@@ -116,15 +132,25 @@ def prepare_run(
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     rundir.path.mkdir(parents=True, exist_ok=True)
-    dataset_cls = plugins.get("dataset", cfg.dataset)
-    dataset: GraftDataset = dataset_cls(cfg.data, workdir=cache_root(cfg) / "data" / cfg.dataset)
-    with warnings_echoed_once(dataset):
+    dataset: GraftDataset = plugins.build(
+        "dataset", cfg.dataset, cfg.data, workdir=cache_root(cfg) / "data" / cfg.dataset
+    )
+    handed_back = carry.hand_back_dataset_files(cfg, rundir, dataset)
+    with (
+        warnings_echoed_once(dataset),
+        plugins.options_errors("dataset", cfg.dataset),
+        random_streams_kept(),
+    ):
         if accelerator.is_main_process:
             dataset.prepare(progress=progress)
         accelerator.wait_for_everyone()
         if not accelerator.is_main_process:
             dataset.prepare(progress=None)
         train, valid = (dataset.records(split) for split in dataset.splits)
+    if record and accelerator.is_main_process:
+        carry.carry_dataset_files(cfg, rundir, dataset, handed_back)
+    elif not record and not handed_back:
+        carry.warn_if_not_carried(cfg, rundir, dataset, accelerator)
     skips = dataset.skips.summary()
     if not train:
         raise ConfigError(
@@ -134,19 +160,10 @@ def prepare_run(
     if not valid:
         raise ConfigError(f"dataset {cfg.dataset!r} has zero usable {dataset.splits[1]} samples")
 
-    llm_path = resolve_llm_path(cfg.model.llm)
     t_prior = time.time()
-    if llm_path is None:
-        cache = cache_root(cfg) / "prior"
-        if accelerator.is_main_process:
-            llm_path = build_or_load_prior(
-                dataset.corpus(cfg.model.prior.corpus), cfg.model.prior, cache, progress=progress
-            )
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            llm_path = build_or_load_prior(
-                dataset.corpus(cfg.model.prior.corpus), cfg.model.prior, cache
-            )
+    llm_path = carry.language_model(
+        cfg, rundir, dataset, accelerator, cache_root(cfg) / "prior", progress, record
+    )
     llm, tokenizer = load_llm(llm_path, dtype=cfg.model.dtype, device=accelerator.device)
     try:
         check_date_independent(tokenizer)

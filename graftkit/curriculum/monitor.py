@@ -4,7 +4,8 @@ Each epoch it generates reports for a fixed validation subset with real and zero
 (greedy), scores them with the run's label extractor and feeds the F1 pair to
 :class:`graftkit.eval.collapse.CollapseMonitor` (docs/design.md, "Evaluation": reliance on the visual
 tokens). It adds ``gen_f1_real``, ``gen_f1_zero`` and ``gen_f1`` (= real) to the epoch's row,
-which a phase may early-stop on.
+which a phase may early-stop on. A decoder that does not read the tokens yet gets one note per
+phase rather than a warning every epoch (:mod:`graftkit.eval.collapse`).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class CollapseMonitor(Callback):
         warnings = self._monitor.update(
             ctx.number, row["epoch"], f1["real"], f1["zero"], log_warnings=False
         )
-        for warning in warnings:
-            ctx.echo(f"[collapse monitor] {warning}")
+        for message in [*self._monitor.history[-1]["notes"], *warnings]:
+            ctx.echo(f"[collapse monitor] {message}")
         if run.main:
             self._monitor.to_jsonl(run.rundir.collapse)

@@ -22,7 +22,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from graftkit.lm.tokenizer import FALLBACK_CHAT_TEMPLATE, VISUAL_TOKEN
-from graftkit.progress import is_quiet
+from graftkit.progress import library_bars
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -61,6 +61,29 @@ def _check_model_dir(path: Path) -> None:
     ]
     if not weights:
         raise LLMLoadError(f"{path} holds no model weights (*.safetensors or *.bin)")
+
+
+#: Files up to this size are fingerprinted by content (config, tokenizer, chat template), larger
+#: ones (weights) by size: reading gigabytes of weights to reopen a run would take minutes.
+FINGERPRINT_HASH_LIMIT = 16 * 2**20
+
+
+def llm_fingerprint(path: Path | str) -> dict[str, str]:
+    """What identifies a local LLM folder cheaply: ``{file name: "sha256:HEX"}`` for each file
+    of the folder up to :data:`FINGERPRINT_HASH_LIMIT` bytes and ``{file name: "bytes:N"}`` for
+    each larger one; a run with ``--llm`` records it and is reopened only on the same folder."""
+    import hashlib
+
+    out = {}
+    for file in sorted(Path(path).iterdir()):
+        if not file.is_file():
+            continue
+        size = file.stat().st_size
+        if size <= FINGERPRINT_HASH_LIMIT:
+            out[file.name] = "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest()
+        else:
+            out[file.name] = f"bytes:{size}"
+    return out
 
 
 def add_special_tokens(
@@ -114,7 +137,7 @@ def load_llm(
     except (OSError, ValueError) as err:
         raise LLMLoadError(f"cannot load a tokenizer from {path}: {err}") from err
     try:
-        with hf_progress_bars(enabled=not is_quiet()):
+        with hf_progress_bars(enabled=library_bars()):
             placement = {}
             if device is not None and torch.device(device).type != "cpu":
                 placement["device_map"] = {"": torch.device(device)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -274,6 +275,28 @@ def build_or_load_prior(
             data["key"] = key
             (tmp / MANIFEST).write_text(json.dumps(data, indent=2))
     return final
+
+
+def prior_key(directory: Path | str) -> str | None:
+    """The cache key a prior folder's ``prior.json`` records (:func:`prior_cache_key`); ``None``
+    when the folder holds no complete prior."""
+    try:
+        key = json.loads((Path(directory) / MANIFEST).read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) and (Path(directory) / "config.json").is_file() else None
+
+
+def copy_prior(source: Path | str, target: Path | str) -> Path:
+    """Copy the prior folder ``source`` to ``target`` (a run's own copy), replacing what
+    ``target`` held; written through :func:`graftkit.io.atomic_dir`, so ``target`` is a complete
+    prior or absent."""
+    target = Path(target)
+    if target.exists():
+        shutil.rmtree(target)
+    with atomic_dir(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+    return target
 
 
 def _check_cached(final: Path, key: str) -> None:

@@ -80,3 +80,21 @@ def test_bad_input_is_rejected(tmp_path):
     path.write_text('{"phase": 3, "epoch": 0}\n')
     with pytest.raises(ValueError, match=r"collapse.jsonl:1: collapse row lacks fields"):
         CollapseMonitor.from_jsonl(path)
+
+
+def test_a_decoder_that_never_read_the_tokens_gets_one_note_per_phase_not_warnings():
+    """A smoke-sized run: zeroed tokens score as well as real ones from the first epoch. That is
+    not a collapse (nothing was lost), so each phase notes it once; as soon as the decoder shows
+    some reliance, falling below the floor warns again."""
+    monitor = CollapseMonitor(reliance_floor=0.2)
+    assert monitor.update(3, 1, 0.077, 0.077) == []
+    assert "does not read the visual tokens yet" in monitor.history[-1]["notes"][0]
+    assert monitor.update(3, 2, 0.0, 0.0) == [] and monitor.history[-1]["notes"] == []
+    assert monitor.update(3, 3, 0.05, 0.08) == [] and monitor.history[-1]["notes"] == []
+    assert monitor.update(4, 1, 0.077, 0.077) == [] and len(monitor.history[-1]["notes"]) == 1
+    # reliance (0.3 - 0.25) / 0.3 = 0.167 > 0: the decoder reads the tokens a little, below 0.2
+    warnings = monitor.update(4, 2, 0.3, 0.25)
+    assert len(warnings) == 1 and "visual reliance 0.167 is below the floor" in warnings[0]
+    # from then on a decoder that stops reading them is warned about
+    assert "below the floor" in monitor.update(4, 3, 0.3, 0.3)[0]
+    assert monitor.history[-1]["notes"] == []

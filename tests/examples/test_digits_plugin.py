@@ -33,7 +33,7 @@ from graftkit_digits.text import (
 )
 
 from graftkit import plugins
-from graftkit.config import BridgeConfig
+from graftkit.config import BridgeConfig, ConfigError
 
 FAST_ENCODER = {"epochs": 2, "dim": 16, "layers": 1}
 
@@ -197,8 +197,12 @@ def test_limits_options_and_errors(tmp_path):
     assert small.records("train")[0].name == f"digit_{int(small.indices['train'][0]):04d}"
     with pytest.raises(ValueError, match="unknown split 'test'"):
         small.records("test")
-    with pytest.raises(ValueError, match=r"invalid data\.synth options"):
+    with pytest.raises(
+        ConfigError, match=r"^digits: data\.synth\.valid_fraction: Input should be less than 1$"
+    ):
         DigitsDataset(_config(synth={"valid_fraction": 2}), tmp_path)
+    with pytest.raises(ConfigError, match=r"^digits: data\.synth\.encoder\.epoch: unknown option$"):
+        DigitsDataset(_config(synth={"encoder": {"epoch": 5}}), tmp_path)
 
 
 def test_hooks_register_every_piece():

@@ -11,6 +11,9 @@ environment intact, and are the only ones:
   that the listings rebuilt exactly that plugin: an editable install of a temporary folder would
   leave the environment pointing at a deleted path;
 - ``graftkit run digits`` without ``--profile`` gets ``--profile digits-smoke``.
+
+A ```` ```console ```` block whose lines start with ``$ `` shows a command and what it prints:
+each is run after the replay, in the reader's folder, and must print those lines.
 """
 
 from __future__ import annotations
@@ -44,6 +47,31 @@ def tutorial_steps() -> list[tuple[str, str, str]]:
         elif lang == "bash":
             steps.append(("bash", "", body))
     return steps
+
+
+def expected_figures(profile: str) -> dict[str, str]:
+    """The tutorial's table of what the results script prints: ``{row: value}`` for ``profile``."""
+    lines = TUTORIAL.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| printed |"))
+    table = []
+    for line in lines[first:]:
+        if not line.startswith("|"):
+            break
+        table.append([cell.strip() for cell in line.strip("|").split("|")])
+    column = next(i for i, cell in enumerate(table[0]) if cell.startswith(f"`{profile}`"))
+    return {row[0]: row[column] for row in table[2:]}
+
+
+def console_examples() -> list[tuple[str, list[str]]]:
+    """``(command, lines it prints)`` of each ```` ```console ```` block written as a session."""
+    examples = []
+    for lang, _, body in FENCE.findall(TUTORIAL.read_text()):
+        if lang != "console" or not body.startswith("$ "):
+            continue
+        for chunk in body.split("$ ")[1:]:
+            command, *printed = chunk.rstrip("\n").split("\n")
+            examples.append((command, printed))
+    return examples
 
 
 def plugin_files(folder: Path) -> dict[str, str]:
@@ -144,7 +172,24 @@ def test_every_command_of_the_tutorial_runs(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     printed = next(out for body, out in outputs if "metrics.json" in body)
     assert f"generation macro F1     {metrics['eval']['macro_f1']:.3f}" in printed
+    # ... and near the figures the tutorial gives for digits-smoke (measured on another machine:
+    # floating point may move a generated word, not the picture)
+    expected = expected_figures("digits-smoke")
+    assert abs(metrics["eval"]["macro_f1"] - float(expected["generation macro F1"])) < 0.1
+    assert abs(metrics["probe"]["raw"]["macro_f1"] - float(expected["linear probe, encoder"])) < 0.1
+    assert expected["zeroing removes"] == "n/a"
+    assert "zeroing removes         n/a of generation F1" in printed
     assert metrics["eval"]["extractor_on_reference"]["macro_f1"] == 1.0
     assert "profile: digits-smoke" in (run / "config.yaml").read_text()
     generated = next(out for body, out in outputs if "graftkit generate" in body)
     assert generated.strip(), "graftkit generate printed no report"
+    # the sessions shown, e.g. a misspelt option: one line, exit code 2
+    assert console_examples()
+    for command, printed in console_examples():
+        out = subprocess.run(
+            ["bash", "-c", command], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
+        )
+        shown = (out.stdout + out.stderr).splitlines()
+        assert all(line in shown for line in printed), f"$ {command}\n{out.stdout}\n{out.stderr}"
+        if any("error:" in line for line in printed):
+            assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -4,10 +4,12 @@
 the package, so nothing is downloaded. A stratified split gives ``train``/``valid``; the row
 encoder (:mod:`graftkit_digits.encoder`) is trained on the training images alone, with no label
 and no text, and every image is embedded once into ``workdir`` (both cached by content hash).
+A run keeps a copy of the encoder (``run_files``), so reopening it never trains it again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,9 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from graftkit.config import ConfigError
 from graftkit.data import GraftDataset, Volume
+from graftkit.errors import one_line
 from graftkit.io import atomic_file
 from graftkit_digits.encoder import (
+    RUN_FILE,
     RowEncoderConfig,
     cached_row_encoder,
     embed_rows,
@@ -54,8 +59,8 @@ class DigitsDataset(GraftDataset):
         super().__init__(config, workdir)
         try:
             self.options = DigitsOptions(**config.synth)
-        except ValidationError as err:
-            raise ValueError(f"digits: invalid data.synth options: {err}") from None
+        except ValidationError as err:  # one line naming each key, e.g. data.synth.encoder.epoch
+            raise ConfigError(f"digits: {one_line(err, key='data.synth')}") from None
         digits = load_digits()
         self.images = digits.images.astype(np.float32)  # [1797, 8, 8], pixels 0..16
         self.digits = digits.target.astype(np.int64)
@@ -68,17 +73,29 @@ class DigitsDataset(GraftDataset):
         )
         self.indices = {"train": train, "valid": valid}
         self.embeddings: np.ndarray | None = None
+        self.weights: Path | None = None  # the row encoder, once trained, found or handed back
         self._records: dict[str, list[Volume]] = {}
 
     def encoder_path(self) -> Path:
-        """The trained row encoder (trained now if this cache has none)."""
-        train = self.images[self.indices["train"]]
-        return cached_row_encoder(train, self.options.encoder, self.workdir)
+        """The trained row encoder: a run's own copy, else trained now if this cache has none."""
+        if self.weights is None:
+            train = self.images[self.indices["train"]]
+            self.weights = cached_row_encoder(train, self.options.encoder, self.workdir)
+        return self.weights
+
+    def run_files(self) -> dict[str, Path]:
+        """The encoder was trained: graftkit keeps a copy of it in the run folder."""
+        return {RUN_FILE: self.encoder_path()}
+
+    def use_run_files(self, files: dict[str, Path]) -> None:
+        """A run's copy of the encoder, handed back when the run is reopened: no training."""
+        self.weights = files[RUN_FILE]
 
     def prepare(self, progress: Any = None) -> None:
         """Train (or find) the encoder, then embed every image once: ``[1797, 8, d]``."""
         weights = self.encoder_path()
-        target = weights.with_name(weights.stem + "_rows.npy")
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+        target = self.workdir / f"digits_rows_{digest}.npy"  # cached by the encoder's content
         if not target.exists():
             with atomic_file(target) as staging, staging.open("wb") as fh:
                 np.save(fh, embed_rows(load_row_encoder(weights), self.images))

@@ -25,6 +25,7 @@ from graftkit.io import atomic_file
 
 ROWS = 8
 PIXEL_MAX = 16.0  # load_digits pixels are integers 0..16
+RUN_FILE = "row_encoder.pt"  # the name of a run's copy of the encoder (RUN/dataset/)
 
 
 class RowEncoderConfig(BaseModel):
@@ -138,7 +139,7 @@ class DigitRowEncoder(Encoder):
     """``digits-rows``: one 8x8 image (``.npy``, pixels 0..16) -> 8 row embeddings.
 
     ``weights`` is the encoder file the digits dataset trained (``digits_encoder_<hash>.pt``) or a
-    graftkit run directory of the digits dataset, whose ``config.yaml`` leads to that file.
+    graftkit run directory of the digits dataset, which keeps a copy of the file it used.
     """
 
     name: ClassVar[str] = "digits-rows"
@@ -167,11 +168,10 @@ class DigitRowEncoder(Encoder):
 
 
 def weights_of_run(run_dir: Path) -> Path:
-    """The encoder file a digits run used, from its resolved ``config.yaml``."""
-    from graftkit.config import RunConfig, load_yaml
-    from graftkit.curriculum.engine import cache_root
-    from graftkit_digits.dataset import DigitsDataset
+    """The encoder file a digits run used: the copy graftkit keeps in the run folder."""
+    from graftkit.rundir import RunDir
 
-    config = RunConfig.model_validate(load_yaml(Path(run_dir) / "config.yaml"))
-    dataset = DigitsDataset(config.data, cache_root(config) / "data" / DigitsDataset.name)
-    return dataset.encoder_path()
+    path = RunDir(run_dir).dataset_files / RUN_FILE
+    if not path.is_file():
+        raise ValueError(f"{run_dir}: no {RUN_FILE} among the run's dataset files")
+    return path
