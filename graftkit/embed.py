@@ -15,7 +15,9 @@ to many inputs and writes ``{stem}.npz`` holding ``embeddings`` (float16, ``[N, 
 - Under ``torchrun``/``accelerate launch`` (``RANK``/``WORLD_SIZE``), rank ``r`` of ``w`` takes
   ``inputs[r::w]``; summaries are gathered over a gloo group so every rank reports the whole run.
 - A volume that fails (corrupt, empty, not CT, ...) is recorded with its file name and reason and
-  the run goes on; :attr:`EmbedSummary.exit_code` is non-zero if any failed.
+  the run goes on; :attr:`EmbedSummary.exit_code` is non-zero if any failed. A write the storage
+  refuses (:class:`~graftkit.errors.StorageError`: full, read-only, I/O error) stops the run, since
+  every next volume would fail the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Literal
 import numpy as np
 
 from graftkit.encoders import EncodedVolume, Encoder
+from graftkit.errors import StorageError
 from graftkit.io import atomic_file
 
 log = logging.getLogger(__name__)
@@ -275,6 +278,8 @@ def _embed_one(encoder: Encoder, path: Path, output: Path, dim: int, resume: boo
         if np.abs(encoded.embeddings).max() > np.finfo(np.float16).max:
             raise ValueError(f"{path.name}: embeddings overflow float16 (|x| > 65504)")
         write_embeddings(target, encoded)
+    except StorageError:
+        raise  # the disk, not this volume: every next one would fail the same way
     except Exception as err:
         reason = str(err)
         prefix = f"{path.name}: "

@@ -261,7 +261,11 @@ class RunDir(EvalDir):
         token = f"{self.lock_file.resolve()}:"
         inherited = os.environ.get(LOCK_ENV, "")
         holder = self.lock_holder() if inherited.startswith(token) else None
-        if holder is not None and str(holder.get("pid")) == inherited[len(token) :]:
+        if (
+            holder is not None
+            and str(holder.get("pid")) == inherited[len(token) :]
+            and _live_here(holder)
+        ):
             yield  # the launcher of this process holds it
             return
         if os.environ.get("RANK", "0") != "0":

@@ -63,11 +63,12 @@ def check_date_independent(tokenizer: PreTrainedTokenizerBase) -> None:
 #: The most tokens one chat encoding (prompt, K placeholders and response) holds when nothing
 #: smaller is declared: the token budget of the evaluation's teacher-forced passes, and of
 #: training when the LLM is a real one (the language prior trains on ``prior.max_length``, its
-#: pretraining window). A teacher-forced pass holds the ``[T, vocab]`` logits and, for attention
-#: without a fused kernel, ``heads × T²`` scores per layer: a 50,000-character report (about
-#: 45,000 prior tokens) asked for ~31 GB in the NLL ablation; at 4,096 tokens the evaluation's
-#: peak memory stops growing with report length (docs/benchmarks.md, "Text budget"). Every
-#: shipped profile's texts fit under it (the longest smoke narrative: 2,466 tokens).
+#: pretraining window). A teacher-forced pass of a batch padded to its longest text holds
+#: ``[B, T, vocab]`` logits and ``B × T²`` attention scores: one 50,000-character report (22,600
+#: smoke-prior tokens) in a batch of 16 asked for 32.9 GB in the NLL ablation; with this budget
+#: the evaluation's peak memory stops growing with report length (docs/benchmarks.md, "Text
+#: budget"). The texts of every shipped profile fit under it (the longest smoke narrative is
+#: 2,518 tokens), so their runs score exactly what they scored before.
 MAX_TEXT_TOKENS = 4096
 
 
