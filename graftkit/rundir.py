@@ -304,7 +304,14 @@ class RunDir(EvalDir):
                     handle.acquire()
             except Timeout:
                 holder = self.lock_holder()
-                if not isinstance(handle, SoftFileLock) or holder is None or _live_here(holder):
+                # a soft lock is stale only when its holder ran here and has ended
+                stale = (
+                    isinstance(handle, SoftFileLock)
+                    and holder is not None
+                    and holder.get("host") == socket.gethostname()
+                    and not _live_here(holder)
+                )
+                if not stale:
                     raise self._in_use(holder) from None
                 self.lock_file.unlink(missing_ok=True)  # a soft lock its killed holder left
                 try:
@@ -322,7 +329,11 @@ class RunDir(EvalDir):
                 "command": command,
                 "started": time.time(),
             }
-            atomic_write_text(self.lock_holder_file, json.dumps(me))
+            try:
+                atomic_write_text(self.lock_holder_file, json.dumps(me))
+            except BaseException:
+                handle.release()
+                raise
         if previous is not None and previous.get("pid") != os.getpid():
             gone = (
                 "which is no longer running"
