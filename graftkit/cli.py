@@ -2,7 +2,8 @@
 plugins.
 
 Every error caused by the user's input or environment (an unknown registered name, an invalid
-config, a bad or missing file, a folder that cannot be written, a refused checkpoint) is printed
+config, a bad or missing file, a folder that cannot be written, a full or failing disk, a run
+folder another process holds, a refused or damaged checkpoint, a loss that diverged) is printed
 as one line naming the file or value, with exit code 2. A traceback means a bug; ``--debug`` (or
 ``GRAFTKIT_DEBUG=1``) shows the traceback for any error.
 """
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from graftkit import __version__
-from graftkit.errors import EXIT_USAGE, CLIError, one_line
+from graftkit.errors import EXIT_USAGE, CLIError, one_line, storage_error
 
 __all__ = ["EXIT_USAGE", "CLIError", "build_parser", "main"]
 
@@ -351,7 +352,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
         UnknownNameError,
         PluginError,
         RunDirError,
-        OSError,
+        OSError,  # StorageError (a full, read-only or failing disk) is one
+        # a loss that became NaN/Inf: training diverged (a rate too high for the data), not a bug
+        FloatingPointError,
     ]
     for module, name in (
         ("graftkit.data", "DataError"),
@@ -375,6 +378,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"graftkit {args.verb}: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:
+        # a storage fault raised where no writer named its file (a library's own error type)
+        fault = storage_error(err, None)
+        if fault is None or debug:
+            raise
+        print(f"graftkit {args.verb}: error: {one_line(fault)}", file=sys.stderr)
         return EXIT_USAGE
 
 

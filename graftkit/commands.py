@@ -12,13 +12,15 @@ import json
 import os
 import sys
 import time
+import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from graftkit import plugins
 from graftkit.config import RunConfig, format_config, parse_value
 from graftkit.config.layers import Layer, resolve_config
-from graftkit.errors import CLIError, one_line
+from graftkit.errors import CLIError, StorageError, one_line
 from graftkit.io import atomic_file
 from graftkit.rundir import RunDir, describe_checkpoint
 
@@ -54,13 +56,22 @@ def print_config(cfg: RunConfig, sources: dict[str, str]) -> int:
 
 
 def ensure_dir(path: Path, flag: str) -> Path:
-    """Create ``path`` (and parents) and check it is writable; one line naming it otherwise."""
+    """Create ``path`` (and parents) and check it is writable by writing a probe file; one line
+    naming it and the cause otherwise (read-only, full, not permitted)."""
+    import errno
+    import tempfile
+
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise CLIError(f"{flag} {path}: cannot create it ({err.strerror or err})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise CLIError(f"{flag} {path}: not writable")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        code = errno.errorcode.get(err.errno, "")
+        raise CLIError(f"{flag} {path}: not writable: {err.strerror or err} ({code})") from None
     return path
 
 
@@ -73,9 +84,6 @@ def _print_summary(out) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from graftkit.curriculum.phases import parse_phase_range
-    from graftkit.curriculum.resume import check_resume_config
-    from graftkit.launch import relaunch_if_needed
-    from graftkit.progress import is_quiet, progress_bar
 
     started = time.time()
     flags: list[Layer] = []
@@ -105,15 +113,58 @@ def cmd_run(args: argparse.Namespace) -> int:
             verify_checkpoint(args.init_from)
         except CheckpointError as err:
             raise CLIError(f"--init-from: {err}") from None
+    if args.warm_bridge is not None:
+        _check_warm_bridge(args.warm_bridge, cfg, phases)
+    if args.allow_config_change and not args.resume:
+        raise CLIError("--allow-config-change only applies with --resume")
     rundir = RunDir(path)
+    ensure_dir(path, "--output-dir")
+    # on several machines the launcher of machine 0 holds the lock for all of them
+    lock = rundir.lock("graftkit run") if cfg.launch.machine_rank == 0 else nullcontext()
+    try:
+        with lock:
+            return _run_locked(args, cfg, phases, rundir, started)
+    except StorageError as err:
+        if rundir.phase_numbers():
+            err.hint += (
+                "; the last complete checkpoint is intact: run the same command with --resume "
+                "to continue from it"
+            )
+        raise
+
+
+def _check_warm_bridge(given: Path, cfg: RunConfig, phases: list[int]) -> None:
+    """``--warm-bridge``: verify the checkpoint each selected ``warm_bridge`` phase will read
+    (a run folder's ``phase{N}``, or the path itself), before any work."""
+    from graftkit.checkpoint import CheckpointError, verify_checkpoint
+
+    for n in phases:
+        if "warm_bridge" not in cfg.phases.get(n).active_callbacks:
+            continue
+        target = RunDir(given).phase(n) if RunDir(given).phase(n).is_dir() else given
+        try:
+            verify_checkpoint(target)
+        except CheckpointError as err:
+            raise CLIError(f"--warm-bridge: {err}") from None
+
+
+def _run_locked(
+    args: argparse.Namespace, cfg: RunConfig, phases: list[int], rundir: RunDir, started: float
+) -> int:
+    """The rest of ``graftkit run``, with the run folder's lock held."""
+    from graftkit.curriculum.resume import check_resume_config
+    from graftkit.launch import relaunch_if_needed
+    from graftkit.progress import is_quiet, progress_bar
+
+    path = rundir.path
     if not args.resume and rundir.holds_run():
         raise CLIError(
             f"{path} already holds a run; use --resume to continue it or --output-dir for a new one"
         )
-    if args.allow_config_change and not args.resume:
-        raise CLIError("--allow-config-change only applies with --resume")
     changes = check_resume_config(cfg, rundir, args.allow_config_change) if args.resume else {}
-    ensure_dir(path, "--output-dir")
+    if args.resume and os.environ.get("RANK", "0") == "0":  # one process of a launch
+        rundir.recover(phases)
+        rundir.check_resumable(phases)
     launched = relaunch_if_needed(cfg.launch, rundir.accelerate_config)
     if launched is not None:
         return launched
@@ -171,14 +222,20 @@ def _open_run(rundir: RunDir, checkpoint: str | None, verb: str):
     rundir.read_config()  # not a run folder: say so before anything else
     ckpt = rundir.resolve_checkpoint(checkpoint)
     info = rundir.checkpoint_info(ckpt)
-    unfinished = rundir.unfinished_phases()
+    damaged = rundir.damaged_phases() if checkpoint is None else {}
+    unfinished = [n for n in rundir.unfinished_phases() if n not in damaged]
+    for damage in damaged.values():
+        print(
+            f"graftkit {verb}: warning: {damage}; using {describe_checkpoint(info)}",
+            file=sys.stderr,
+        )
     if unfinished:
         print(
             f"graftkit {verb}: warning: {rundir.path} is incomplete (phase(s) {unfinished} "
             f"started but not finished); using {describe_checkpoint(info)}",
             file=sys.stderr,
         )
-    elif not is_quiet():
+    elif not damaged and not is_quiet():
         print(f"graftkit {verb}: using {describe_checkpoint(info)}", file=sys.stderr)
     with progress_bar(disable=is_quiet()) as progress:
         try:
@@ -189,13 +246,12 @@ def _open_run(rundir: RunDir, checkpoint: str | None, verb: str):
         run.summary["checkpoint"]["run_incomplete"] = (
             f"phase(s) {unfinished} started but not finished"
         )
+    if damaged:
+        run.summary["checkpoint"]["run_damaged"] = damaged
     return run
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from graftkit.progress import is_quiet, progress_bar
-    from graftkit.run_eval import evaluate_run, evaluation_folder
-
     if args.extractor:
         plugins.get("extractor", args.extractor)
     if args.limit is not None and args.limit < 1:
@@ -207,6 +263,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(
             f"--split {args.split}: dataset {cfg.dataset!r} has splits {list(dataset_cls.splits)}"
         )
+    with rundir.lock("graftkit eval"):
+        return _eval_locked(args, rundir, cfg, dataset_cls)
+
+
+def _eval_locked(args: argparse.Namespace, rundir: RunDir, cfg: RunConfig, dataset_cls) -> int:
+    """The rest of ``graftkit eval``, with the run folder's lock held."""
+    from graftkit.progress import is_quiet, progress_bar
+    from graftkit.run_eval import evaluate_run, evaluation_folder
+
     out = evaluation_folder(
         rundir,
         cfg,
@@ -242,7 +307,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from graftkit.embed import read_case
+    from graftkit.data import check_positions
+    from graftkit.embed import FallbackWarning, read_case
     from graftkit.eval.explain import explain_sentences
     from graftkit.eval.generation import generate_reports, generation_settings
 
@@ -265,10 +331,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if emb.ndim != 2 or emb.shape[0] == 0:
             raise CLIError(f"--volume {args.volume}: the encoder returned no slice embeddings")
     else:
-        try:
-            emb, z = read_case(args.embeddings)
-        except ValueError as err:
-            raise CLIError(str(err)) from None
+        with warnings.catch_warnings(record=True) as fallbacks:
+            warnings.simplefilter("always", FallbackWarning)
+            try:
+                emb, z = read_case(args.embeddings)
+            except ValueError as err:
+                raise CLIError(str(err)) from None
+        for fallback in fallbacks:
+            if issubclass(fallback.category, FallbackWarning):
+                print(f"graftkit generate: warning: {fallback.message}", file=sys.stderr)
+            else:
+                warnings.warn_explicit(
+                    fallback.message, fallback.category, fallback.filename, fallback.lineno
+                )
+    bad = check_positions(z) if z is not None else None
+    if bad is not None:
+        raise CLIError(f"{source}: {bad}")
     if not np.isfinite(emb).all():
         raise CLIError(f"{source}: embeddings contain NaN or Inf")
     run = _open_run(RunDir(args.run_dir), None, "generate")

@@ -25,6 +25,30 @@ class DataError(ValueError):
     missing). The message names the file; the CLI prints it as one line and exits with code 2."""
 
 
+def check_positions(z_mm: Any, name: str = "z_mm") -> str | None:
+    """Why ``z_mm`` cannot be the slice positions of one volume, else ``None``.
+
+    Positions must be finite and increase along the slices (ties allowed), as every encoder
+    reader and the ``ZSpacing`` fallback give them: zone k is read from the k-th block of slices
+    in file order and the position encoding is relative to the first slice (docs/design.md,
+    "Zone-constrained cross-attention"), so slices out of order would put anatomy in the wrong
+    zones. Such a volume is refused, not reordered: a dataset skips it by name, ``graftkit
+    generate`` stops with this message.
+    """
+    z = np.asarray(z_mm, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(z)
+    if not finite.all():
+        return f"{name} holds NaN/Inf at slice {int(np.flatnonzero(~finite)[0])}"
+    drops = np.flatnonzero(np.diff(z) < 0)
+    if drops.size:
+        i = int(drops[0]) + 1
+        return (
+            f"{name} is not increasing: slice {i} at {z[i]:g} mm comes after {z[i - 1]:g} mm; "
+            "positions must increase along the slices (sort the slices by position)"
+        )
+    return None
+
+
 @dataclass
 class Volume:
     """One usable sample: its name, split, labels ``[C]`` and report text."""
@@ -254,6 +278,14 @@ class VolumeDataset(torch.utils.data.Dataset):
         except DataError as err:
             if not self.skip_unloadable:
                 raise
+            skipped = Skipped(volume.split, volume.name, f"failed at load: {err}")
+            self.dataset.skips.skip(*skipped)
+            return skipped
+        bad = check_positions(z_mm)
+        if bad is not None:
+            err = DataError(f"bad positions: {volume.name}: {bad}")
+            if not self.skip_unloadable:
+                raise err
             skipped = Skipped(volume.split, volume.name, f"failed at load: {err}")
             self.dataset.skips.skip(*skipped)
             return skipped

@@ -15,7 +15,9 @@ to many inputs and writes ``{stem}.npz`` holding ``embeddings`` (float16, ``[N, 
 - Under ``torchrun``/``accelerate launch`` (``RANK``/``WORLD_SIZE``), rank ``r`` of ``w`` takes
   ``inputs[r::w]``; summaries are gathered over a gloo group so every rank reports the whole run.
 - A volume that fails (corrupt, empty, not CT, ...) is recorded with its file name and reason and
-  the run goes on; :attr:`EmbedSummary.exit_code` is non-zero if any failed.
+  the run goes on; :attr:`EmbedSummary.exit_code` is non-zero if any failed. A write the storage
+  refuses (:class:`~graftkit.errors.StorageError`: full, read-only, I/O error) stops the run, since
+  every next volume would fail the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Literal
 import numpy as np
 
 from graftkit.encoders import EncodedVolume, Encoder
+from graftkit.errors import StorageError
 from graftkit.io import atomic_file
 
 log = logging.getLogger(__name__)
@@ -70,11 +73,24 @@ def read_embeddings(path: Path) -> EncodedVolume:
     return EncodedVolume(embeddings=embeddings, z_mm=z_mm)
 
 
-def read_case(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+class FallbackWarning(UserWarning):
+    """An input was used with a fallback (positions from the slice index, a narrowing dtype
+    cast); the message names the input and what was done."""
+
+
+def read_case(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One case's slice embeddings for ``graftkit generate``: a ``.npy`` of shape ``(N, d)`` (or
     ``(N, T, d)``, token 0 = CLS), or an ``.npz`` with ``embeddings`` and optionally ``z_mm``.
-    Returns float32 ``(N, d)`` and ``z_mm`` (or ``None``); ``ValueError`` naming the file."""
+
+    Returns float32 ``(N, d)`` and positions ``z_mm[N]``; ``ValueError`` naming the file. As in a
+    dataset (docs/ct-rate.md): no ``z_mm`` gives the slice index (1 mm per slice) and ``z_mm``
+    that does not increase along the slices is refused (:func:`graftkit.data.check_positions`);
+    every fallback, and a cast that narrows the dtype, is a :class:`FallbackWarning`.
+    """
+    import warnings
     import zipfile
+
+    from graftkit.data import check_positions
 
     path = Path(path)
     keys: list[str] = []
@@ -98,13 +114,29 @@ def read_case(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise ValueError(f"{path}: embeddings of shape {emb.shape} hold no slice")
     if not np.issubdtype(emb.dtype, np.floating):
         raise ValueError(f"{path}: embeddings have dtype {emb.dtype}, expected floating point")
-    if z is not None:
-        z = np.asarray(z)
-        if z.shape != (emb.shape[0],) or not np.isfinite(z).all():
-            raise ValueError(
-                f"{path}: z_mm must be {emb.shape[0]} finite positions, got shape {z.shape}"
-            )
-    return emb.astype("float32"), z
+    if emb.dtype.itemsize > 4:
+        warnings.warn(
+            f"{path}: embeddings cast from {emb.dtype} to float32 (the model's precision)",
+            FallbackWarning,
+            stacklevel=2,
+        )
+    if z is None:
+        where = "no z_mm in the .npz" if path.suffix == ".npz" else "a .npy holds no z_mm"
+        warnings.warn(
+            f"{path}: {where}: positions fall back to the slice index (1 mm per slice)",
+            FallbackWarning,
+            stacklevel=2,
+        )
+        z = np.arange(emb.shape[0], dtype=np.float32)
+    z = np.asarray(z)
+    if z.shape != (emb.shape[0],) or not np.issubdtype(z.dtype, np.number):
+        raise ValueError(
+            f"{path}: z_mm must be {emb.shape[0]} positions, got shape {z.shape} ({z.dtype})"
+        )
+    bad = check_positions(z)
+    if bad is not None:
+        raise ValueError(f"{path}: {bad}")
+    return emb.astype("float32"), z.astype("float32")
 
 
 def check_encoded(encoded: EncodedVolume, dim: int, name: str) -> None:
@@ -246,6 +278,8 @@ def _embed_one(encoder: Encoder, path: Path, output: Path, dim: int, resume: boo
         if np.abs(encoded.embeddings).max() > np.finfo(np.float16).max:
             raise ValueError(f"{path.name}: embeddings overflow float16 (|x| > 65504)")
         write_embeddings(target, encoded)
+    except StorageError:
+        raise  # the disk, not this volume: every next one would fail the same way
     except Exception as err:
         reason = str(err)
         prefix = f"{path.name}: "

@@ -8,6 +8,10 @@ nothing reads; :func:`remove_stale_temporaries` clears those under a lock.
 * :func:`atomic_write_text` / :func:`atomic_write_bytes`: one file, in one call;
 * :func:`atomic_file`: a path to write a file to with any writer (``np.save``, ``torch.save``);
 * :func:`atomic_dir`: a folder built file by file, renamed into place when complete.
+
+A write the storage refuses (a full disk, a read-only or forbidden folder, an I/O error) raises
+:class:`graftkit.errors.StorageError` naming the target and the cause (:func:`writing`), and the
+target is left as it was.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from graftkit.errors import StorageError, storage_error
+
 __all__ = [
     "atomic_dir",
     "atomic_file",
@@ -26,7 +32,28 @@ __all__ = [
     "atomic_write_text",
     "remove_stale_temporaries",
     "temporary_sibling",
+    "writing",
 ]
+
+
+@contextmanager
+def writing(target: Path | str, action: str = "write") -> Iterator[None]:
+    """Turn a storage fault raised in the block (``ENOSPC``, ``EDQUOT``, ``EROFS``, ``EACCES``,
+    ``EPERM``, ``EIO``; from ``open``/``write``, numpy, or safetensors' own error type) into one
+    :class:`~graftkit.errors.StorageError` naming ``target``; any other error passes unchanged.
+
+    ``target`` is what the caller writes (a checkpoint folder, ``metrics.json``), not the hidden
+    temporary the bytes go to first, so the message names the file a user knows.
+    """
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as err:
+        fault = storage_error(err, target, action)
+        if fault is None:
+            raise
+        raise fault from err
 
 
 def temporary_sibling(target: Path | str) -> Path:
@@ -66,13 +93,14 @@ def atomic_file(target: Path | str, *, fsync: bool = False) -> Iterator[Path]:
     the data to disk before the rename (for files that must survive a power loss).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(target)
     try:
-        yield tmp
-        if fsync:
-            _fsync(tmp)
-        os.replace(tmp, target)
+        with writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            if fsync:
+                _fsync(tmp)
+            os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -101,18 +129,19 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     temporary folder is deleted.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(target)
-    tmp.mkdir()
     try:
-        yield tmp
-        if target.is_dir() and not any(target.iterdir()):
-            target.rmdir()
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not target.is_dir():  # not a concurrent writer that got there first
-                raise
+        with writing(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+            yield tmp
+            if target.is_dir() and not any(target.iterdir()):
+                target.rmdir()
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not target.is_dir():  # not a concurrent writer that got there first
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

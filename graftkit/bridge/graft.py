@@ -40,6 +40,7 @@ from graftkit.bridge.xattn import (
     match_batch,
 )
 from graftkit.bridge.zones import ZoneCompressor, ZoneCompressorConfig
+from graftkit.checkpoint import check_folder
 from graftkit.config import PARAMETER_GROUPS, BridgeSettings, CompressorSettings, LoraSettings
 from graftkit.distributed import shard_like
 
@@ -801,6 +802,7 @@ class GraftedLM(nn.Module):
         path = directory / CONFIG_FILE
         if not path.exists():
             raise FileNotFoundError(f"GraftedLM.from_pretrained: no {CONFIG_FILE} in {directory}")
+        check_folder(directory)  # a damaged file: CheckpointError naming it and what is wrong
         meta = json.loads(path.read_text())
         if compressor is None and meta["compressor_class"] != _DEFAULT_COMPRESSOR:
             raise ValueError(

@@ -8,15 +8,18 @@ value is reported with the field, the value and what is allowed.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     RootModel,
+    ValidationInfo,
     field_validator,
 )
 
@@ -25,8 +28,32 @@ from pydantic import (
 PARAMETER_GROUPS = ("compressor", "predictor", "calibrator", "projectors", "xattn", "lora", "heads")
 
 
+def _finite_tree(value: Any, where: str = "") -> Any:
+    """``value`` unchanged when every number in it (nested mappings and lists included) is
+    finite; a ``ValueError`` naming the first that is not. The typed float fields refuse NaN and
+    Inf themselves (``allow_inf_nan=False``); this covers the free-form options."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("every number must be finite" + (f" (at {where})" if where else ""))
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _finite_tree(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _finite_tree(item, f"{where}[{i}]")
+    return value
+
+
+#: An option value of a free-form mapping (a plugin's, a callback's): any value whose numbers
+#: are finite, so the error names the option (``phases.p3.callbacks.ewc.lam``).
+Finite = Annotated[Any, AfterValidator(_finite_tree)]
+Options = dict[str, Finite]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Base of every config section: unknown keys are refused, and so is a NaN or infinite
+    number anywhere (no learning rate, weight, temperature or probability can train from one)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ConfigError(ValueError):
@@ -42,15 +69,13 @@ class DataConfig(Strict):
         description="slice embeddings folder; relative to data_dir; default DATA_DIR/embeddings",
     )
     cache_dir: Path | None = Field(None, description="cache for synthesised data and the prior")
-    synth: dict[str, Any] = Field(
-        default_factory=dict, description="dataset-specific synth options"
-    )
+    synth: Options = Field(default_factory=dict, description="dataset-specific synth options")
     max_slices: int | None = Field(None, gt=0, description="uniformly subsample longer volumes")
     include_impressions: bool = False
     limit_train: int | None = Field(None, gt=0)
     limit_valid: int | None = Field(None, gt=0)
     num_workers: int = Field(0, ge=0)
-    options: dict[str, Any] = Field(
+    options: Options = Field(
         default_factory=dict,
         description="the dataset's own settings (e.g. the hf dataset's columns); the dataset checks them",
     )
@@ -134,7 +159,7 @@ class CompressorSettings(BaseModel):
     module-only options, compressor builders (:mod:`graftkit.compressors`) read them from the
     run's ``bridge`` section, which extends :class:`BridgeSettings`."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     num_zones: int = Field(32, gt=0, description="K, the number of zone (visual) tokens")
     num_heads: int = Field(16, gt=0, description="heads of the zone attention and global layers")
@@ -245,7 +270,7 @@ class PhaseConfig(Strict):
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     grad_clip: float | None = Field(1.0, gt=0)
-    callbacks: dict[str, dict[str, Any] | None] = Field(
+    callbacks: dict[str, dict[str, Finite] | None] = Field(
         default_factory=dict, description="named callbacks with their options, in running order"
     )
     finding_weight: float = Field(
@@ -276,6 +301,20 @@ class PhaseConfig(Strict):
         if bad:
             raise ValueError(f"loss weights must be >= 0, got {bad}")
         return losses
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _decay_below_one(cls, weight_decay: float, info: ValidationInfo) -> float:
+        """Decoupled decay (AdamW, Loshchilov & Hutter 2019, Algorithm 2) scales every weight
+        by ``1 - lr·weight_decay`` per step, and SGD's L2 term does the same: at 1 or more the
+        weights are zeroed or flipped each step."""
+        lr = info.data.get("lr")
+        if lr is not None and lr * weight_decay >= 1:
+            raise ValueError(
+                f"lr {lr:g} x weight_decay {weight_decay:g} >= 1: each step would scale every "
+                "weight by 1 - lr*weight_decay <= 0"
+            )
+        return weight_decay
 
 
 class PhasesConfig(RootModel[list[PhaseConfig]]):
@@ -322,7 +361,7 @@ class GenerationConfig(Strict):
 class EvalConfig(Strict):
     split: str = "valid"
     extractor: str | None = Field(None, description="None = the dataset's default extractor")
-    extractor_options: dict[str, Any] = Field(default_factory=dict)
+    extractor_options: Options = Field(default_factory=dict)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     batch_size: int = Field(16, gt=0)
     limit: int | None = Field(None, gt=0)
@@ -345,7 +384,7 @@ class LaunchConfig(Strict):
     main_process_port: int = 29500
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     use_cpu: bool = False
-    fsdp_config: dict[str, Any] = Field(default_factory=dict)
+    fsdp_config: Options = Field(default_factory=dict)
 
 
 class Profile(Strict):
@@ -354,7 +393,7 @@ class Profile(Strict):
     name: str
     description: str = ""
     dataset: str | None = None
-    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted key -> value")
+    overrides: Options = Field(default_factory=dict, description="dotted key -> value")
     launch: LaunchConfig | None = None
 
 

@@ -3,10 +3,15 @@
 The declared ``text`` kind of a phase picks what each sample is paired with:
 ``conditions`` (whitened condition-text embeddings, phase 1), ``positive_findings`` (phases 2-3:
 one segment per positive condition in a per-sample random order) or ``narrative`` (phase 4).
+
+Chat encodings hold at most the run's token budget (the language prior's ``prior.max_length``,
+else :func:`graftkit.lm.chat.text_budget` of the LLM's tokenizer); a longer response is cut to
+it, and :func:`cut_texts` counts the reports that are, once per run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,6 +26,7 @@ from graftkit.data import (
     sample_rng,
 )
 from graftkit.lm import ChatPrompt, encode_chat, pad_batch
+from graftkit.lm.chat import text_budget
 
 
 class TextTargets:
@@ -57,7 +63,11 @@ class TextTargets:
 
 
 class PhaseCollator:
-    """Collates :class:`VolumeDataset` items for one phase (picklable for DataLoader workers)."""
+    """Collates :class:`VolumeDataset` items for one phase (picklable for DataLoader workers).
+
+    ``max_length``: the token budget of a chat encoding; ``None`` is the tokenizer's own
+    (:func:`~graftkit.lm.chat.text_budget`), never no budget.
+    """
 
     def __init__(
         self,
@@ -74,6 +84,8 @@ class PhaseCollator:
     ):
         self.dataset, self.volumes, self.targets = dataset, volumes, targets
         self.tokenizer, self.text_kind = tokenizer, text_kind
+        if max_length is None and tokenizer is not None:
+            max_length = text_budget(tokenizer)
         self.k, self.seed, self.max_length = num_visual_tokens, seed, max_length
         self.finding_weight = finding_weight
         self.prompt = prompt if prompt is not None else ChatPrompt(dataset.prompt)
@@ -117,6 +129,71 @@ class PhaseCollator:
                     padded["labels"], torch.tensor(findings), self.finding_weight
                 )
         return batch
+
+
+def cut_texts(
+    dataset: GraftDataset,
+    splits: Mapping[str, Sequence[Volume]],
+    kinds: Iterable[str],
+    tokenizer: Any,
+    prompt: ChatPrompt,
+    num_visual_tokens: int,
+    max_length: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Which volumes' responses of text ``kinds`` are longer than ``max_length`` tokens as chat
+    encodings (the texts :class:`PhaseCollator` cuts), per kind and split, and the longest.
+
+    The order of a ``positive_findings`` text is epoch 0's (its length hardly depends on the
+    order). Only texts that could be too long are tokenised: a token holds at least one byte of
+    its text in a byte-level BPE, so a response of fewer UTF-8 bytes than the room the prompt
+    and the template's turn markers leave cannot be cut.
+    """
+    prompt_tokens = len(encode_chat(tokenizer, prompt, None, num_visual_tokens)["input_ids"])
+    markers = len(encode_chat(tokenizer, prompt, "a", num_visual_tokens)["input_ids"])
+    room = max_length - markers - 8  # 8: a margin for tokenizers that add a word-start marker
+    by_text: dict[str, dict[str, int]] = {}
+    names: set[tuple[str, str]] = set()
+    longest: dict[str, Any] | None = None
+    for kind in dict.fromkeys(kinds):
+        for split, volumes in splits.items():
+            for i, volume in enumerate(volumes):
+                text = response_text(dataset, volume, kind, sample_rng(seed, 0, i))
+                if len(text.encode("utf-8")) <= room:
+                    continue
+                enc = encode_chat(tokenizer, prompt, text, num_visual_tokens)
+                tokens = len(enc["input_ids"])
+                if tokens <= max_length:
+                    continue
+                counts = by_text.setdefault(kind, {})
+                counts[split] = counts.get(split, 0) + 1
+                names.add((split, volume.name))
+                if longest is None or tokens > longest["tokens"]:
+                    longest = {"split": split, "name": volume.name, "text": kind, "tokens": tokens}
+    summary: dict[str, Any] = {
+        "max_length": max_length,
+        "prompt_tokens": prompt_tokens,
+        "reports": len(names),
+    }
+    if names:
+        summary.update(by_text=by_text, longest=longest)
+    return summary
+
+
+def describe_cut(summary: dict[str, Any], purpose: str) -> str | None:
+    """``data: 64 report(s) cut to 256 tokens for training (narrative: 48 train, 16 valid; the
+    longest 2466 tokens); see metrics.json data.cut`` from :func:`cut_texts`, or ``None``."""
+    if not summary.get("reports"):
+        return None
+    kinds = "; ".join(
+        f"{kind}: " + ", ".join(f"{n} {split}" for split, n in counts.items())
+        for kind, counts in summary["by_text"].items()
+    )
+    return (
+        f"data: {summary['reports']} report(s) cut to {summary['max_length']} tokens {purpose} "
+        f"({kinds}; the longest {summary['longest']['tokens']} tokens, "
+        f"{summary['longest']['name']}); see metrics.json data.cut"
+    )
 
 
 def loaded(dataset: GraftDataset, batch: dict[str, Any]) -> dict[str, Any] | None:

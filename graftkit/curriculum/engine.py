@@ -35,10 +35,10 @@ from graftkit.align import InfoNCE, imq_alpha, positive_weights
 from graftkit.checkpoint import CheckpointError, is_complete, recover_checkpoint, verify_checkpoint
 from graftkit.config import PARAMETER_GROUPS, ConfigError, RunConfig
 from graftkit.curriculum import carry, fsdp
-from graftkit.curriculum.batches import TextTargets
+from graftkit.curriculum.batches import TextTargets, cut_texts, describe_cut
 from graftkit.curriculum.callbacks import check_callbacks
 from graftkit.curriculum.model import build_grafted, text_embedding_layer
-from graftkit.curriculum.objective import Objective, check_losses
+from graftkit.curriculum.objective import Objective, check_losses, needs_tokens
 from graftkit.curriculum.run import Run, echo
 from graftkit.curriculum.textspace import TextSpace
 from graftkit.curriculum.trainer import PhaseTrainer
@@ -219,6 +219,7 @@ def prepare_run(
         "textspace": textspace.stats,
         "inventory": glm.inventory(),
     }
+    cut = record_cut_texts(run, tokenizer) if run.main and record else None
     if run.main and record:
         cfg.save(rundir.config)
         run.update_metrics(
@@ -242,7 +243,36 @@ def prepare_run(
         )
     for warning in dataset.warnings:
         echo(accelerator, f"data: warning: {warning}")
+    for purpose, key in (("for training", "training"), ("for evaluation", "evaluation")):
+        line = describe_cut(cut[key], purpose) if cut else None
+        if line:
+            echo(accelerator, line)
     return run
+
+
+def record_cut_texts(run: Run, tokenizer) -> dict[str, Any]:
+    """Count the reports longer than their token budget into ``run.summary["data"]["cut"]``:
+    the texts the LM phases train and validate on against the training budget (the prior's
+    ``prior.max_length``, else the LLM's :func:`~graftkit.lm.chat.text_budget`), and the texts
+    the evaluation scores teacher-forced (the last phase's text of the evaluated split) against
+    the scoring budget."""
+    from graftkit.lm.chat import text_budget
+
+    cfg = run.cfg
+    k = run.glm.num_visual_tokens
+    scoring = text_budget(tokenizer)
+    training = cfg.model.prior.max_length if cfg.model.llm is None else scoring
+    kinds = [p.text for p in cfg.phases if needs_tokens(p.losses)]
+    splits = dict(zip(run.dataset.splits, (run.train, run.valid), strict=True))
+    args = (tokenizer, run.prompt, k)
+    evaluated = {cfg.eval.split: splits.get(cfg.eval.split, run.valid)[: cfg.eval.limit]}
+    last = cfg.phases.get(len(cfg.phases)).text
+    cut = {
+        "training": cut_texts(run.dataset, splits, kinds, *args, training, cfg.seed),
+        "evaluation": cut_texts(run.dataset, evaluated, [last], *args, scoring, cfg.seed),
+    }
+    run.summary["data"]["cut"] = cut
+    return cut
 
 
 def bridge_to_float32(glm) -> None:

@@ -68,6 +68,13 @@ class CollapseMonitor(Callback):
                     self._extractor, texts, subset, run.dataset.class_names
                 )["macro_f1"]
         row.update(gen_f1_real=f1["real"], gen_f1_zero=f1["zero"], gen_f1=f1["real"])
+        # rows a process wrote past its last epoch checkpoint before it ended (killed, disk
+        # full): the resumed run trains those epochs again, and their rows replace them
+        self._monitor.history = [
+            r
+            for r in self._monitor.history
+            if not (r["phase"] == ctx.number and r["epoch"] >= row["epoch"])
+        ]
         # printed once, by the main process, rather than also logged by every process
         warnings = self._monitor.update(
             ctx.number, row["epoch"], f1["real"], f1["zero"], log_warnings=False

@@ -104,22 +104,27 @@ class TextSpace:
         return cls(whitening, unique + extra, white, stats)
 
     def save(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.whitening.save(directory / "whitening.safetensors")
-        save_file(
-            {"embeddings": self.embeddings.contiguous()}, str(directory / "texts.safetensors")
-        )
+        """Write the folder whole or not at all (:func:`graftkit.io.atomic_dir`)."""
         import json
+        import shutil
 
-        (directory / "texts.json").write_text(
-            json.dumps({"texts": self.texts, "stats": self.stats})
-        )
+        from graftkit.io import atomic_dir
+
+        if directory.is_dir() and not (directory / "texts.json").is_file():
+            shutil.rmtree(directory)  # a partial folder an older version's killed save left
+        with atomic_dir(directory) as tmp:
+            self.whitening.save(tmp / "whitening.safetensors")
+            save_file({"embeddings": self.embeddings.contiguous()}, str(tmp / "texts.safetensors"))
+            (tmp / "texts.json").write_text(json.dumps({"texts": self.texts, "stats": self.stats}))
 
     @classmethod
     def load(cls, directory: Path) -> TextSpace:
-        import json
+        """Read a saved text space; a damaged file raises
+        :class:`~graftkit.checkpoint.CheckpointError` naming it and what is wrong."""
+        from graftkit.checkpoint import check_folder, read_json
 
-        meta = json.loads((directory / "texts.json").read_text())
+        check_folder(directory)
+        meta = read_json(directory / "texts.json")
         emb = load_file(str(directory / "texts.safetensors"))["embeddings"]
         return cls(
             PCAWhitening.load(directory / "whitening.safetensors"),

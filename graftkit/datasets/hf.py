@@ -23,7 +23,8 @@ Bad input (docs/plugins.md, "The built-in `hf` dataset", lists every check):
 - one bad row (an empty id or report, a label other than 0/1, an id listed twice, a missing or
   unreadable embedding, a shape other than ``(N, d)``/``(N, T, d)``, a ``d`` other than the
   dataset's (the most common ``d`` of the first rows), NaN/Inf in the embeddings, positions of
-  the wrong length or not finite): that row is skipped and counted with its reason;
+  the wrong length, not finite or not increasing): that row is skipped and counted with its
+  reason;
 - no ``positions_column`` (or an empty cell in it): positions fall back to the slice index, said
   once as a data warning.
 """
@@ -44,7 +45,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from graftkit.config import ConfigError
-from graftkit.data import DataError, GraftDataset, Volume
+from graftkit.data import DataError, GraftDataset, Volume, check_positions
 from graftkit.datasets.keywords import (
     KeywordExtractor,
     class_phrase,
@@ -549,9 +550,8 @@ class HFDataset(GraftDataset):
             return f"bad positions: {column} is not a list of numbers"
         if z.shape != (n,):
             return f"bad positions: {column} has shape {z.shape}, expected ({n},)"
-        if not np.isfinite(z).all():
-            return f"bad positions: {column} holds NaN/Inf at slice {int(np.flatnonzero(~np.isfinite(z))[0])}"
-        return z
+        bad = check_positions(z, column)
+        return f"bad positions: {bad}" if bad is not None else z
 
     def _attach_embeddings(
         self, split: str, source: str, candidates: list, table: dict, limit: int | None

@@ -149,12 +149,12 @@ class CollapseMonitor:
         return warnings
 
     def to_jsonl(self, path: str | Path) -> Path:
-        """Write ``history`` as one JSON object per line (overwrites ``path``)."""
+        """Write ``history`` as one JSON object per line, replacing ``path`` whole (a reader, or a
+        resumed run, never sees half of it)."""
+        from graftkit.io import atomic_write_text
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as fh:
-            for row in self.history:
-                fh.write(json.dumps(row) + "\n")
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in self.history))
         return path
 
     @classmethod

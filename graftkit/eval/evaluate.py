@@ -42,6 +42,7 @@ from graftkit.eval.generation import (
 )
 from graftkit.labels import evaluation_extractor
 from graftkit.lm import ChatPrompt, encode_chat, pad_batch
+from graftkit.lm.chat import text_budget
 
 
 @torch.inference_mode()
@@ -52,12 +53,23 @@ def token_nll(
     responses: list[str],
     tokens: torch.Tensor,
     batch_size: int = 16,
+    max_length: int | None = None,
+    cut: set[Any] | None = None,
 ):
-    """Per-response lists of (token id, NLL) over the response tokens, teacher-forced."""
+    """Per-response lists of (token id, NLL) over the response tokens, teacher-forced.
+
+    Each encoding holds at most ``max_length`` tokens (default: the tokenizer's
+    :func:`~graftkit.lm.chat.text_budget`): a longer response is scored on its first tokens, and
+    its index is added to ``cut``, so memory is bounded whatever the length of a report.
+    """
     out = []
     k = tokens.shape[1]
+    max_length = max_length or text_budget(tokenizer)
     for start in range(0, len(responses), batch_size):
-        encs = [encode_chat(tokenizer, prompt, r, k) for r in responses[start : start + batch_size]]
+        chunk = responses[start : start + batch_size]
+        encs = [encode_chat(tokenizer, prompt, r, k, max_length=max_length) for r in chunk]
+        if cut is not None:
+            cut.update(start + i for i, enc in enumerate(encs) if enc["cut"])
         batch = pad_batch(encs, tokenizer.pad_token_id, side="right")
         logits = glm(
             input_ids=batch["input_ids"],
@@ -102,15 +114,23 @@ def split_nll(
 
 @torch.inference_mode()
 def occlusion_rise(
-    glm, tokenizer, prompt: str | ChatPrompt, tokens: torch.Tensor, text: str
+    glm,
+    tokenizer,
+    prompt: str | ChatPrompt,
+    tokens: torch.Tensor,
+    text: str,
+    max_length: int | None = None,
 ) -> torch.Tensor:
     """``[K]``: the rise of ``text``'s mean teacher-forced NLL when zone k's visual token is
-    zeroed, for one volume's tokens ``[K, d]`` (positive: the text relied on zone k)."""
+    zeroed, for one volume's tokens ``[K, d]`` (positive: the text relied on zone k); the text is
+    scored on at most ``max_length`` tokens (:func:`token_nll`)."""
     k = tokens.shape[0]
     variants = tokens.unsqueeze(0).repeat(k + 1, 1, 1)
     for z in range(k):
         variants[z + 1, z] = 0
-    nll = token_nll(glm, tokenizer, prompt, [text] * (k + 1), variants, batch_size=k + 1)
+    nll = token_nll(
+        glm, tokenizer, prompt, [text] * (k + 1), variants, batch_size=k + 1, max_length=max_length
+    )
     mean = torch.tensor([sum(n for _, n in seq) / max(1, len(seq)) for seq in nll])
     return mean[1:] - mean[0]
 
@@ -124,13 +144,14 @@ def zone_grounding(
     tokens: torch.Tensor,
     per_class: int = 4,
     prompt: str | ChatPrompt | None = None,
+    max_length: int | None = None,
 ) -> dict[str, Any]:
     """Occlusion map: how much the NLL of each finding's sentence rises when zone k is zeroed.
 
     For every class with positive volumes, its condition sentence is teacher-forced for up to
     ``per_class`` such volumes with all tokens, then with token k zeroed (k = 0 apex .. K-1 base).
     Rows are normalised to sum to 1 over zones (negative rises clipped to 0). ``prompt``
-    defaults to the dataset's.
+    defaults to the dataset's; each sentence is scored on at most ``max_length`` tokens.
     """
     prompt = prompt if prompt is not None else dataset.prompt
     k = tokens.shape[1]
@@ -142,7 +163,9 @@ def zone_grounding(
         rise = torch.zeros(k)
         for i in idx:
             text = dict(dataset.condition_texts(volumes[i])).get(c, dataset.class_text(c))
-            rise += occlusion_rise(glm, tokenizer, prompt, tokens[i], text).clamp_min(0)
+            rise += occlusion_rise(
+                glm, tokenizer, prompt, tokens[i], text, max_length=max_length
+            ).clamp_min(0)
         weights = rise / rise.sum() if rise.sum() > 0 else rise
         rows.append({"label": name, "weights": weights.tolist(), "volumes": len(idx)})
     return {
@@ -216,14 +239,21 @@ def llm_cls_on_reports(
     texts: list[str],
     tokens: torch.Tensor,
     batch_size: int = 32,
+    max_length: int | None = None,
+    cut: set[Any] | None = None,
 ) -> np.ndarray:
     """LLM-cls probabilities ``[n, C]`` read at the end of each volume's own generated report
-    (where phase 3 trains the head: the end-of-turn state of prompt + response)."""
+    (where phase 3 trains the head: the end-of-turn state of prompt + response); a report is
+    read on at most ``max_length`` tokens (default the tokenizer's
+    :func:`~graftkit.lm.chat.text_budget`), its index added to ``cut`` when it is longer."""
     k = tokens.shape[1]
+    max_length = max_length or text_budget(tokenizer)
     out = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
-        encs = [encode_chat(tokenizer, prompt, t or " ", k) for t in chunk]
+        encs = [encode_chat(tokenizer, prompt, t or " ", k, max_length=max_length) for t in chunk]
+        if cut is not None:
+            cut.update(start + i for i, enc in enumerate(encs) if enc["cut"])
         batch = pad_batch(encs, tokenizer.pad_token_id, side="right")
         hidden = glm(
             input_ids=batch["input_ids"],
@@ -458,6 +488,9 @@ def evaluate(
         },
     }
     grounding = None
+    # teacher-forced passes hold at most this many tokens; the responses cut to it, by use
+    budget = text_budget(tokenizer)
+    cut: dict[str, set[int]] = {"nll": set(), "llm_cls": set()}
     if ablations:
         real = scores["real"]["macro_f1"]
         metrics["ablation"] = {mode: _triple(scores[mode]) for mode in modes}
@@ -469,7 +502,9 @@ def evaluate(
             mil = _head_probabilities(glm, "mil", tokens)
             head_scores["mil"] = multilabel_scores(truth, (mil >= 0.5).astype(np.int64), classes)
         if trained is None or "llm_cls" in trained:
-            probs_llm = llm_cls_on_reports(glm, tokenizer, prompt, texts["real"], tokens)
+            probs_llm = llm_cls_on_reports(
+                glm, tokenizer, prompt, texts["real"], tokens, max_length=budget, cut=cut["llm_cls"]
+            )
             head_scores["llm_cls"] = multilabel_scores(
                 truth, (probs_llm >= 0.5).astype(np.int64), classes
             )
@@ -487,7 +522,15 @@ def evaluate(
         metrics["ablation"]["nll"] = {
             mode: split_nll(
                 tokenizer,
-                token_nll(glm, tokenizer, prompt, responses, ablate(tokens, mode)),
+                token_nll(
+                    glm,
+                    tokenizer,
+                    prompt,
+                    responses,
+                    ablate(tokens, mode),
+                    max_length=budget,
+                    cut=cut["nll"],
+                ),
                 words,
             )
             for mode in ("real", "zero", "shuffle")
@@ -495,7 +538,10 @@ def evaluate(
         metrics["probe"] = linear_probes(
             glm, dataset, volumes, probe_checkpoints, config.probe_folds, max_slices
         )
-        grounding = zone_grounding(glm, tokenizer, dataset, volumes, tokens, prompt=prompt)
+        grounding = zone_grounding(
+            glm, tokenizer, dataset, volumes, tokens, prompt=prompt, max_length=budget
+        )
+        metrics["eval"]["texts_cut"] = {"max_length": budget, **{k: len(v) for k, v in cut.items()}}
     predicted = extractor.extract(texts["real"])
     generations = []
     for i, v in enumerate(volumes):

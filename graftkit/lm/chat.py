@@ -60,10 +60,34 @@ def check_date_independent(tokenizer: PreTrainedTokenizerBase) -> None:
         )
 
 
+#: The most tokens one chat encoding (prompt, K placeholders and response) holds when nothing
+#: smaller is declared: the token budget of the evaluation's teacher-forced passes, and of
+#: training when the LLM is a real one (the language prior trains on ``prior.max_length``, its
+#: pretraining window). A teacher-forced pass of a batch padded to its longest text holds
+#: ``[B, T, vocab]`` logits and ``B × T²`` attention scores: one 50,000-character report (22,600
+#: smoke-prior tokens) in a batch of 16 asked for 32.9 GB in the NLL ablation; with this budget
+#: the evaluation's peak memory stops growing with report length (docs/benchmarks.md, "Text
+#: budget"). The texts of every shipped profile fit under it (the longest smoke narrative is
+#: 2,518 tokens), so their runs score exactly what they scored before.
+MAX_TEXT_TOKENS = 4096
+
+
+def text_budget(tokenizer: PreTrainedTokenizerBase, limit: int = MAX_TEXT_TOKENS) -> int:
+    """The token budget of a chat encoding for ``tokenizer``'s model: its declared context
+    (``model_max_length``, Hugging Face's convention for the longest input the model takes:
+    131,072 for Llama-3.2; graftkit's language prior declares none) capped at ``limit``."""
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and declared > 0:
+        return min(declared, limit)
+    return limit
+
+
 class ChatEncoding(TypedDict):
     input_ids: list[int]
     labels: list[int]
     attention_mask: list[int]
+    #: response tokens dropped to fit ``max_length`` (0: the whole response is there)
+    cut: int
 
 
 def _special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -120,7 +144,8 @@ def encode_chat(
 
     Returns:
         ``input_ids``, ``labels`` (``-100`` except on the response tokens and the end-of-turn token
-        that follows them) and ``attention_mask``. With ``response=None`` the ids end with the
+        that follows them), ``attention_mask`` and ``cut`` (how many response tokens
+        ``max_length`` dropped). With ``response=None`` the ids end with the
         template's generation prompt and every label is ``-100``.
     """
     if num_visual_tokens < 0:
@@ -152,6 +177,7 @@ def encode_chat(
             f"placeholders included), more than max_length={max_length}"
         )
     labels = [IGNORE_INDEX] * len(input_ids)
+    cut = 0
 
     if response is not None:
         messages.append({"role": "assistant", "content": response})
@@ -175,7 +201,8 @@ def encode_chat(
             raise ValueError(
                 "encode_chat: the template closes no turn and the tokenizer has no EOS"
             )
-        if max_length is not None:
+        if max_length is not None and len(input_ids) + len(reply) > max_length:
+            cut = len(input_ids) + len(reply) - max_length
             reply = reply[: max_length - len(input_ids)]
         input_ids = input_ids + reply
         labels = labels + reply
@@ -187,7 +214,9 @@ def encode_chat(
                 f"encode_chat: expected {num_visual_tokens} {visual_token!r} tokens after the chat "
                 f"template, found {found}"
             )
-    return ChatEncoding(input_ids=input_ids, labels=labels, attention_mask=[1] * len(input_ids))
+    return ChatEncoding(
+        input_ids=input_ids, labels=labels, attention_mask=[1] * len(input_ids), cut=cut
+    )
 
 
 def pad_batch(

@@ -12,7 +12,8 @@ fallback in ``self.warnings``; docs/ct-rate.md has the full table):
 - a volume listed without an embedding file: skipped, ``missing embedding``;
 - an unreadable file, a non-float dtype, a shape other than ``(N, d)``/``(N, T, d)``, a ``d`` other
   than the dataset's (the most common ``d`` of the first files read, unless given), NaN/Inf in the
-  embeddings, an ``.npz`` ``z_mm`` of the wrong length or with NaN/Inf: that volume is skipped with
+  embeddings, an ``.npz`` ``z_mm`` of the wrong length, with NaN/Inf or not increasing along the
+  slices (:func:`graftkit.data.check_positions`): that volume is skipped with
   its file named. Header checks read no data; the value scan reads each file once, a slice block
   at a time, and is remembered in ``workdir/ct_rate_scan.json`` by path, size and modification
   time;
@@ -41,7 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from graftkit.data import DataError, GraftDataset, Volume
+from graftkit.data import DataError, GraftDataset, Volume, check_positions
 from graftkit.io import atomic_write_text, decode_utf8
 from graftkit_ct_rate import layout
 from graftkit_ct_rate.classes import CLASSES
@@ -64,7 +65,7 @@ from graftkit_ct_rate.text import (
 
 SCAN_CACHE = "ct_rate_scan.json"
 #: Bumped when the scan checks more: older cache entries are re-scanned.
-SCAN_VERSION = 2
+SCAN_VERSION = 3
 #: Largest plausible slice spacing in mm (CT-RATE: 0.75-3 mm); larger values are data errors.
 MAX_Z_SPACING = 20.0
 #: How many headers vote on the embedding width when it is not given.
@@ -531,10 +532,7 @@ def _scan_file(path: Path) -> int | str | None:
     n = read_header(path).num_slices
     if positions.shape != (n,):
         return f"z_mm has shape {positions.shape}, expected ({n},)"
-    finite = np.isfinite(positions)
-    if not finite.all():
-        return f"z_mm holds NaN/Inf at slice {int(np.flatnonzero(~finite)[0])}"
-    return None
+    return check_positions(positions)
 
 
 def _label_vector(row: tuple) -> np.ndarray | str:
