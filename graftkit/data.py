@@ -230,6 +230,14 @@ class GraftDataset(ABC):
             return f"{volume.findings} {volume.impressions}"
         return volume.findings
 
+    def summarised_narrative_text(self, volume: Volume) -> str:
+        """A report that opens with its summary: the positive findings named as phase 3 learnt to
+        name them (:meth:`canonical_findings_text`), then the radiologist's narrative
+        (:meth:`narrative_text`). In a narrative alone the decisions that depend on the image
+        (to state a finding here) are a few tokens of hundreds; the summary keeps them in front
+        (docs/benchmarks.md, "Phase 4 at the embedded default's scale")."""
+        return f"{self.canonical_findings_text(volume)} {self.narrative_text(volume)}"
+
     def corpus(self, kinds: Sequence[str] = ("narrative",)) -> list[str]:
         """Texts the language prior is pretrained on: for each text kind in ``kinds``
         (``narrative``: the raw reports; ``canonical_findings``), that text of every training
@@ -338,6 +346,7 @@ RESPONSE_TEXTS = {
     "positive_findings": lambda dataset, volume, rng: dataset.positive_findings_text(volume, rng),
     "canonical_findings": lambda dataset, volume, rng: dataset.canonical_findings_text(volume),
     "narrative": lambda dataset, volume, rng: dataset.narrative_text(volume),
+    "summarised_narrative": lambda dataset, volume, rng: dataset.summarised_narrative_text(volume),
 }
 
 

@@ -252,7 +252,9 @@ class PhaseConfig(Strict):
     name: str
     trainable: list[str]
     losses: dict[str, float]
-    text: Literal["conditions", "positive_findings", "canonical_findings", "narrative"]
+    text: Literal[
+        "conditions", "positive_findings", "canonical_findings", "narrative", "summarised_narrative"
+    ]
     epochs: int = Field(gt=0)
     steps: int | None = Field(
         None,

@@ -155,3 +155,30 @@ def test_weighted_lm_loss_with_unit_weights_is_the_models_own_loss():
         SimpleNamespace(batch={**batch, "lm_weights": heavy}, lm_output=out)
     )
     assert not torch.isclose(weighted, plain)
+
+
+def test_a_summarised_narrative_names_the_findings_before_the_report():
+    """Text kind ``summarised_narrative``: the canonical findings text (the positive class names
+    in class order) first, then the radiologist's narrative, whole."""
+    from types import SimpleNamespace
+
+    from graftkit.data import GraftDataset, Volume, response_text
+
+    class Names(SimpleNamespace):
+        normal_text = "No findings."
+        canonical_findings_segments = GraftDataset.canonical_findings_segments
+        finding_phrase = GraftDataset.finding_phrase
+        canonical_findings_text = GraftDataset.canonical_findings_text
+        narrative_text = GraftDataset.narrative_text
+        summarised_narrative_text = GraftDataset.summarised_narrative_text
+
+    dataset = Names(class_names=["Cardiomegaly", "Emphysema", "Lung nodule"], config=None)
+    report = "The heart is enlarged. A 4 mm nodule in the right upper lobe."
+    volume = Volume("v", "valid", __import__("numpy").array([1, 0, 1]), report)
+    text = response_text(dataset, volume, "summarised_narrative", __import__("random").Random(0))
+    assert text == f"Cardiomegaly. Lung nodule. {report}"
+    assert text.index("Cardiomegaly") < text.index("Lung nodule") < text.index("The heart")
+    normal = Volume("n", "valid", __import__("numpy").array([0, 0, 0]), "Normal study.")
+    assert (
+        response_text(dataset, normal, "summarised_narrative", None) == "No findings. Normal study."
+    )
