@@ -305,31 +305,20 @@ def _eval_locked(args: argparse.Namespace, rundir: RunDir, cfg: RunConfig, datas
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     from graftkit.data import check_positions
-    from graftkit.embed import FallbackWarning, read_case
+    from graftkit.embed import FallbackWarning, encode_case, read_case
     from graftkit.eval.explain import explain_sentences
-    from graftkit.eval.generation import generate_reports, generation_settings
+    from graftkit.run_eval import generate_case
 
     source = args.embeddings or args.volume
     if args.volume is not None:
         if not args.encoder:
             raise CLIError("--volume needs --encoder NAME")
-        if not args.volume.exists():
-            raise CLIError(f"--volume {args.volume}: no such file or folder")
-        encoder_cls = plugins.get("encoder", args.encoder)
         try:
-            encoder = encoder_cls(weights=args.weights)
-        except (ValueError, OSError, TypeError) as err:
-            raise CLIError(f"encoder {args.encoder}: {one_line(err)}") from None
-        try:
-            encoded = encoder.encode(args.volume)
-        except (ValueError, OSError) as err:
-            raise CLIError(f"--volume {args.volume}: {err}") from None
-        emb, z = np.asarray(encoded.embeddings, dtype=np.float32), encoded.z_mm
-        if emb.ndim != 2 or emb.shape[0] == 0:
-            raise CLIError(f"--volume {args.volume}: the encoder returned no slice embeddings")
+            emb, z = encode_case(args.encoder, args.volume, args.weights)
+        except ValueError as err:
+            raise CLIError(str(err)) from None
     else:
         with warnings.catch_warnings(record=True) as fallbacks:
             warnings.simplefilter("always", FallbackWarning)
@@ -353,15 +342,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     dim = run.dataset.embedding_dim
     if emb.shape[1] != dim:
         raise CLIError(f"{source}: embedding dim {emb.shape[1]} != the run's d_v {dim}")
-    slices = torch.from_numpy(emb).unsqueeze(0)
-    z_mm = torch.from_numpy(
-        np.asarray(z if z is not None else np.arange(len(emb)), dtype=np.float32)
-    ).unsqueeze(0)
-    run.glm.eval()
-    with torch.inference_mode():
-        tokens = run.glm.encode(slices, z_mm, torch.ones(1, len(emb), dtype=torch.bool))[1]
-    gen = generation_settings(run.cfg.eval.generation, greedy=args.greedy)
-    text = generate_reports(run.glm, run.tokenizer, run.prompt, tokens, gen, seed=run.cfg.seed)[0]
+    text, tokens = generate_case(run, emb, z, greedy=args.greedy)
     print(text)
     if args.explain:
         for sentence, zones in explain_sentences(

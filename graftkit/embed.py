@@ -139,6 +139,29 @@ def read_case(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return emb.astype("float32"), z.astype("float32")
 
 
+def encode_case(encoder: str, path: Path, weights: Path | None = None):
+    """One input embedded by the registered encoder ``encoder`` (``graftkit generate --volume``):
+    float32 ``(N, d)`` and ``z_mm``; ``ValueError`` naming the encoder or the input."""
+    from graftkit import plugins
+    from graftkit.errors import one_line
+
+    if not Path(path).exists():
+        raise ValueError(f"--volume {path}: no such file or folder")
+    encoder_cls = plugins.get("encoder", encoder)
+    try:
+        built = encoder_cls(weights=weights)
+    except (ValueError, OSError, TypeError) as err:
+        raise ValueError(f"encoder {encoder}: {one_line(err)}") from None
+    try:
+        encoded = built.encode(path)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"--volume {path}: {err}") from None
+    emb = np.asarray(encoded.embeddings, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] == 0:
+        raise ValueError(f"--volume {path}: the encoder returned no slice embeddings")
+    return emb, encoded.z_mm
+
+
 def check_encoded(encoded: EncodedVolume, dim: int, name: str) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``embeddings`` is finite ``[N, dim]`` and
     ``z_mm`` is ``[N]`` (``dim`` 0 accepts any width)."""

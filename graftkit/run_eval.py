@@ -189,3 +189,23 @@ def format_summary(out: EvalDir) -> list[str]:
             lines.append(f"    {row['stage']:<34} {row['macro_f1']:.3f}{tail}")
     lines.append(f"  results: {out.path}  (report: {out.report})")
     return lines
+
+
+def generate_case(run, embeddings, z_mm=None, greedy: bool = False):
+    """One report of the run's model for one case's slice embeddings ``[N, d]`` (positions in mm,
+    default 1 per slice), with the run's prompt and decoding (``greedy``: argmax instead); returns
+    ``(text, visual tokens [1, K, d_l])`` (``graftkit generate``)."""
+    import numpy as np
+    import torch
+
+    from graftkit.eval.generation import generate_reports, generation_settings
+
+    slices = torch.from_numpy(np.asarray(embeddings, dtype=np.float32)).unsqueeze(0)
+    positions = np.arange(len(embeddings)) if z_mm is None else z_mm
+    z = torch.from_numpy(np.asarray(positions, dtype=np.float32)).unsqueeze(0)
+    run.glm.eval()
+    with torch.inference_mode():
+        tokens = run.glm.encode(slices, z, torch.ones(1, len(embeddings), dtype=torch.bool))[1]
+    gen = generation_settings(run.cfg.eval.generation, greedy=greedy)
+    text = generate_reports(run.glm, run.tokenizer, run.prompt, tokens, gen, seed=run.cfg.seed)[0]
+    return text, tokens
