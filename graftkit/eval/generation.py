@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from graftkit.data import GraftDataset, Volume, VolumeDataset, collate_volumes
+from graftkit.eval.shard import SINGLE, Sharding, batch_spans, concat, map_batches, unit_seed
 from graftkit.lm import ChatPrompt, encode_chat, pad_batch
 
 ABLATIONS = ("real", "zero", "shuffle", "random")
@@ -26,15 +27,19 @@ def visual_tokens(
     volumes: Sequence[Volume],
     batch_size: int = 16,
     max_slices: int | None = None,
+    sharding: Sharding | None = None,
 ) -> torch.Tensor:
-    """Calibrated visual tokens ``[n, K, d_l]`` for each volume (eval mode)."""
+    """Calibrated visual tokens ``[n, K, d_l]`` for each volume (eval mode); with ``sharding``
+    each process encodes its batches and every process gets all of them
+    (:mod:`graftkit.eval.shard`)."""
     glm.eval()
     data = VolumeDataset(dataset, list(volumes), max_slices)
-    out = []
-    for start in range(0, len(data), batch_size):
-        batch = collate_volumes([data[i] for i in range(start, min(start + batch_size, len(data)))])
-        out.append(glm.encode(batch["slices"], batch["z_mm"], batch["mask"])[1].float().cpu())
-    return torch.cat(out)
+
+    def encode(_: int, start: int, stop: int) -> torch.Tensor:
+        batch = collate_volumes([data[i] for i in range(start, stop)])
+        return glm.encode(batch["slices"], batch["z_mm"], batch["mask"])[1].float().cpu()
+
+    return concat(map_batches(sharding, len(data), batch_size, encode))
 
 
 @torch.inference_mode()
@@ -45,23 +50,24 @@ def zone_features(
     raw: bool,
     batch_size: int = 64,
     max_slices: int | None = None,
+    sharding: Sharding | None = None,
 ) -> torch.Tensor:
     """``[n, K, d_v]`` per volume: the compressor's K zone tokens, or (``raw``) the mean raw slice
     embedding of each of the same K zones (docs/design.md zone formula): what a reader of the encoder's
-    output could have had before any training."""
+    output could have had before any training. ``sharding`` as in :func:`visual_tokens`."""
     from graftkit.bridge.zones import zone_mask
 
     glm.eval()
     data = VolumeDataset(dataset, list(volumes), max_slices)
-    out = []
-    for start in range(0, len(data), batch_size):
-        batch = collate_volumes([data[i] for i in range(start, min(start + batch_size, len(data)))])
+
+    def features(_: int, start: int, stop: int) -> torch.Tensor:
+        batch = collate_volumes([data[i] for i in range(start, stop)])
         if raw:
             zones = zone_mask(batch["mask"], glm.num_visual_tokens).float()
-            out.append(zones @ batch["slices"].float() / zones.sum(-1, keepdim=True))
-        else:
-            out.append(glm.encode(batch["slices"], batch["z_mm"], batch["mask"])[0].float().cpu())
-    return torch.cat(out)
+            return zones @ batch["slices"].float() / zones.sum(-1, keepdim=True)
+        return glm.encode(batch["slices"], batch["z_mm"], batch["mask"])[0].float().cpu()
+
+    return concat(map_batches(sharding, len(data), batch_size, features))
 
 
 @torch.inference_mode()
@@ -129,16 +135,29 @@ def generate_reports(
     seed: int = 0,
     progress: Any = None,
     description: str = "generate",
+    sharding: Sharding | None = None,
 ) -> list[str]:
-    """Generate one report per row of ``tokens`` with left-padded prompts."""
+    """Generate one report per row of ``tokens`` with left-padded prompts.
+
+    Batch b (rows ``b·batch_size`` onwards) is sampled from ``torch.manual_seed(unit_seed(seed,
+    b))``: a report's randomness depends on its batch's index alone, not on the batches decoded
+    before it, so a volume gets the same report whichever process decodes its batch. With
+    ``sharding`` each process decodes its batches and every process gets all reports; a sharded
+    model (``sharding.synced``) decodes with ``synced_gpus`` (:mod:`graftkit.eval.shard`).
+    """
     glm.eval()
-    torch.manual_seed(seed)
     k = tokens.shape[1]
     prompt_enc = encode_chat(tokenizer, prompt, None, k)
-    texts: list[str] = []
-    task = progress.add_task(description, total=tokens.shape[0], info="") if progress else None
-    for start in range(0, tokens.shape[0], batch_size):
-        chunk = tokens[start : start + batch_size]
+    sharding = sharding or SINGLE
+    if sharding.synced:
+        generation = {**generation, "synced_gpus": True}
+    spans = batch_spans(tokens.shape[0], batch_size)
+    total = sum(spans[u][1] - spans[u][0] for u in sharding.units(len(spans)))
+    task = progress.add_task(description, total=total, info="") if progress else None
+
+    def decode(index: int, start: int, stop: int) -> list[str]:
+        torch.manual_seed(unit_seed(seed, index))
+        chunk = tokens[start:stop]
         enc = pad_batch([prompt_enc] * chunk.shape[0], tokenizer.pad_token_id, side="left")
         out = glm.generate(
             visual_tokens=chunk,
@@ -149,21 +168,38 @@ def generate_reports(
             **generation,
         )
         new = out[:, enc["input_ids"].shape[1] :]
-        texts.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
-        if progress:
+        if task is not None:
             progress.advance(task, chunk.shape[0])
-    return texts
+        return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    return concat(map_batches(sharding, tokens.shape[0], batch_size, decode, collective=True))
 
 
 def label_matrix(volumes: Sequence[Volume]) -> np.ndarray:
     return np.stack([np.asarray(v.labels, dtype=np.int64) for v in volumes])
 
 
+def label_scores(
+    truth: np.ndarray, predicted: np.ndarray, class_names: list[str]
+) -> dict[str, Any]:
+    """Macro / per-class F1, precision and recall (:func:`~graftkit.eval.metrics.multilabel_scores`)
+    with micro and support-weighted F1 and the CRG score beside them (``crg`` is None where it is
+    undefined: no positive label, or every label positive)."""
+    from graftkit.eval.metrics import crg_score, f1_averages, multilabel_scores
+
+    scores = multilabel_scores(truth, predicted, class_names)
+    averages = f1_averages(truth, predicted)
+    scores["micro_f1"] = averages["micro_f1"]
+    scores["weighted_f1"] = averages["weighted_f1"]
+    positives = int(np.asarray(truth).sum())
+    defined = 0 < positives < np.asarray(truth).size
+    scores["crg"] = crg_score(truth, predicted)["crg"] if defined else None
+    return scores
+
+
 def generation_scores(
     extractor, texts: Sequence[str], volumes: Sequence[Volume], class_names: list[str]
 ) -> dict:
-    """Macro/per-class F1, precision and recall of the labels extracted from generated text."""
-    from graftkit.eval.metrics import multilabel_scores
-
+    """:func:`label_scores` of the labels extracted from generated text."""
     predicted = extractor.extract(list(texts))
-    return multilabel_scores(label_matrix(volumes), predicted, class_names)
+    return label_scores(label_matrix(volumes), predicted, class_names)

@@ -60,7 +60,8 @@ def option_plugin():
 def test_extractor_is_chosen_and_built_with_the_run_options(option_plugin):
     """Name from the argument, else the config, else the dataset default; always built with
     ``eval.extractor_options`` (the study built it without them, so RadBERT could not be used)."""
-    dataset = SimpleNamespace(default_extractor="opt-extractor")
+    # a dataset gives its extractor no options of its own here (GraftDataset.extractor_options)
+    dataset = SimpleNamespace(default_extractor="opt-extractor", extractor_options=lambda name: {})
     cfg = EvalConfig(extractor_options={"flag": 1})
     extractor = evaluation_extractor(cfg, dataset)
     assert isinstance(extractor, OptionExtractor) and extractor.extract(["x"]).tolist() == [[1]]
