@@ -287,7 +287,12 @@ _GENERATION_ROWS = {
     "random": "Gaussian tokens of the same norms",
 }
 _HEAD_ROWS = (
-    ("cls", "cls", "classifier on the mean visual token, threshold 0.5"),
+    (
+        "cls",
+        "cls",
+        "classifier on the mean visual token, threshold 0.5 (the mean dilutes a finding in one "
+        "zone: bounded like the pooled linear probe, not the zone MIL probe)",
+    ),
     ("mil", "MIL", "classifier on each visual token, max over tokens, threshold 0.5"),
     ("llm_cls", "LLM-cls", "LLM-cls head at the end of the model's own report, threshold 0.5"),
 )
@@ -396,6 +401,11 @@ def quality_ladder(
                 {
                     "stage": stage,
                     "macro_f1": float(baselines[key]["macro_f1"]),
+                    **{
+                        k: float(baselines[key][k])
+                        for k in ("macro_precision", "macro_recall")
+                        if k in baselines[key]
+                    },
                     "crg": baselines[key].get("crg"),
                     "detail": detail,
                 }
@@ -433,11 +443,14 @@ def trivial_baselines(truth: np.ndarray, train_labels: np.ndarray | None) -> dic
 
     every = all_positive_baseline(truth)
     averages = f1_averages(truth, np.ones_like(truth))
+    named = multilabel_scores(truth, np.ones_like(truth))
     out: dict[str, Any] = {
         "all_positive": {
             "macro_f1": every["macro_f1"],
             "micro_f1": averages["micro_f1"],
             "weighted_f1": averages["weighted_f1"],
+            "macro_precision": named["macro_precision"],
+            "macro_recall": named["macro_recall"],
             "crg": every["crg"],
             "about": "the report that names every finding",
         }
