@@ -10,9 +10,8 @@ thresholds, visual-token ablations, quality ladder, probes and zone grounding (d
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from graftkit.data import (
 from graftkit.eval.generation import (
     ABLATIONS,
     ablate,
+    encode_with,
     generate_reports,
     generation_settings,
     label_matrix,
@@ -174,10 +174,17 @@ def zone_grounding(
 
 
 def _probe_features(
-    glm, dataset, volumes, raw: bool, max_slices: int | None, sharding: Sharding | None = None
+    glm,
+    dataset,
+    volumes,
+    raw: bool,
+    max_slices: int | None,
+    sharding: Sharding | None = None,
+    state: Mapping[str, torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Mean-pooled features ``[n, D]`` of the pooled linear probe: the mean of the raw slice
-    embeddings (``raw``) or of the compressor's K tokens."""
+    embeddings (``raw``) or of the compressor's K tokens (of checkpoint ``state``'s bridge when
+    given, :func:`~graftkit.eval.generation.encode_with`)."""
     data = VolumeDataset(dataset, list(volumes), max_slices)
 
     def features(_: int, start: int, stop: int) -> np.ndarray:
@@ -186,7 +193,7 @@ def _probe_features(
             if raw:
                 m = batch["mask"].unsqueeze(-1).float()
                 return ((batch["slices"] * m).sum(1) / m.sum(1)).numpy()
-            zones = glm.encode(batch["slices"], batch["z_mm"], batch["mask"])[0]
+            zones = encode_with(glm, state, batch["slices"], batch["z_mm"], batch["mask"])[0]
             return zones.mean(1).float().cpu().numpy()
 
     return np.concatenate(map_batches(sharding, len(data), 32, features))
@@ -209,9 +216,9 @@ def linear_probes(
     """The pooled linear probe of paper Table VIII: 5-fold logistic regression on mean-pooled
     features of the evaluated volumes, for the raw slice embeddings (``slice_mean``) and the
     compressor's tokens of each bridge checkpoint in ``checkpoints`` (name -> phase checkpoint
-    folder). Not the zone MIL probe of the quality ladder (:func:`quality_ladder`), which reads
-    each zone and is fitted on the training split. The model's own bridge is restored
-    afterwards."""
+    folder, read without loading it into the model). Not the zone MIL probe of the quality
+    ladder (:func:`quality_ladder`), which reads each zone and is fitted on the training
+    split."""
     from graftkit.eval.probe import linear_probe
 
     labels = label_matrix(volumes)
@@ -224,29 +231,15 @@ def linear_probes(
             class_names=classes,
         )
     }
-    if not checkpoints:
-        return out
-    with _bridge_restored(glm):
-        for name, path in checkpoints.items():
-            tensors, _ = load_checkpoint(path)
-            glm.load_bridge_state_dict(tensors["model"])
-            out[name] = linear_probe(
-                _probe_features(glm, dataset, volumes, False, max_slices, sharding),
-                labels,
-                folds=folds,
-                class_names=classes,
-            )
+    for name, path in (checkpoints or {}).items():
+        state = load_checkpoint(path)[0]["model"]
+        out[name] = linear_probe(
+            _probe_features(glm, dataset, volumes, False, max_slices, sharding, state),
+            labels,
+            folds=folds,
+            class_names=classes,
+        )
     return out
-
-
-@contextlib.contextmanager
-def _bridge_restored(glm) -> Iterator[None]:
-    """The model's own bridge is back when the block ends, whatever it loaded."""
-    current = {k: v.clone() for k, v in glm.bridge_state_dict().items()}
-    try:
-        yield
-    finally:
-        glm.load_bridge_state_dict(current)
 
 
 @torch.inference_mode()
@@ -544,13 +537,12 @@ def _head_tokens(
 ) -> tuple[torch.Tensor, str]:
     """The visual tokens a bridge head is scored on: those of ``checkpoint``'s bridge (the last
     phase that trained the head: a later phase that trains the predictor or recalibrates moves
-    the tokens under a head it does not train), else the evaluated model's (``current``)."""
+    the tokens under a head it does not train), else the evaluated model's (``current``). The
+    head itself is the model's: no later phase changed it."""
     if checkpoint is None:
         return current, "read on the evaluated model's tokens"
-    with _bridge_restored(glm):
-        tensors, _ = load_checkpoint(checkpoint)
-        glm.load_bridge_state_dict(tensors["model"])
-        tokens = visual_tokens(glm, dataset, volumes, batch_size, max_slices, sharding)
+    state = load_checkpoint(checkpoint)[0]["model"]
+    tokens = visual_tokens(glm, dataset, volumes, batch_size, max_slices, sharding, state)
     name = Path(checkpoint).name
     return tokens, f"trained last in {name}, read on {name}'s tokens"
 

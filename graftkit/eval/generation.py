@@ -7,7 +7,7 @@ over the evaluated volumes) or replaced by Gaussian noise of the same per-token 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,42 @@ from graftkit.lm import ChatPrompt, encode_chat, pad_batch
 ABLATIONS = ("real", "zero", "shuffle", "random")
 
 
+def encode_with(
+    glm, state: Mapping[str, torch.Tensor] | None, slices, z_mm, mask
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``glm.encode`` (compressor -> predictor -> calibrator) with the bridge tensors of
+    ``state`` (a phase checkpoint's ``model`` tensors) in place of the model's, which are left as
+    they are: ``torch.func.functional_call`` on each of the three modules. ``state=None`` is
+    ``glm.encode``. Nothing is loaded into the model, so this also reads another checkpoint's
+    tokens from a sharded (FSDP) model, whose parameters a ``state_dict`` call would swap back to
+    their shards."""
+    if state is None:
+        return glm.encode(slices, z_mm, mask)
+    from accelerate.utils import send_to_device
+    from torch.func import functional_call
+
+    modules = {
+        "compressor": glm.compressor,
+        "predictor": glm.predictor,
+        "calibrator": glm.calibrator,
+    }
+    device = next(glm.predictor.parameters()).device
+    parts = {
+        group: {
+            name.split(".", 1)[1]: tensor.to(device)
+            for name, tensor in state.items()
+            if name.split(".", 1)[0] == group
+        }
+        for group in modules
+    }
+    slices, z_mm, mask = send_to_device((slices, z_mm, mask), device)
+    zones = functional_call(
+        glm.compressor, parts["compressor"], (slices,), {"z_mm": z_mm, "mask": mask}, strict=True
+    )
+    hidden = functional_call(glm.predictor, parts["predictor"], (zones,), strict=True)
+    return zones, functional_call(glm.calibrator, parts["calibrator"], (hidden,), strict=True)
+
+
 @torch.inference_mode()
 def visual_tokens(
     glm,
@@ -28,16 +64,20 @@ def visual_tokens(
     batch_size: int = 16,
     max_slices: int | None = None,
     sharding: Sharding | None = None,
+    state: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Calibrated visual tokens ``[n, K, d_l]`` for each volume (eval mode); with ``sharding``
     each process encodes its batches and every process gets all of them
-    (:mod:`graftkit.eval.shard`)."""
+    (:mod:`graftkit.eval.shard`); with ``state``, the tokens of that checkpoint's bridge
+    (:func:`encode_with`)."""
     glm.eval()
     data = VolumeDataset(dataset, list(volumes), max_slices)
 
     def encode(_: int, start: int, stop: int) -> torch.Tensor:
         batch = collate_volumes([data[i] for i in range(start, stop)])
-        return glm.encode(batch["slices"], batch["z_mm"], batch["mask"])[1].float().cpu()
+        return (
+            encode_with(glm, state, batch["slices"], batch["z_mm"], batch["mask"])[1].float().cpu()
+        )
 
     return concat(map_batches(sharding, len(data), batch_size, encode))
 
