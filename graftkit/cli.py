@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokens",
         choices=("real", "oracle"),
         default="real",
-        help="visual tokens to generate from: the compressor's (real) or label-token oracle "
-        "tokens built from the true labels (the decoder's ceiling on the same data and text)",
+        help="visual tokens to generate from: the compressor's (real) or tokens built from the "
+        "true labels (a diagnostic of how the decoder reads tokens it was not trained on; not a "
+        "ceiling)",
     )
     p.add_argument(
         "--name",

@@ -325,6 +325,7 @@ def quality_ladder(
     def features(vols: Sequence[Volume], raw: bool) -> torch.Tensor:
         return zone_features(glm, dataset, vols, raw, max_slices=max_slices, sharding=sharding)
 
+    device = next(glm.predictor.parameters()).device  # the fit runs where the bridge does
     probes = {
         raw: mil_probe(
             features(train, raw) if raw else train_zones,
@@ -333,6 +334,7 @@ def quality_ladder(
             labels,
             seed=seed,
             class_names=classes,
+            device=device,
         )
         for raw in (True, False)
     }

@@ -114,13 +114,15 @@ def zone_features(
 def label_token_oracle(
     glm, train_zones: torch.Tensor, train_labels: np.ndarray, labels: np.ndarray
 ) -> torch.Tensor:
-    """Visual tokens built from ground-truth labels: the decoder's ceiling on the same text.
+    """Visual tokens built from ground-truth labels (``graftkit eval --tokens oracle``).
 
     A least-squares map from a label vector (plus a bias) to the K zone tokens is fitted on the
-    training split (``train_zones [n, K, d_v]``); the oracle zone tokens of a volume are that map
+    training split (``train_zones [n, K, d_v]``); the zone tokens of a volume are that map
     applied to its true ``labels``: E[zone tokens | labels], with none of the noise, severity or
-    patient variation of real tokens, in the space the trained decoder reads. They pass through
-    the predictor and calibrator like real ones. Returns ``[m, K, d_l]``.
+    patient variation of real tokens. They pass through the predictor and calibrator like real
+    ones. Returns ``[m, K, d_l]``. Not a ceiling of the decoder: it was never trained on such
+    tokens, and generation from them can score below the real tokens (docs/evaluation.md,
+    "Tokens built from the labels: not a ceiling").
     """
     glm.eval()
     n, k, d = train_zones.shape

@@ -71,3 +71,25 @@ def test_the_sampled_reports_differ_from_batch_to_batch(evaluations):
     """The check above is not vacuous: sampling is on and the reports are not all the same."""
     rows = [json.loads(line) for line in (evaluations["one"] / "generations.jsonl").open()]
     assert len(rows) == 16 and len({r["generated"] for r in rows}) > 1
+
+
+def test_graftkit_run_on_two_processes_evaluates_on_both(e2e_cache, tmp_path):
+    """``graftkit run`` under DDP (profile ``cpu-2proc``): the evaluation after the phases runs on
+    both processes and writes what ``graftkit eval`` of the same checkpoint writes in one."""
+    run_dir = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # fmt: skip
+    proc = subprocess.run(
+        [*torchrun, "-m", "graftkit", "--quiet", "run", "ct_rate", "--profile", "cpu-2proc",
+         "--output-dir", str(run_dir)],
+        capture_output=True, text=True, env=_env(e2e_cache), timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["eval"]["processes"] == 2 and (run_dir / "report.html").is_file()
+    one = run_graftkit(e2e_cache, "eval", str(run_dir), "--name", "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    folder = run_dir / "eval" / "one"
+    assert (folder / "generations.jsonl").read_text() == (run_dir / "generations.jsonl").read_text()
+    want = json.loads((folder / "metrics.json").read_text())
+    for section in ("baselines", "nlg", "classifier", "ablation", "ladder", "probe"):
+        assert metrics[section] == want[section], section
