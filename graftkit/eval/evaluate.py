@@ -222,24 +222,19 @@ def linear_probes(
     from graftkit.eval.probe import linear_probe
 
     labels = label_matrix(volumes)
-    classes = dataset.class_names
-    out = {
-        SLICE_MEAN: linear_probe(
-            _probe_features(glm, dataset, volumes, True, max_slices, sharding),
-            labels,
-            folds=folds,
-            class_names=classes,
-        )
-    }
+    features = {SLICE_MEAN: _probe_features(glm, dataset, volumes, True, max_slices, sharding)}
     for name, path in (checkpoints or {}).items():
         state = load_checkpoint(path)[0]["model"]
-        out[name] = linear_probe(
-            _probe_features(glm, dataset, volumes, False, max_slices, sharding, state),
-            labels,
-            folds=folds,
-            class_names=classes,
-        )
-    return out
+        features[name] = _probe_features(glm, dataset, volumes, False, max_slices, sharding, state)
+    names = list(features)
+    # one fit per unit: with several processes each fits its share of the probes
+    fits = (sharding or SINGLE).map(
+        lambda u: linear_probe(
+            features[names[u]], labels, folds=folds, class_names=dataset.class_names
+        ),
+        len(names),
+    )
+    return dict(zip(names, fits, strict=True))
 
 
 @torch.inference_mode()
@@ -326,18 +321,24 @@ def quality_ladder(
         return zone_features(glm, dataset, vols, raw, max_slices=max_slices, sharding=sharding)
 
     device = next(glm.predictor.parameters()).device  # the fit runs where the bridge does
-    probes = {
-        raw: mil_probe(
-            features(train, raw) if raw else train_zones,
+    inputs = [  # the raw zone means, then the compressor's tokens: (train, evaluated volumes)
+        (features(train, True), features(volumes, True)),
+        (train_zones, features(volumes, False)),
+    ]
+    # one fit per unit: with several processes each fits its share of the probes
+    fitted = (sharding or SINGLE).map(
+        lambda u: mil_probe(
+            inputs[u][0],
             train_labels,
-            features(volumes, raw),
+            inputs[u][1],
             labels,
             seed=seed,
             class_names=classes,
             device=device,
-        )
-        for raw in (True, False)
-    }
+        ),
+        len(inputs),
+    )
+    probes = {True: fitted[0], False: fitted[1]}
     rows = []
     if oracle_f1 is not None:
         rows.append(

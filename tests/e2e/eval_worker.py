@@ -1,8 +1,10 @@
 """Evaluate a finished run's final checkpoint in this process group (torchrun or plain python)
 into ``RUN/eval/NAME``: ``eval_worker.py RUN NAME [KEY=VALUE ...]`` (dotted config overrides,
-values read as ``--set`` reads them). Every process evaluates its share; the main one writes."""
+values read as ``--set`` reads them). Every process evaluates its share; the main one writes and
+prints the evaluation's wall time and each process's CPU time."""
 
 import sys
+import time
 from pathlib import Path
 
 from graftkit.config import parse_value
@@ -18,7 +20,15 @@ run = open_run(
 out = rundir.evaluation(name)
 if run.main:
     out.path.mkdir(parents=True, exist_ok=True)
+start, cpu = time.perf_counter(), time.process_time()
 evaluate_run(run, out=out)
+cpu = time.process_time() - cpu  # this process's own CPU seconds: the machine's load left out
+run.accelerator.wait_for_everyone()
+print(
+    f"evaluation: {time.perf_counter() - start:.1f} s wall, {cpu:.1f} s CPU on process "
+    f"{run.accelerator.process_index} of {run.accelerator.num_processes}",
+    flush=True,
+)
 # let gloo free its last collective's work before exit (see tests/align/infonce_ddp_worker.py)
 run.accelerator.wait_for_everyone()
 run.accelerator.end_training()
