@@ -1,5 +1,5 @@
-"""The ``graftkit`` command line: run, eval, generate, embed, label, plan, synth, study, export,
-plugins.
+"""The ``graftkit`` command line: run, eval, compare, generate, embed, label, plan, synth, study,
+export, plugins.
 
 Every error caused by the user's input or environment (an unknown registered name, an invalid
 config, a bad or missing file, a folder that cannot be written, a full or failing disk, a run
@@ -135,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokens",
         choices=("real", "oracle"),
         default="real",
-        help="visual tokens to generate from: the compressor's (real) or label-token oracle "
-        "tokens built from the true labels (the decoder's ceiling on the same data and text)",
+        help="visual tokens to generate from: the compressor's (real) or tokens built from the "
+        "true labels (a diagnostic of how the decoder reads tokens it was not trained on; not a "
+        "ceiling)",
     )
     p.add_argument(
         "--name",
@@ -146,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing RUN/eval/NAME evaluation"
     )
+
+    p = sub.add_parser(
+        "compare",
+        parents=[common],
+        help="paired comparison of two evaluations of the same volumes (macro F1, CRG, ROUGE-L)",
+    )
+    p.add_argument("run_a", type=Path, help="run folder or evaluation folder (RUN/eval/NAME)")
+    p.add_argument("run_b", type=Path, help="the other one, evaluated on the same volumes")
+    p.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples")
+    p.add_argument("--permutations", type=int, default=10_000, help="paired permutation-test draws")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser("generate", parents=[common], help="write one report for one case")
     p.add_argument("run_dir", type=Path)
@@ -307,6 +320,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "plugins": cmd_plugins,
     "run": _lazy("graftkit.commands", "cmd_run"),
     "eval": _lazy("graftkit.commands", "cmd_eval"),
+    "compare": _lazy("graftkit.commands", "cmd_compare"),
     "generate": _lazy("graftkit.commands", "cmd_generate"),
     "embed": _lazy("graftkit.commands", "cmd_embed"),
     "label": _lazy("graftkit.commands", "cmd_label"),

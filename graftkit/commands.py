@@ -189,22 +189,15 @@ def _run_locked(
     run_curriculum(
         run, phases, init_from=args.init_from, warm_bridge=args.warm_bridge, resume=args.resume
     )
-    evaluate = not args.no_eval
-    if evaluate and run.accelerator.is_fsdp2:
-        # the evaluation runs in the main process alone; a sharded model needs every process
-        evaluate = False
-        if run.main:
-            print(
-                f"evaluation: skipped under FSDP (the model is sharded across processes); "
-                f"evaluate the run in one process: graftkit eval {path}",
-                flush=True,
-            )
-    if evaluate and run.main:
+    if not args.no_eval:
+        # every process evaluates its share (a sharded FSDP model included); the main one writes
         run.summary["checkpoint"] = rundir.checkpoint_info(rundir.phase(phases[-1]))
-        rundir.clear()
-        with progress_bar(disable=is_quiet()) as progress:
+        if run.main:
+            rundir.clear()
+        with progress_bar(disable=is_quiet() or not run.main) as progress:
             evaluate_run(run, progress=progress)
-        _print_summary(rundir)
+        if run.main:
+            _print_summary(rundir)
     run.update_metrics({"timing": {"total_seconds": round(time.time() - started, 1)}})
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
@@ -300,6 +293,29 @@ def _eval_locked(args: argparse.Namespace, rundir: RunDir, cfg: RunConfig, datas
             token_source=args.tokens,
         )
     _print_summary(out)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``graftkit compare RUN_A RUN_B``: A - B in macro F1, CRG and ROUGE-L on the volumes both
+    evaluated, with paired bootstrap intervals and permutation p-values
+    (:mod:`graftkit.eval.compare`); evaluations of different volumes are refused."""
+    for flag, value in (("--resamples", args.resamples), ("--permutations", args.permutations)):
+        if value < 1:
+            raise CLIError(f"{flag} {value}: must be at least 1")
+    from graftkit.eval.compare import ComparisonError, compare_evaluations, format_comparison
+
+    try:
+        result = compare_evaluations(
+            args.run_a,
+            args.run_b,
+            n_resamples=args.resamples,
+            n_permutations=args.permutations,
+            seed=args.seed,
+        )
+    except ComparisonError as err:
+        raise CLIError(str(err)) from None
+    print(json.dumps(result, indent=2) if args.json else "\n".join(format_comparison(result)))
     return 0
 
 

@@ -13,12 +13,27 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from typing import Any
 
 from graftkit.curriculum.objective import trained_heads
 from graftkit.eval.evaluate import Evaluation, evaluate
 from graftkit.io import atomic_write_text
-from graftkit.rundir import EvalDir, RunDir, RunDirError, describe_checkpoint
+from graftkit.rundir import EVALUATION_KEYS, EvalDir, RunDir, RunDirError, describe_checkpoint
+
+
+def head_checkpoints(run, phases: list[int]) -> dict[str, Path]:
+    """For each bridge head (``cls``, ``mil``, ``llm_cls``), the checkpoint of the last of
+    ``phases`` that trained it: one whose losses train the head with the ``heads`` group
+    trainable. A later phase that trains the predictor or recalibrates moves the tokens under a
+    head it does not train, so the head is scored on the tokens it was trained on."""
+    out = {}
+    for n in phases:
+        phase = run.cfg.phases.get(n)
+        if "heads" in phase.trainable:
+            for head in trained_heads(phase.losses):
+                out[head] = run.rundir.phase(n)
+    return out
 
 
 def evaluate_run(
@@ -37,7 +52,14 @@ def evaluate_run(
     Arguments left ``None`` take the run's ``eval`` config. Another folder than the run folder
     gets a fresh ``metrics.json`` holding this evaluation and the run's data summary only, so no
     file mixes two evaluations.
+
+    Every process of a distributed run calls this: the model's work is split across the
+    processes and merged (:mod:`graftkit.eval.shard`; a sharded FSDP model with its root unit
+    gathered), and the main process writes the files.
     """
+    from graftkit.curriculum import fsdp
+    from graftkit.eval.shard import from_accelerator
+
     updates = {"split": split, "extractor": extractor_name, "ablations": ablations}
     config = run.cfg.eval.model_copy(update={k: v for k, v in updates.items() if v is not None})
     if config.split not in run.dataset.splits:
@@ -47,8 +69,11 @@ def evaluate_run(
     volumes = run.train if config.split == run.dataset.splits[0] else run.valid
     volumes = volumes[: (limit or config.limit or len(volumes))]
     done = run.rundir.complete_phases(run.cfg.phases.numbers)
+    evaluated = run.summary.get("checkpoint", {}).get("phase")
+    upto = [n for n in done if evaluated is None or n <= evaluated]
     losses = {loss for n in done for loss in run.cfg.phases.get(n).losses}
-    with run.accelerator.autocast():
+    sharding = from_accelerator(run.accelerator, synced=fsdp.is_sharded(run.objective))
+    with run.accelerator.autocast(), fsdp.unsharded(run.glm, run.objective):
         evaluation = evaluate(
             run.glm,
             run.tokenizer,
@@ -61,16 +86,24 @@ def evaluate_run(
             trained_heads=trained_heads(losses),
             nll_text=run.cfg.phases.get(max(done)).text if done else "positive_findings",
             probe_checkpoints={f"p{n}": run.rundir.phase(n) for n in done},
+            head_checkpoints=head_checkpoints(run, upto),
             token_source=token_source,
             prompt=run.prompt,
-            progress=progress,
+            progress=progress if run.main else None,
+            sharding=sharding,
         )
     evaluation.metrics["eval"]["split"] = config.split
+    evaluation.metrics["eval"]["processes"] = sharding.world
     if "checkpoint" in run.summary:
         evaluation.metrics["eval"]["checkpoint"] = run.summary["checkpoint"]
     if run.main:
         write_evaluation(run, evaluation, out or run.rundir)
     return evaluation.metrics
+
+
+#: The ``metrics.json`` sections an evaluation writes: each is replaced whole when the run's
+#: own evaluation is written again, so no key of an earlier one survives beside the new ones.
+EVALUATION_SECTIONS = (*EVALUATION_KEYS, "baselines", "nlg")
 
 
 def write_evaluation(run, evaluation: Evaluation, out: EvalDir) -> None:
@@ -83,7 +116,10 @@ def write_evaluation(run, evaluation: Evaluation, out: EvalDir) -> None:
     if evaluation.grounding is not None:
         atomic_write_text(out.grounding, json.dumps(evaluation.grounding, indent=2))
     if out.is_run_folder:
-        out.update_metrics(evaluation.metrics)
+        metrics = out.read_metrics()
+        for key in EVALUATION_SECTIONS:
+            metrics.pop(key, None)
+        out.write_metrics({**metrics, **evaluation.metrics})
     else:
         out.write_metrics({"data": run.summary.get("data", {}), **evaluation.metrics})
     write_report(out.path, training_dir=out.run.path)
@@ -165,13 +201,50 @@ def format_summary(out: EvalDir) -> list[str]:
     lines = [f"\neval on {e['volumes']} {e['split']} volumes (extractor {e['extractor']}):"]
     if "checkpoint" in e:
         lines.append(f"  checkpoint {describe_checkpoint(e['checkpoint'])}")
+    ci = (e.get("ci") or {}).get("macro_f1") or {}
+    interval = f" (95% CI {ci['low']:.3f}-{ci['high']:.3f})" if ci.get("low") is not None else ""
     lines.append(
-        f"  generation macro F1 {e['macro_f1']:.3f}  precision {e['macro_precision']:.3f}  "
-        f"recall {e['macro_recall']:.3f}"
+        f"  generation macro F1 {e['macro_f1']:.3f}{interval}  precision "
+        f"{e['macro_precision']:.3f}  recall {e['macro_recall']:.3f}"
     )
+    if "micro_f1" in e:
+        lines.append(
+            f"  micro F1 {e['micro_f1']:.3f}  weighted F1 {e['weighted_f1']:.3f}  "
+            f"CRG {_num(e.get('crg'))}"
+        )
+    base = full.get("baselines") or {}
+    if base.get("all_positive"):
+        every, chance = base["all_positive"], base.get("prevalence")
+        line = (
+            f"  baselines: every finding named macro F1 {every['macro_f1']:.3f} "
+            f"(CRG {_num(every.get('crg'))})"
+        )
+        if chance:
+            line += (
+                f", findings at training prevalence {chance['macro_f1']:.3f} "
+                f"(CRG {_num(chance.get('crg'))})"
+            )
+        lines.append(line)
     if "oracle" in full:
         o = full["oracle"]["macro_f1"]
         lines.append(f"  oracle macro F1 {o:.3f}  (generation / oracle = {e['macro_f1'] / o:.2f})")
+    if e.get("skill") is not None:
+        lines.append(f"  skill {e['skill']:.2f}  (0 = every finding named, 1 = the cohort oracle)")
+    nlg = full.get("nlg")
+    if nlg:
+        lines.append(
+            "  text vs reference: "
+            + "  ".join(
+                f"{label} {_num(nlg.get(key))}"
+                for key, label in (
+                    ("bleu_1", "BLEU-1"),
+                    ("bleu_4", "BLEU-4"),
+                    ("meteor", "METEOR"),
+                    ("rouge_l", "ROUGE-L"),
+                    ("cider", "CIDEr-D"),
+                )
+            )
+        )
     if "ablation" in full:
         a = full["ablation"]
         lines.append(
@@ -186,7 +259,7 @@ def format_summary(out: EvalDir) -> list[str]:
         for row in full["ladder"]:
             share = row.get("fraction_of_oracle")
             tail = f"  ({share:.2f} x oracle)" if share is not None else ""
-            lines.append(f"    {row['stage']:<34} {row['macro_f1']:.3f}{tail}")
+            lines.append(f"    {row['stage']:<42} {row['macro_f1']:.3f}{tail}")
     lines.append(f"  results: {out.path}  (report: {out.report})")
     return lines
 
@@ -209,3 +282,8 @@ def generate_case(run, embeddings, z_mm=None, greedy: bool = False):
     gen = generation_settings(run.cfg.eval.generation, greedy=greedy)
     text = generate_reports(run.glm, run.tokenizer, run.prompt, tokens, gen, seed=run.cfg.seed)[0]
     return text, tokens
+
+
+def _num(value: Any) -> str:
+    """A score as printed: three decimals, or ``n/a`` where it could not be computed."""
+    return "n/a" if value is None else f"{value:.3f}"

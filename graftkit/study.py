@@ -50,11 +50,14 @@ def _phase3(
     return sub.rundir.history_rows()
 
 
-def _gen_f1(run, skip_decode: bool) -> float:
+def _generation(run, skip_decode: bool) -> tuple[dict[str, Any], Any, list[str]]:
+    """The validation reports with the adapters on every decode step or skipped after the
+    prompt: their label scores (macro, micro and weighted F1, CRG), extracted labels and texts."""
     from graftkit.eval.generation import (
         generate_reports,
-        generation_scores,
         generation_settings,
+        label_matrix,
+        label_scores,
         visual_tokens,
     )
     from graftkit.labels import evaluation_extractor
@@ -75,7 +78,52 @@ def _gen_f1(run, skip_decode: bool) -> float:
         seed=run.cfg.seed,
     )
     extractor = evaluation_extractor(run.cfg.eval, run.dataset)
-    return generation_scores(extractor, texts, volumes, run.dataset.class_names)["macro_f1"]
+    predicted = extractor.extract(texts)
+    return label_scores(label_matrix(volumes), predicted, run.dataset.class_names), predicted, texts
+
+
+def _decoding_comparison(run) -> dict[str, Any]:
+    """Cross-attention on every decode step vs skipped, on the validation volumes: per variant
+    the label scores and ROUGE-L, the trivial baselines and the skill, and a paired comparison
+    (macro F1, CRG, ROUGE-L differences with a permutation p-value), as ``graftkit eval`` and
+    ``graftkit compare`` report them."""
+    from graftkit.eval.evaluate import oracle_on, trivial_baselines
+    from graftkit.eval.generation import label_matrix
+    from graftkit.eval.metrics import skill_score
+    from graftkit.eval.nlg import rouge_l_per_report
+    from graftkit.eval.stats import compare_systems
+
+    truth = label_matrix(run.valid)
+    references = [run.dataset.narrative_text(v) for v in run.valid]
+    baselines = trivial_baselines(truth, label_matrix(run.train))
+    oracle_f1, _ = oracle_on(run.dataset, run.valid)
+    out: dict[str, Any] = {"baselines": baselines}
+    predictions, rouge = {}, {}
+    for name, skip in (("every_step", False), ("skipped", True)):
+        scores, predictions[name], texts = _generation(run, skip_decode=skip)
+        rouge[name] = rouge_l_per_report(texts, references)
+        out[name] = {
+            **{k: scores[k] for k in ("macro_f1", "micro_f1", "weighted_f1", "crg")},
+            "rouge_l": float(rouge[name].mean()),
+            "skill": skill_score(
+                scores["macro_f1"], baselines["all_positive"]["macro_f1"], oracle_f1
+            )
+            if oracle_f1 is not None
+            else None,
+        }
+    out["every_step_minus_skipped"] = compare_systems(
+        truth,
+        predictions["every_step"],
+        predictions["skipped"],
+        rouge["every_step"],
+        rouge["skipped"],
+        seed=run.cfg.seed,
+    )
+    return out
+
+
+def _cell(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def run_study(cfg: RunConfig, output: Path, run_dir: Path | None = None) -> dict[str, Any]:
@@ -94,21 +142,37 @@ def run_study(cfg: RunConfig, output: Path, run_dir: Path | None = None) -> dict
     warm = _phase3(run, "p3-warm", "positive_findings", p2, warm=trained)
 
     run.glm.load_bridge_state_dict(trained)
-    every_step = _gen_f1(run, skip_decode=False)
-    skipped = _gen_f1(run, skip_decode=True)
+    decoding = _decoding_comparison(run)
+    every_step = decoding["every_step"]["macro_f1"]
+    skipped = decoding["skipped"]["macro_f1"]
 
     def f1s(rows):
         return [round(r["gen_f1"], 3) for r in rows]
+
+    def crgs(rows):
+        return [
+            None if r.get("gen_crg_real") is None else round(r["gen_crg_real"], 3) for r in rows
+        ]
 
     result = {
         "positive_findings": f1s(positive),
         "narrative": f1s(narrative),
         "cold": {"epoch1": f1s(positive)[0], "best": max(f1s(positive))},
         "warm": {"epoch1": f1s(warm)[0], "best": max(f1s(warm))},
+        "positive_findings_crg": crgs(positive),
+        "narrative_crg": crgs(narrative),
         "xattn_every_step": every_step,
         "xattn_skipped_in_decoding": skipped,
+        "decoding": decoding,
         "minutes": round((time.time() - started) / 60, 1),
     }
+    epochs = max(len(positive), len(narrative))
+
+    def _per_epoch(rows):
+        return " | ".join(
+            f"{f1:.3f} ({_cell(crg)})" for f1, crg in zip(f1s(rows), crgs(rows), strict=True)
+        )
+
     command = (
         " ".join(["graftkit", *sys.argv[1:]]) if sys.argv[1:2] else f"graftkit study {cfg.dataset}"
     )
@@ -117,17 +181,16 @@ def run_study(cfg: RunConfig, output: Path, run_dir: Path | None = None) -> dict
         "",
         f"Command: `{command}` — machine: {platform.machine()} CPU, {platform.node() and 'this workplace'}; "
         f"date {date.today().isoformat()}; {result['minutes']} minutes.",
-        "Generation macro F1 on the validation volumes, rule-based labels of the generated text.",
+        "Generation macro F1 and CRG on the validation volumes, rule-based labels of the "
+        "generated text (docs/evaluation.md).",
         "Numbers are whatever the run produced; the synthetic cohort is not CT-RATE.",
         "",
-        "## Table II analogue: phase-3 text (generation F1 per epoch)",
+        "## Table II analogue: phase-3 text (generation F1 per epoch, CRG in brackets)",
         "",
-        "| phase-3 text | "
-        + " | ".join(f"ep {i + 1}" for i in range(max(len(positive), len(narrative))))
-        + " |",
-        "|---|" + "---|" * max(len(positive), len(narrative)),
-        "| positive findings only | " + " | ".join(map(str, result["positive_findings"])) + " |",
-        "| raw narrative | " + " | ".join(map(str, result["narrative"])) + " |",
+        "| phase-3 text | " + " | ".join(f"ep {i + 1}" for i in range(epochs)) + " |",
+        "|---|" + "---|" * epochs,
+        "| positive findings only | " + _per_epoch(positive) + " |",
+        "| raw narrative | " + _per_epoch(narrative) + " |",
         "",
         "## Table VI analogue: cold vs warm bridge",
         "",
@@ -138,10 +201,36 @@ def run_study(cfg: RunConfig, output: Path, run_dir: Path | None = None) -> dict
         "",
         "## Cross-attention during decoding",
         "",
-        "| adapters | generation F1 |",
-        "|---|---|",
-        f"| run on every decode step | {every_step:.3f} |",
-        f"| skipped during decoding (prompt only) | {skipped:.3f} |",
+        "| adapters | macro F1 | micro F1 | weighted F1 | CRG | ROUGE-L | skill |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {label} | "
+            + " | ".join(
+                _cell(decoding[key][m])
+                for m in ("macro_f1", "micro_f1", "weighted_f1", "crg", "rouge_l", "skill")
+            )
+            + " |"
+            for key, label in (
+                ("every_step", "run on every decode step"),
+                ("skipped", "skipped during decoding (prompt only)"),
+            )
+        ],
+        "",
+        "Baselines on the same volumes: every finding named macro F1 "
+        f"{_cell(decoding['baselines']['all_positive']['macro_f1'])} (CRG "
+        f"{_cell(decoding['baselines']['all_positive']['crg'])}), findings at training "
+        f"prevalence {_cell(decoding['baselines']['prevalence']['macro_f1'])} (CRG "
+        f"{_cell(decoding['baselines']['prevalence']['crg'])}); skill = (F1 - every-finding F1) / "
+        "(oracle F1 - every-finding F1).",
+        "",
+        "Every step minus skipped, paired on the same volumes (bootstrap 95 % interval, "
+        "permutation p-value): "
+        + "; ".join(
+            f"{name} {c['difference']:+.3f} [{_cell(c['low'])}, {_cell(c['high'])}], "
+            f"p = {c['p_value']:.4f}"
+            for name, c in decoding["every_step_minus_skipped"].items()
+        )
+        + ".",
         "",
     ]
     output.parent.mkdir(parents=True, exist_ok=True)

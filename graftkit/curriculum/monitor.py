@@ -4,8 +4,10 @@ Each epoch it generates reports for a fixed validation subset with real and zero
 (greedy), scores them with the run's label extractor and feeds the F1 pair to
 :class:`graftkit.eval.collapse.CollapseMonitor` (docs/design.md, "Evaluation": reliance on the visual
 tokens). It adds ``gen_f1_real``, ``gen_f1_zero`` and ``gen_f1`` (= real) to the epoch's row,
-which a phase may early-stop on. A decoder that does not read the tokens yet gets one note per
-phase rather than a warning every epoch (:mod:`graftkit.eval.collapse`).
+which a phase may early-stop on, and the CRG score beside them (``gen_crg_real``,
+``gen_crg_zero``; None where the subset has no positive label). A decoder that does not read the
+tokens yet gets one note per phase rather than a warning every epoch
+(:mod:`graftkit.eval.collapse`).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class CollapseMonitor(Callback):
                 run.glm, run.dataset, subset, run.cfg.eval.batch_size, run.cfg.data.max_slices
             )
             gen = generation_settings(run.cfg.eval.generation, greedy=True)
-            f1 = {}
+            f1, crg = {}, {}
             for mode in ("real", "zero"):
                 texts = generate_reports(
                     run.glm,
@@ -64,10 +66,10 @@ class CollapseMonitor(Callback):
                     gen,
                     run.cfg.eval.batch_size,
                 )
-                f1[mode] = generation_scores(
-                    self._extractor, texts, subset, run.dataset.class_names
-                )["macro_f1"]
+                scores = generation_scores(self._extractor, texts, subset, run.dataset.class_names)
+                f1[mode], crg[mode] = scores["macro_f1"], scores["crg"]
         row.update(gen_f1_real=f1["real"], gen_f1_zero=f1["zero"], gen_f1=f1["real"])
+        row.update(gen_crg_real=crg["real"], gen_crg_zero=crg["zero"])
         # rows a process wrote past its last epoch checkpoint before it ended (killed, disk
         # full): the resumed run trains those epochs again, and their rows replace them
         self._monitor.history = [

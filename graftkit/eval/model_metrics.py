@@ -1,4 +1,4 @@
-"""Model-based report scores (BERTScore, GREEN), opt-in, every model loaded from a local directory.
+"""Model-based report scores (BERTScore, GREEN, RaTEScore), opt-in, every model loaded from a local directory.
 
 Nothing here downloads: a model is read with ``from_pretrained(path, local_files_only=True)`` and
 a missing or unreadable directory raises
@@ -35,9 +35,13 @@ a local directory with the reference's prompt, chat template and greedy decoding
 :func:`parse_green` reads the analysis. The reference package itself cannot be installed here
 (it pins torch 2.2.2 and transformers 4.40).
 
-RaTEScore (Zhao et al., EMNLP 2024) is not provided: its reference splits reports into sentences
-with medspacy (PyRuSH), whose install pulls spacy 3.7 and downgrades numpy to 1.26, and a
-different splitter would change which entities its DeBERTa NER model sees and so the score.
+**RaTEScore** (Zhao et al., EMNLP 2024): :class:`RaTEScorer` tags medical entities (abnormality,
+disease, their negations, anatomy) with the authors' NER model, embeds them with their encoder
+and matches them across the two reports with the authors' type weights and negation penalty. Its
+reference package splits sentences with medspacy, which cannot be installed beside graftkit (it
+pulls spacy 3.7 and downgrades numpy to 1.26): the default splitter here is a rule of its own
+(:func:`split_sentences`), and ``splitter="medspacy"`` uses the reference's where medspacy is
+installed.
 """
 
 from __future__ import annotations
@@ -412,4 +416,250 @@ class GREENScorer:
             "per_report": [None if p is None else p["green"] for p in parsed],
             "unparsed": sum(p is None for p in parsed),
             "analyses": analyses,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# RaTEScore
+
+#: The type-pair weights w(reference type, candidate type) of RaTEScore: the authors' default
+#: affinity matrix (``DEFAULT_MATRIX`` in ``RaTEScore/scorer.py`` of
+#: github.com/MAGIC-AI4Med/RaTEScore, their long-report search against human ratings). Data the
+#: metric is defined with, copied digit for digit.
+RATE_AFFINITY: dict[tuple[str, str], float] = {
+    ("ABNORMALITY", "ABNORMALITY"): 0.4276119164393705,
+    ("ABNORMALITY", "ANATOMY"): 0.6240929990607657,
+    ("ABNORMALITY", "DISEASE"): 0.0034478181112993847,
+    ("ABNORMALITY", "NON-ABNORMALITY"): 0.5431049700217344,
+    ("ABNORMALITY", "NON-DISEASE"): 0.27005425386213877,
+    ("ANATOMY", "ABNORMALITY"): 0.7487824274337533,
+    ("ANATOMY", "ANATOMY"): 0.2856134859160784,
+    ("ANATOMY", "DISEASE"): 0.4592143222158069,
+    ("ANATOMY", "NON-ABNORMALITY"): 0.02097055139911715,
+    ("ANATOMY", "NON-DISEASE"): 0.00013736314126696204,
+    ("DISEASE", "ABNORMALITY"): 0.8396510075734789,
+    ("DISEASE", "ANATOMY"): 0.9950209388542061,
+    ("DISEASE", "DISEASE"): 0.8460555030578727,
+    ("DISEASE", "NON-ABNORMALITY"): 0.9820689020512646,
+    ("DISEASE", "NON-DISEASE"): 0.3789136708096537,
+    ("NON-ABNORMALITY", "ABNORMALITY"): 0.16546764653692908,
+    ("NON-ABNORMALITY", "ANATOMY"): 0.018670610691852826,
+    ("NON-ABNORMALITY", "DISEASE"): 0.719397354576018,
+    ("NON-ABNORMALITY", "NON-ABNORMALITY"): 0.0009357166071730684,
+    ("NON-ABNORMALITY", "NON-DISEASE"): 0.0927333564267591,
+    ("NON-DISEASE", "ABNORMALITY"): 0.7759420231214385,
+    ("NON-DISEASE", "ANATOMY"): 0.1839139293714062,
+    ("NON-DISEASE", "DISEASE"): 0.10073046076318157,
+    ("NON-DISEASE", "NON-ABNORMALITY"): 0.03860183811876373,
+    ("NON-DISEASE", "NON-DISEASE"): 0.34065681486566446,
+}
+RATE_TYPES = ("ABNORMALITY", "NON-ABNORMALITY", "DISEASE", "NON-DISEASE", "ANATOMY")
+#: A match between a finding and its negation (either way round) keeps this share of its
+#: similarity (the reference's ``neg_weight`` and ``neg_class``).
+RATE_NEGATION_WEIGHT = 0.3612
+RATE_NEGATION_PAIRS = frozenset(
+    {
+        ("NON-DISEASE", "DISEASE"),
+        ("NON-ABNORMALITY", "ABNORMALITY"),
+        ("DISEASE", "NON-DISEASE"),
+        ("ABNORMALITY", "NON-ABNORMALITY"),
+        ("NON-DISEASE", "ABNORMALITY"),
+        ("NON-ABNORMALITY", "DISEASE"),
+        ("DISEASE", "NON-ABNORMALITY"),
+        ("ABNORMALITY", "NON-DISEASE"),
+    }
+)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """RaTEScore's sentences of a report: split after ``.``, ``!`` or ``?`` followed by
+    whitespace, and at line breaks; pieces without a word or shorter than 3 characters are
+    dropped, as the reference drops them. The reference splits with medspacy's PyRuSH rules
+    (:class:`RaTEScorer` ``splitter="medspacy"``), which this approximates on report prose."""
+    return [
+        s.strip()
+        for s in _SENTENCE_END.split(text)
+        if s.strip() and s.strip().split() and len(s.strip()) >= 3
+    ]
+
+
+def bio_spans(labels: Sequence[str]) -> list[tuple[int, int, str]]:
+    """``(start, end, type)`` (inclusive) of the entities of a BIO label sequence: a ``B-T``
+    label opens an entity of type T, ``I-`` labels continue it, anything else closes it; an
+    ``I-`` without an open entity is ignored."""
+    spans: list[tuple[int, int, str]] = []
+    open_start, open_type = None, None
+    for i, label in enumerate([*labels, "O"]):
+        if open_start is not None and not label.startswith("I-"):
+            spans.append((open_start, i - 1, open_type))
+            open_start, open_type = None, None
+        if label.startswith("B-"):
+            open_start, open_type = i, label[2:]
+    return spans
+
+
+def rate_match(
+    reference: Any, candidate: Any, reference_types: Sequence[str], candidate_types: Sequence[str]
+) -> float:
+    """One direction of RaTEScore (Zhao et al., EMNLP 2024, Sec. 3.3): each reference entity i is
+    matched to its most cosine-similar candidate entity j(i), and
+
+        score = Σ_i cos_i · w(t_i, t_j(i)) · ν_i / Σ_i w(t_i, t_j(i))
+
+    with w the type-pair weight (:data:`RATE_AFFINITY`) and ν = :data:`RATE_NEGATION_WEIGHT` when
+    the pair matches a finding with its negation, else 1; 0 when every weight is 0.
+    ``reference`` / ``candidate`` are entity embeddings ``[m, D]`` / ``[k, D]`` (k >= 1)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    cand = np.asarray(candidate, dtype=np.float64)
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True).clip(1e-12)
+    cand = cand / np.linalg.norm(cand, axis=1, keepdims=True).clip(1e-12)
+    similarity = ref @ cand.T
+    best = similarity.argmax(axis=1)
+    total = weights = 0.0
+    for i, j in enumerate(best):
+        pair = (reference_types[i], candidate_types[j])
+        weight = RATE_AFFINITY[pair]
+        negation = RATE_NEGATION_WEIGHT if pair in RATE_NEGATION_PAIRS else 1.0
+        total += float(similarity[i, j]) * weight * negation
+        weights += weight
+    return total / weights if weights else 0.0
+
+
+class RaTEScorer:
+    """RaTEScore (Zhao et al., EMNLP 2024): entity-level agreement of a candidate and a reference
+    report, with both models from local directories.
+
+    Each report is split into sentences (:func:`split_sentences`, or medspacy's PyRuSH with
+    ``splitter="medspacy"`` when medspacy is installed, as in the reference), a token-classification
+    model tags each sentence's tokens with BIO labels over :data:`RATE_TYPES` (the authors'
+    ``Angelakeke/RaTE-NER-Deberta``; labels from its ``config.id2label``), each entity's text is
+    embedded by the [CLS] state of an encoder (the authors' ``FremyCompany/BioLORD-2023-C``, at
+    most 30 tokens), and per report
+
+        P = rate_match(reference, candidate), R = rate_match(candidate, reference),
+        RaTEScore = 2PR / (P + R)
+
+    (:func:`rate_match`); 0.5 when either report has no entity, 0 when P + R = 0, as the
+    reference. The corpus score is the mean over reports. What differs from the authors' package:
+    the default sentence splitter (their medspacy install pulls spacy 3.7 and numpy 1.26, which
+    graftkit's environment cannot take), and the BIO decoding at malformed label sequences
+    (:func:`bio_spans`; the reference drops an entity left open at the end of a sentence after an
+    earlier one closed); on a report whose sentences both split alike, the entities and the score
+    are the reference's.
+    """
+
+    def __init__(
+        self,
+        ner_path: str | Path,
+        embedding_path: str | Path,
+        *,
+        device: str = "cpu",
+        batch_size: int = 16,
+        splitter: str = "regex",
+    ) -> None:
+        from transformers import AutoModel, AutoModelForTokenClassification, AutoTokenizer
+
+        if splitter not in ("regex", "medspacy"):
+            raise ValueError(f"RaTEScore: splitter must be 'regex' or 'medspacy', got {splitter!r}")
+        if batch_size < 1:
+            raise ValueError(f"RaTEScore: batch_size must be >= 1, got {batch_size}")
+        self._split = split_sentences
+        if splitter == "medspacy":
+            try:
+                import medspacy
+            except ImportError as error:
+                raise MetricUnavailableError(
+                    "RaTEScore: splitter='medspacy' needs medspacy installed (pip install medspacy; "
+                    "it downgrades numpy, so use a separate environment)"
+                ) from error
+            nlp = medspacy.load(medspacy_enable=["medspacy_pyrush"])
+            self._split = lambda text: [
+                s for s in (str(x).strip() for x in nlp(text).sents) if s.split() and len(s) >= 3
+            ]
+        self.splitter = splitter
+        loaded = {}
+        for name, path, cls in (
+            ("ner", ner_path, AutoModelForTokenClassification),
+            ("embedding", embedding_path, AutoModel),
+        ):
+            directory = _model_dir(path, f"RaTEScore {name} model")
+            try:
+                loaded[name] = (
+                    AutoTokenizer.from_pretrained(directory, local_files_only=True),
+                    cls.from_pretrained(directory, local_files_only=True).eval().to(device),
+                )
+            except (OSError, ValueError) as error:
+                raise MetricUnavailableError(
+                    f"RaTEScore: cannot load the {name} model and tokenizer from {directory}: {error}"
+                ) from error
+        (self.ner_tokenizer, self.ner), (self.embed_tokenizer, self.embedder) = (
+            loaded["ner"],
+            loaded["embedding"],
+        )
+        self.labels = {int(i): str(label) for i, label in self.ner.config.id2label.items()}
+        for label in self.labels.values():
+            if label != "O" and (label[:2] not in ("B-", "I-") or label[2:] not in RATE_TYPES):
+                raise MetricUnavailableError(
+                    f"RaTEScore: the NER model at {ner_path} has label {label!r}; expected O or "
+                    f"B-/I- of {', '.join(RATE_TYPES)}"
+                )
+        self.device = device
+        self.batch_size = int(batch_size)
+
+    def entities(self, texts: Sequence[str]) -> list[list[tuple[str, str]]]:
+        """Per report, its ``(entity text, type)`` pairs in reading order."""
+        import torch
+
+        sentences, owner = [], []
+        for k, text in enumerate(texts):
+            for sentence in self._split(text):
+                sentences.append(sentence)
+                owner.append(k)
+        out: list[list[tuple[str, str]]] = [[] for _ in texts]
+        special = set(self.ner_tokenizer.all_special_ids)
+        for start in range(0, len(sentences), self.batch_size):
+            batch = sentences[start : start + self.batch_size]
+            encoded = self.ner_tokenizer(
+                batch, max_length=512, padding=True, truncation=True, return_tensors="pt"
+            ).to(self.device)
+            with torch.inference_mode():
+                predicted = self.ner(**encoded).logits.argmax(dim=-1).cpu()
+            for row in range(len(batch)):
+                ids = encoded["input_ids"][row][encoded["attention_mask"][row].bool()].tolist()
+                keep = [i for i, t in enumerate(ids) if t not in special]
+                tokens = self.ner_tokenizer.convert_ids_to_tokens([ids[i] for i in keep])
+                labels = [self.labels[int(predicted[row][i])] for i in keep]
+                for first, last, kind in bio_spans(labels):
+                    text = self.ner_tokenizer.convert_tokens_to_string(tokens[first : last + 1])
+                    out[owner[start + row]].append((text.strip(), kind))
+        return out
+
+    def _embed(self, entities: list[str]) -> Any:
+        import torch
+
+        encoded = self.embed_tokenizer(
+            entities, truncation=True, padding=True, max_length=30, return_tensors="pt"
+        ).to(self.device)
+        with torch.inference_mode():
+            return self.embedder(**encoded).last_hidden_state[:, 0].float().cpu().numpy()
+
+    def score(self, candidates: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+        """``{"ratescore": mean, "per_report": [n], "splitter"}``."""
+        _check_pairs(candidates, references)
+        cand, refs = self.entities(candidates), self.entities(references)
+        per_report = []
+        for c, r in zip(cand, refs, strict=True):
+            if not c or not r:
+                per_report.append(0.5)
+                continue
+            c_emb, r_emb = self._embed([e for e, _ in c]), self._embed([e for e, _ in r])
+            c_types, r_types = [t for _, t in c], [t for _, t in r]
+            p = rate_match(r_emb, c_emb, r_types, c_types)
+            q = rate_match(c_emb, r_emb, c_types, r_types)
+            per_report.append(2 * p * q / (p + q) if p + q else 0.0)
+        return {
+            "ratescore": float(np.mean(per_report)) if per_report else None,
+            "per_report": per_report,
+            "splitter": self.splitter,
         }

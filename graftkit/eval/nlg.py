@@ -182,36 +182,80 @@ def java_available(java: str = "java") -> bool:
     return shutil.which(java) is not None
 
 
+class MeteorScorer:
+    """pycocoevalcap's ``meteor-1.5.jar`` (``-l en -norm``) in a JVM started when this is built.
+
+    The jar takes about 10 s (25 s on a loaded 2-core machine) and 1.1 GB of memory to load its
+    paraphrase table; built before other work (an evaluation builds it before it generates), the
+    loading overlaps that work. Without a Java runtime it is built all the same and
+    :meth:`score` raises :class:`~graftkit.eval.metrics.MetricUnavailableError`. :meth:`close`
+    (or leaving a ``with`` block) ends the JVM.
+    """
+
+    def __init__(self) -> None:
+        self._scorer = None
+        self.unavailable: str | None = None
+        if not java_available():
+            self.unavailable = (
+                "METEOR needs a Java runtime to run pycocoevalcap's meteor-1.5.jar and none is "
+                "on PATH (install one, e.g. apt-get install default-jre-headless, or score "
+                "without METEOR)"
+            )
+            return
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        try:
+            self._scorer = Meteor()
+        except OSError as error:
+            self.unavailable = f"METEOR (java -jar meteor-1.5.jar) failed to start: {error}"
+
+    def score(
+        self,
+        generated: Sequence[str],
+        references: Sequence[str],
+        *,
+        tokenizer: Tokenizer = "whitespace",
+    ) -> float:
+        """Corpus METEOR: the jar's aggregate over all segments (its ``EVAL`` line), not the mean
+        of per-report scores."""
+        candidates, refs = _tokenized(generated, references, tokenizer)
+        if self._scorer is None:
+            raise MetricUnavailableError(self.unavailable or "METEOR: the JVM was closed")
+        gts, res = _coco_inputs(candidates, refs)
+        try:
+            score, _ = self._scorer.compute_score(gts, res)
+        except (OSError, ValueError) as error:
+            raise MetricUnavailableError(
+                f"METEOR (java -jar meteor-1.5.jar) failed: {error}"
+            ) from error
+        return float(score)
+
+    def close(self) -> None:
+        scorer, self._scorer = self._scorer, None
+        if scorer is not None:
+            del scorer  # pycocoevalcap's Meteor kills its JVM when deleted
+
+    def __enter__(self) -> MeteorScorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def meteor(
     generated: Sequence[str], references: Sequence[str], *, tokenizer: Tokenizer = "whitespace"
 ) -> float:
-    """Corpus METEOR 1.5 from pycocoevalcap's ``meteor-1.5.jar`` (``-l en -norm``).
+    """Corpus METEOR 1.5 from pycocoevalcap's ``meteor-1.5.jar`` (``-l en -norm``), in a JVM of
+    its own (:class:`MeteorScorer`).
 
     The corpus score is the jar's aggregate over all segments (its ``EVAL`` line), not the mean
     of per-report scores. Starting the JVM and loading the paraphrase table takes about 10 s.
     Raises :class:`~graftkit.eval.metrics.MetricUnavailableError` when no Java runtime is on
     PATH or the jar fails.
     """
-    candidates, refs = _tokenized(generated, references, tokenizer)
-    if not java_available():
-        raise MetricUnavailableError(
-            "METEOR needs a Java runtime to run pycocoevalcap's meteor-1.5.jar and none is on "
-            "PATH (install one, e.g. apt-get install default-jre-headless, or score without METEOR)"
-        )
-    from pycocoevalcap.meteor.meteor import Meteor
-
-    gts, res = _coco_inputs(candidates, refs)
-    try:
-        scorer = Meteor()
-        try:
-            score, _ = scorer.compute_score(gts, res)
-        finally:
-            del scorer
-    except (OSError, ValueError) as error:
-        raise MetricUnavailableError(
-            f"METEOR (java -jar meteor-1.5.jar) failed: {error}"
-        ) from error
-    return float(score)
+    _tokenized(generated, references, tokenizer)
+    with MeteorScorer() as scorer:
+        return scorer.score(generated, references, tokenizer=tokenizer)
 
 
 def nlg_scores(

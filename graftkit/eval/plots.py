@@ -417,16 +417,23 @@ def ablation_bars(ablation: Mapping[str, Any]) -> Figure | None:
 PROBE_METRIC_LABELS = {"macro_f1": "macro F1", "macro_auc": "macro ROC AUC"}
 
 
+#: The pooled linear probe's key for the raw slice embeddings: ``slice_mean`` (``raw`` in
+#: metrics.json files written before it was renamed, still read).
+SLICE_MEAN_KEYS = ("slice_mean", "raw")
+
+
 def probe_stages(probe: Mapping[str, Any]) -> list[str]:
-    """The probe keys in curriculum order: ``raw`` first, then ``p{n}`` by phase number (``p10``
-    after ``p9``). A curriculum has any number of phases, so the keys are read, not listed."""
+    """The probe keys in curriculum order: the raw slice embeddings (``slice_mean``, or ``raw``
+    in older files) first, then ``p{n}`` by phase number (``p10`` after ``p9``). A curriculum has
+    any number of phases, so the keys are read, not listed."""
     phases = sorted((k for k in probe if re.fullmatch(r"p[1-9]\d*", k)), key=lambda k: int(k[1:]))
-    return (["raw"] if "raw" in probe else []) + phases
+    return [k for k in SLICE_MEAN_KEYS if k in probe][:1] + phases
 
 
 def probe_label(stage: str) -> str:
-    """``raw slices`` or the phase as written in the paper's tables (``P3``)."""
-    return "raw slices" if stage == "raw" else stage.upper()
+    """``slice-embedding mean`` or the phase's compressor tokens as written in the paper's
+    tables (``P3``)."""
+    return "slice-embedding mean" if stage in SLICE_MEAN_KEYS else stage.upper()
 
 
 def probe_scores(value: Any) -> dict[str, float]:
@@ -464,7 +471,7 @@ def probe_progression(probe: Mapping[str, Any]) -> Figure | None:
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("representation")
     ax.set_ylabel("cross-validated score")
-    ax.set_title("Linear probe on mean-pooled tokens")
+    ax.set_title("Pooled linear probe (paper Table VIII)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig

@@ -248,29 +248,95 @@ def _macro_f1(value: Any) -> float | None:
     return float(value) if plots.is_number(value) else None
 
 
+def _interval(ci: Any, key: str) -> str:
+    """`` [0.53, 0.61]``: the bootstrap interval of ``eval.ci[key]``, or nothing."""
+    entry = ci.get(key) if isinstance(ci, Mapping) else None
+    if isinstance(entry, Mapping) and plots.is_number(entry.get("low")):
+        return f" [{fmt(entry['low'])}, {fmt(entry['high'])}]"
+    return ""
+
+
 def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Rows ``[metric, value, about]``: what a reader needs to judge the run at a glance."""
+    """Rows ``[metric, value, about]``: what a reader needs to judge the run at a glance: the
+    generation's scores beside what trivial reports get on the same volumes and the oracle, the
+    text-overlap scores, then the probes, heads and bookkeeping."""
     rows: list[list[str]] = []
     ev = metrics.get("eval") or {}
+    ci = ev.get("ci") or {}
     scope = []
     if plots.is_number(ev.get("volumes", ev.get("n"))):
         scope.append(f"{ev.get('volumes', ev.get('n'))} {ev.get('split', 'evaluation')} volumes")
     if isinstance(ev.get("extractor"), str):
         scope.append(f"labels read by {ev['extractor']}")
-    for key, label in (
-        ("macro_f1", "F1"),
-        ("macro_precision", "precision"),
-        ("macro_recall", "recall"),
+    if isinstance(ci.get("macro_f1"), Mapping) and ci["macro_f1"].get("n_resamples"):
+        scope.append(f"[bootstrap 95 % interval, {ci['macro_f1']['n_resamples']} resamples]")
+    for key, label, about in (
+        ("macro_f1", "generation macro F1", ", ".join(scope)),
+        ("macro_precision", "generation macro precision", ""),
+        ("macro_recall", "generation macro recall", ""),
+        ("micro_f1", "generation micro F1", "TP, FP, FN pooled over the classes"),
+        ("weighted_f1", "generation weighted F1", "per-class F1 weighted by support"),
+        (
+            "crg",
+            "generation CRG score",
+            "VLM3D's ranking score: 1/3 for naming every finding (or none), 1 perfect",
+        ),
     ):
         if plots.is_number(ev.get(key)):
-            about = ", ".join(scope) if key == "macro_f1" else ""
-            rows.append([f"generation macro {label}", fmt(ev[key]), about])
+            rows.append([label, fmt(ev[key]) + _interval(ci, key), about])
+    baselines = metrics.get("baselines") or {}
+    for key, label in (
+        ("all_positive", "baseline: every finding named"),
+        ("prevalence", "baseline: findings at training prevalence"),
+    ):
+        base = baselines.get(key)
+        if isinstance(base, Mapping) and plots.is_number(base.get("macro_f1")):
+            rows.append(
+                [
+                    f"{label}, macro F1 / CRG",
+                    f"{fmt(base['macro_f1'])} / {fmt(base.get('crg'))}",
+                    str(base.get("about", "")) + "; on the same volumes",
+                ]
+            )
     oracle = _macro_f1(metrics.get("oracle"))
     if oracle is not None:
         about = "best achievable on these volumes (knows the cohort's generator)"
         if plots.is_number(ev.get("macro_f1")) and oracle > 0:
             about += f"; generation reaches {fmt_percent(ev['macro_f1'] / oracle)} of it"
         rows.append(["oracle macro F1", fmt(oracle), about])
+    if "skill" in ev:
+        rows.append(
+            [
+                "skill",
+                fmt(ev["skill"], 2),
+                "0 = every finding named, 1 = the oracle: (F1 - all-positive F1) / "
+                "(oracle F1 - all-positive F1)"
+                if ev["skill"] is not None
+                else "no cohort oracle on these volumes",
+            ]
+        )
+    nlg = metrics.get("nlg")
+    if isinstance(nlg, Mapping):
+        unavailable = nlg.get("unavailable") if isinstance(nlg.get("unavailable"), Mapping) else {}
+        tokens = f"{nlg['tokenizer']} tokens" if isinstance(nlg.get("tokenizer"), str) else ""
+        for key, label, about in (
+            (
+                "bleu_1",
+                "BLEU-1 / 2 / 3 / 4",
+                "corpus BLEU vs the reference reports (pycocoevalcap)",
+            ),
+            ("meteor", "METEOR", "METEOR 1.5 (pycocoevalcap's jar)"),
+            ("rouge_l", "ROUGE-L", "mean per-report LCS F (β = 1.2)"),
+            ("cider", "CIDEr-D", "TF-IDF n-gram consensus (pycocoevalcap)"),
+        ):
+            if key not in nlg:
+                continue
+            if key == "bleu_1":
+                value = " / ".join(fmt(nlg.get(f"bleu_{n}")) for n in range(1, 5))
+            else:
+                value = fmt(nlg[key]) + (_interval(ci, key) if key == "rouge_l" else "")
+            note = f"not computed: {unavailable[key]}" if key in unavailable else about
+            rows.append([label, value, f"{note}; {tokens}" if tokens else note])
     named = {
         "extractor_on_reference": (
             "label extractor on the reference reports, macro F1",
@@ -292,11 +358,17 @@ def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
         "macro_f1",
         "macro_precision",
         "macro_recall",
+        "micro_f1",
+        "weighted_f1",
+        "crg",
+        "skill",
+        "ci",
         "per_class",
         "n",
         "volumes",
         "split",
         "checkpoint",
+        "processes",
     }
     for key, value in ev.items():
         if key in skip:
@@ -311,18 +383,19 @@ def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
                 label += " macro F1"
             rows.append([label, fmt(value["macro_f1"]), about])
     classifier = metrics.get("classifier") or {}
+    read = f"; {classifier['tokens']}" if isinstance(classifier.get("tokens"), str) else ""
     if _macro_f1(classifier.get("threshold_0.5")) is not None:
         rows.append(
             [
-                "classifier heads macro F1",
+                "classifier head (cls) macro F1",
                 fmt(_macro_f1(classifier["threshold_0.5"])),
-                "the heads' own labels at threshold 0.5, no text generated",
+                "the mean-token head's own labels at threshold 0.5, no text generated" + read,
             ]
         )
     if _macro_f1(classifier.get("tuned_thresholds")) is not None:
         rows.append(
             [
-                "classifier heads macro F1, per-class thresholds",
+                "classifier head (cls) macro F1, per-class thresholds",
                 fmt(_macro_f1(classifier["tuned_thresholds"])),
                 "upper bound: thresholds tuned on this split",
             ]
@@ -333,9 +406,10 @@ def _headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
         if "macro_f1" in scores:
             rows.append(
                 [
-                    f"linear probe macro F1 ({plots.probe_label(stage)})",
+                    f"pooled linear probe macro F1 ({plots.probe_label(stage)})",
                     fmt(scores["macro_f1"]),
-                    "5-fold logistic regression on the mean-pooled visual tokens",
+                    "paper Table VIII: 5-fold logistic regression on the mean of the tokens "
+                    "(not the ladder's zone MIL probe)",
                 ]
             )
             break
@@ -428,6 +502,7 @@ def _ladder_table(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         for key, label in (
             ("macro_precision", "macro precision"),
             ("macro_recall", "macro recall"),
+            ("crg", "CRG"),
             ("fraction_of_oracle", "fraction of oracle"),
         )
         if any(key in r for r in rows)

@@ -130,12 +130,42 @@ def test_the_llm_is_sharded_across_the_two_processes(fsdp_run):
     assert 0.45 < local / total < 0.55  # an odd row count leaves one process a row more
 
 
-def test_resumed_run_completes_phases_1_4_and_points_at_one_process_eval(fsdp_run):
+def test_resumed_run_completes_phases_1_4_and_evaluates_the_sharded_model(fsdp_run):
     run_dir, _, resumed = fsdp_run
     assert "phase 3: resumed after epoch 1" in resumed
-    assert "evaluation: skipped under FSDP" in resumed and "graftkit eval" in resumed
+    assert "skipped under FSDP" not in resumed
     for n in (1, 2, 3, 4):
         assert (run_dir / f"phase{n}" / "manifest.json").is_file(), n
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["eval"]["processes"] == 2 and metrics["eval"]["volumes"] == 16
+    assert (run_dir / "report.html").is_file()
+
+
+def test_the_sharded_evaluation_is_the_one_process_evaluation(fsdp_run, e2e_cache):
+    """The FSDP run's own evaluation (both processes, the LLM sharded, synced decoding) against
+    ``graftkit eval`` of the same checkpoint in one process: the same reports and label scores;
+    the teacher-forced NLL to float rounding (the sharded forward sums in another order)."""
+    run_dir, _, _ = fsdp_run
+    out = subprocess.run(
+        [sys.executable, "-m", "graftkit", "--quiet", "eval", str(run_dir), "--name", "one"],
+        capture_output=True,
+        text=True,
+        env=_env(e2e_cache),
+        timeout=TIMEOUT,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    one = run_dir / "eval" / "one"
+    assert (one / "generations.jsonl").read_text() == (run_dir / "generations.jsonl").read_text()
+    got = json.loads((run_dir / "metrics.json").read_text())
+    want = json.loads((one / "metrics.json").read_text())
+    for key in ("macro_f1", "micro_f1", "weighted_f1", "crg", "per_class"):
+        assert got["eval"][key] == want["eval"][key], key
+    for mode in ("real", "zero", "shuffle", "random"):
+        assert got["ablation"][mode] == want["ablation"][mode], mode
+    for mode, parts in want["ablation"]["nll"].items():
+        for part in ("finding", "other"):
+            if math.isfinite(parts[part]):
+                assert got["ablation"]["nll"][mode][part] == pytest.approx(parts[part], rel=1e-5)
 
 
 def test_checkpoints_hold_full_bridge_tensors_close_to_ddp(fsdp_run, ddp_run):

@@ -52,20 +52,24 @@ def test_metrics_file_is_complete_and_finite(smoke_run):
     stages = [row["stage"] for row in metrics["ladder"]]
     assert stages == [
         "cohort oracle",
-        "MIL probe: raw zone means",
-        "MIL probe: compressor tokens",
+        "zone MIL probe: encoder zone means",
+        "zone MIL probe: compressor tokens",
         "bridge head: cls",  # phase 1 trains it (BCE); LLM-cls is untrained in the tiny recipe
         "bridge head: MIL",
         "generation: real",
         "generation: zero",
         "generation: shuffle",
         "generation: random",
-        "generation: label-token oracle",
+        "baseline: every finding named",
+        "baseline: findings at training prevalence",
     ]
     for row in metrics["ladder"]:
         assert 0.0 <= row["macro_f1"] <= 1.0, row
     real = next(r for r in metrics["ladder"] if r["stage"] == "generation: real")
     assert real["macro_f1"] == metrics["eval"]["macro_f1"]
+    # the heads are read on the tokens of phase 1, the last phase that trains them
+    heads = [r for r in metrics["ladder"] if r["stage"].startswith("bridge head")]
+    assert all("phase1's tokens" in r["detail"] for r in heads)
     bad = [p for p, v in _finite(metrics) if not math.isfinite(v) and "nll" not in p]
     assert not bad, bad
     for n in (1, 2, 3, 4):
@@ -74,6 +78,73 @@ def test_metrics_file_is_complete_and_finite(smoke_run):
     assert (smoke_run / "report.html").stat().st_size > 10_000
     rows = [json.loads(line) for line in (smoke_run / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == metrics["eval"]["volumes"]
+
+
+def test_metrics_hold_every_score_the_field_reports(smoke_run):
+    """The keys other tools read, exactly as named (docs/evaluation.md, "What metrics.json
+    holds"), each a number (or None with its reason where it cannot be computed)."""
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    e = metrics["eval"]
+    for key in ("macro_f1", "micro_f1", "weighted_f1", "crg", "skill"):
+        assert isinstance(e[key], float), key
+    for base in ("all_positive", "prevalence"):
+        assert {"macro_f1", "crg"} <= set(metrics["baselines"][base]), base
+    assert metrics["baselines"]["all_positive"]["crg"] == pytest.approx(1 / 3)
+    oracle, every = metrics["oracle"]["macro_f1"], metrics["baselines"]["all_positive"]["macro_f1"]
+    assert e["skill"] == pytest.approx((e["macro_f1"] - every) / (oracle - every), abs=1e-12)
+    nlg = metrics["nlg"]
+    for key in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider"):
+        assert key in nlg, key
+        assert isinstance(nlg[key], float) or key in nlg.get("unavailable", {}), key
+    for key in ("macro_f1", "crg", "rouge_l"):
+        ci = e["ci"][key]
+        assert ci["low"] <= ci["estimate"] <= ci["high"] and ci["level"] == 0.95, key
+
+
+def test_an_independent_script_recomputes_the_stored_label_metrics(smoke_run):
+    """``benchmarks/recompute_metrics.py`` (no graftkit import, exact fractions) recomputes
+    CRG, micro and weighted F1 and the all-positive baseline from generations.jsonl alone."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "recompute_metrics.py"), str(smoke_run)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    for key in ("eval.crg", "eval.micro_f1", "eval.weighted_f1", "baselines.all_positive.crg"):
+        assert re.search(rf"^{re.escape(key)} .* ok$", out.stdout, re.M), out.stdout
+
+
+def test_compare_pairs_two_evaluations_and_refuses_other_volumes(smoke_run, e2e_cache):
+    """``graftkit compare``: the run against an evaluation of the same volumes (greedy
+    decoding: the same reports, difference 0, p = 1), then against one of 3 volumes (refused,
+    one line naming both)."""
+    same = run_graftkit(e2e_cache, "eval", str(smoke_run), "--name", "again")
+    assert same.returncode == 0, same.stderr[-3000:]
+    out = run_graftkit(e2e_cache, "compare", str(smoke_run), str(smoke_run / "eval" / "again"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    number = r"([+-]?[\d.]+)"
+    for metric in ("macro F1", "CRG", "ROUGE-L"):
+        row = re.search(
+            rf"^  {metric} +{number} +{number} +{number}  \[{number}, {number}\] +{number}$",
+            out.stdout,
+            re.M,
+        )
+        assert row, (metric, out.stdout)
+        a, b, diff, low, high, p = map(float, row.groups())
+        assert a == b and diff == low == high == 0.0 and p == 1.0, row.group()
+    three = run_graftkit(e2e_cache, "eval", str(smoke_run), "--limit", "3", "--no-ablations")
+    assert three.returncode == 0, three.stderr[-3000:]
+    refused = run_graftkit(
+        e2e_cache, "compare", str(smoke_run), str(smoke_run / "eval" / "limit3-no-ablations")
+    )
+    assert refused.returncode == 2
+    line = refused.stderr.strip()
+    assert "\n" not in line and "different volumes" in line and "16 in A, 3 in B" in line, line
 
 
 def test_report_draws_every_figure_its_run_wrote_data_for(smoke_run):
@@ -174,15 +245,15 @@ def test_missing_init_from_is_one_clear_line(e2e_cache, tmp_path):
 
 
 def test_eval_with_label_token_oracle_writes_its_own_folder(smoke_run, e2e_cache):
-    """``graftkit eval RUN --tokens oracle``: the decoder's ceiling, kept apart from the run's own
-    evaluation, which it leaves untouched."""
+    """``graftkit eval RUN --tokens oracle``: generation from label-built tokens, kept apart from
+    the run's own evaluation, which it leaves untouched."""
     own = (smoke_run / "metrics.json").read_text()
     out = run_graftkit(e2e_cache, "eval", str(smoke_run), "--tokens", "oracle", "--no-ablations")
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads(
         (smoke_run / "eval" / "no-ablations-oracle-tokens" / "metrics.json").read_text()
     )
-    assert metrics["eval"]["tokens"] == "label-token oracle"
+    assert metrics["eval"]["tokens"] == "label-built tokens"
     assert 0.0 <= metrics["eval"]["macro_f1"] <= 1.0
     assert (smoke_run / "metrics.json").read_text() == own
 

@@ -485,3 +485,58 @@ def test_an_evaluation_folder_reads_training_outputs_from_the_run(full_report, t
     text, doc = _parse(write_report(folder, training_dir=run))
     assert doc.section_ids == list(ALL_SECTIONS) and 'class="note"' not in text
     assert "graftkit run report: ct_rate, profile tiny, " in text
+
+
+def test_headline_shows_the_fields_scores_beside_the_baselines(tmp_path):
+    """CRG, micro / weighted F1 with their intervals, both baselines, the skill and the text
+    scores sit in the headline; a score that could not be computed says why, not 0."""
+    run = tmp_path / "run"
+    run.mkdir()
+    ci = {
+        key: {"estimate": v, "low": v - 0.04, "high": v + 0.03, "level": 0.95, "n_resamples": 1000}
+        for key, v in (("macro_f1", 0.578), ("crg", 0.528), ("rouge_l", 0.211))
+    }
+    metrics = {
+        "eval": {
+            "macro_f1": 0.578,
+            "micro_f1": 0.604,
+            "weighted_f1": 0.632,
+            "crg": 0.528,
+            "skill": 0.4609,
+            "ci": ci,
+            "volumes": 200,
+            "split": "valid",
+        },
+        "baselines": {
+            "all_positive": {"macro_f1": 0.288, "crg": 1 / 3, "about": "names every finding"},
+            "prevalence": {"macro_f1": 0.183, "crg": 0.35, "about": "at training prevalence"},
+        },
+        "oracle": {"macro_f1": 0.917},
+        "nlg": {
+            **{f"bleu_{n}": 0.1 / n for n in range(1, 5)},
+            "meteor": None,
+            "rouge_l": 0.211,
+            "cider": 0.05,
+            "tokenizer": "whitespace",
+            "unavailable": {"meteor": "METEOR needs a Java runtime"},
+        },
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    text, _ = _parse(write_report(run))
+    headline = _section(text, "headline")
+    for row in (
+        "<td>generation macro F1</td><td>0.578 [0.538, 0.608]</td>",
+        "<td>generation micro F1</td><td>0.604</td>",
+        "<td>generation weighted F1</td><td>0.632</td>",
+        "<td>generation CRG score</td><td>0.528 [0.488, 0.558]</td>",
+        "<td>baseline: every finding named, macro F1 / CRG</td><td>0.288 / 0.333</td>",
+        "<td>baseline: findings at training prevalence, macro F1 / CRG</td><td>0.183 / 0.350</td>",
+        "<td>skill</td><td>0.46</td>",
+        "<td>BLEU-1 / 2 / 3 / 4</td><td>0.100 / 0.050 / 0.033 / 0.025</td>",
+        "<td>ROUGE-L</td><td>0.211 [0.171, 0.241]</td>",
+        "<td>CIDEr-D</td><td>0.050</td>",
+    ):
+        assert row in headline, row
+    meteor = re.search(r"<td>METEOR</td><td>([^<]*)</td><td>([^<]*)</td>", headline)
+    assert meteor and meteor.group(1) == "n/a" and "Java runtime" in meteor.group(2)
+    assert "eval." not in headline and "processes" not in headline
