@@ -2,7 +2,7 @@
 ``--help`` imports no torch). Config layering is :mod:`graftkit.config.layers`, the run folder
 :class:`graftkit.rundir.RunDir`, resume policy :mod:`graftkit.curriculum.resume`, rebuilding a
 finished run :func:`graftkit.curriculum.engine.open_run`, the evaluation folder and summary
-:mod:`graftkit.run_eval`."""
+:mod:`graftkit.run_eval`, the pipelines the verbs share :mod:`graftkit.workflow`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from graftkit.config.layers import Layer, resolve_config
 from graftkit.errors import CLIError, StorageError, one_line
 from graftkit.io import atomic_file
 from graftkit.rundir import RunDir, describe_checkpoint
+from graftkit.workflow import open_finished_run, print_summary
 
 
 def _options(pairs: list[str]) -> dict[str, Any]:
@@ -73,13 +73,6 @@ def ensure_dir(path: Path, flag: str) -> Path:
         code = errno.errorcode.get(err.errno, "")
         raise CLIError(f"{flag} {path}: not writable: {err.strerror or err} ({code})") from None
     return path
-
-
-def _print_summary(out) -> None:
-    """The evaluation's results: printed with ``--quiet`` too (it silences progress only)."""
-    from graftkit.run_eval import format_summary
-
-    print("\n".join(format_summary(out)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -154,7 +147,7 @@ def _run_locked(
     """The rest of ``graftkit run``, with the run folder's lock held."""
     from graftkit.curriculum.resume import check_resume_config
     from graftkit.launch import relaunch_if_needed
-    from graftkit.progress import is_quiet, progress_bar
+    from graftkit.progress import is_quiet
 
     path = rundir.path
     if not args.resume and rundir.holds_run():
@@ -169,8 +162,7 @@ def _run_locked(
     if launched is not None:
         return launched
     # imported once the arguments are checked: a usage error is reported without loading torch
-    from graftkit.curriculum.engine import prepare_run, run_curriculum
-    from graftkit.run_eval import evaluate_run
+    from graftkit.workflow import train_and_evaluate
 
     if not is_quiet() and "LOCAL_RANK" not in os.environ:
         import torch
@@ -182,66 +174,18 @@ def _run_locked(
             f"({getattr(args, 'threads_source', 'torch default')})",
             flush=True,
         )
-    with progress_bar(disable=is_quiet()) as progress:
-        run = prepare_run(cfg, rundir, progress=progress)
-    if changes and run.main:
-        rundir.append_history({"phase": phases[0], "event": "config_change", "changes": changes})
-    run_curriculum(
-        run, phases, init_from=args.init_from, warm_bridge=args.warm_bridge, resume=args.resume
+    train_and_evaluate(
+        cfg,
+        rundir,
+        phases,
+        init_from=args.init_from,
+        warm_bridge=args.warm_bridge,
+        resume=args.resume,
+        evaluate=not args.no_eval,
+        config_changes=changes,
+        started=started,
     )
-    if not args.no_eval:
-        # every process evaluates its share (a sharded FSDP model included); the main one writes
-        run.summary["checkpoint"] = rundir.checkpoint_info(rundir.phase(phases[-1]))
-        if run.main:
-            rundir.clear()
-        with progress_bar(disable=is_quiet() or not run.main) as progress:
-            evaluate_run(run, progress=progress)
-        if run.main:
-            _print_summary(rundir)
-    run.update_metrics({"timing": {"total_seconds": round(time.time() - started, 1)}})
-    run.accelerator.wait_for_everyone()
-    run.accelerator.end_training()
     return 0
-
-
-def _open_run(rundir: RunDir, checkpoint: str | None, verb: str):
-    """The finished run's model on ``checkpoint`` (default its last complete phase); the
-    checkpoint used is named on stderr, and a run with a phase started but not finished is
-    warned about, since its last complete phase is an earlier one."""
-    from graftkit.checkpoint import CheckpointError
-    from graftkit.curriculum.engine import open_run
-    from graftkit.progress import is_quiet, progress_bar
-
-    rundir.read_config()  # not a run folder: say so before anything else
-    ckpt = rundir.resolve_checkpoint(checkpoint)
-    info = rundir.checkpoint_info(ckpt)
-    damaged = rundir.damaged_phases() if checkpoint is None else {}
-    unfinished = [n for n in rundir.unfinished_phases() if n not in damaged]
-    for damage in damaged.values():
-        print(
-            f"graftkit {verb}: warning: {damage}; using {describe_checkpoint(info)}",
-            file=sys.stderr,
-        )
-    if unfinished:
-        print(
-            f"graftkit {verb}: warning: {rundir.path} is incomplete (phase(s) {unfinished} "
-            f"started but not finished); using {describe_checkpoint(info)}",
-            file=sys.stderr,
-        )
-    elif not damaged and not is_quiet():
-        print(f"graftkit {verb}: using {describe_checkpoint(info)}", file=sys.stderr)
-    with progress_bar(disable=is_quiet()) as progress:
-        try:
-            run = open_run(rundir, ckpt, progress=progress)
-        except CheckpointError as err:
-            raise CLIError(str(err)) from None
-    if unfinished:
-        run.summary["checkpoint"]["run_incomplete"] = (
-            f"phase(s) {unfinished} started but not finished"
-        )
-    if damaged:
-        run.summary["checkpoint"]["run_damaged"] = damaged
-    return run
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -278,7 +222,7 @@ def _eval_locked(args: argparse.Namespace, rundir: RunDir, cfg: RunConfig, datas
         name=args.name,
         overwrite=args.overwrite,
     )
-    run = _open_run(rundir, args.checkpoint, "eval")
+    run = open_finished_run(rundir, args.checkpoint, "eval")
     if out.is_run_folder:
         out.clear()
     with progress_bar(disable=is_quiet()) as progress:
@@ -292,7 +236,7 @@ def _eval_locked(args: argparse.Namespace, rundir: RunDir, cfg: RunConfig, datas
             out=out,
             token_source=args.tokens,
         )
-    _print_summary(out)
+    print_summary(out)
     return 0
 
 
@@ -320,41 +264,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from graftkit.data import check_positions
-    from graftkit.embed import FallbackWarning, encode_case, read_case
+    from graftkit.embed import load_case
     from graftkit.eval.explain import explain_sentences
     from graftkit.run_eval import generate_case
 
     source = args.embeddings or args.volume
-    if args.volume is not None:
-        if not args.encoder:
-            raise CLIError("--volume needs --encoder NAME")
-        try:
-            emb, z = encode_case(args.encoder, args.volume, args.weights)
-        except ValueError as err:
-            raise CLIError(str(err)) from None
-    else:
-        with warnings.catch_warnings(record=True) as fallbacks:
-            warnings.simplefilter("always", FallbackWarning)
-            try:
-                emb, z = read_case(args.embeddings)
-            except ValueError as err:
-                raise CLIError(str(err)) from None
-        for fallback in fallbacks:
-            if issubclass(fallback.category, FallbackWarning):
-                print(f"graftkit generate: warning: {fallback.message}", file=sys.stderr)
-            else:
-                warnings.warn_explicit(
-                    fallback.message, fallback.category, fallback.filename, fallback.lineno
-                )
-    bad = check_positions(z) if z is not None else None
-    if bad is not None:
-        raise CLIError(f"{source}: {bad}")
-    if not np.isfinite(emb).all():
-        raise CLIError(f"{source}: embeddings contain NaN or Inf")
-    run = _open_run(RunDir(args.run_dir), None, "generate")
+    try:
+        emb, z = load_case(
+            args.embeddings,
+            args.volume,
+            args.encoder,
+            args.weights,
+            warn=lambda msg: print(f"graftkit generate: warning: {msg}", file=sys.stderr),
+        )
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    run = open_finished_run(RunDir(args.run_dir), None, "generate")
     dim = run.dataset.embedding_dim
     if emb.shape[1] != dim:
         raise CLIError(f"{source}: embedding dim {emb.shape[1]} != the run's d_v {dim}")
@@ -515,7 +440,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             raise CLIError(f"--output {out}: is not a graftkit export; refusing to replace it")
     rundir = RunDir(args.run_dir)
-    run = _open_run(rundir, args.checkpoint, "export")
+    run = open_finished_run(rundir, args.checkpoint, "export")
     export_run(run, out, license=args.license)
     print(f"exported {describe_checkpoint(run.summary['checkpoint'])} of {rundir.path} -> {out}")
     return 0

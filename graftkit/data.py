@@ -349,6 +349,13 @@ RESPONSE_TEXTS = {
     "summarised_narrative": lambda dataset, volume, rng: dataset.summarised_narrative_text(volume),
 }
 
+#: The text kinds whose response opens with a statement of the findings followed by other text:
+#: that statement, for ``finding_weight`` (:func:`graftkit.curriculum.batches.stated_tokens`).
+#: A findings text kind states findings in its whole response.
+FINDINGS_STATEMENTS = {
+    "summarised_narrative": lambda dataset, volume: dataset.canonical_findings_text(volume),
+}
+
 
 def response_text(dataset: GraftDataset, volume: Volume, kind: str, rng: random.Random) -> str:
     """The target text of ``volume`` for a phase of text kind ``kind`` (:data:`RESPONSE_TEXTS`);

@@ -162,6 +162,45 @@ def encode_case(encoder: str, path: Path, weights: Path | None = None):
     return emb, encoded.z_mm
 
 
+def load_case(
+    embeddings: Path | None = None,
+    volume: Path | None = None,
+    encoder: str | None = None,
+    weights: Path | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One case for ``graftkit generate``: its ``.npz`` of slice embeddings (:func:`read_case`;
+    each fallback it takes is passed to ``warn``) or a ``volume`` embedded by ``encoder``
+    (:func:`encode_case`); positions that do not increase and non-finite embeddings are refused.
+    ``ValueError`` naming the file."""
+    import warnings
+
+    from graftkit.data import check_positions
+
+    source = embeddings or volume
+    if volume is not None:
+        if not encoder:
+            raise ValueError("--volume needs --encoder NAME")
+        emb, z = encode_case(encoder, volume, weights)
+    else:
+        with warnings.catch_warnings(record=True) as fallbacks:
+            warnings.simplefilter("always", FallbackWarning)
+            emb, z = read_case(embeddings)
+        for fallback in fallbacks:
+            if issubclass(fallback.category, FallbackWarning) and warn is not None:
+                warn(str(fallback.message))
+            else:
+                warnings.warn_explicit(
+                    fallback.message, fallback.category, fallback.filename, fallback.lineno
+                )
+    bad = check_positions(z) if z is not None else None
+    if bad is not None:
+        raise ValueError(f"{source}: {bad}")
+    if not np.isfinite(emb).all():
+        raise ValueError(f"{source}: embeddings contain NaN or Inf")
+    return emb, z
+
+
 def check_encoded(encoded: EncodedVolume, dim: int, name: str) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``embeddings`` is finite ``[N, dim]`` and
     ``z_mm`` is ``[N]`` (``dim`` 0 accepts any width)."""

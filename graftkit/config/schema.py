@@ -278,7 +278,11 @@ class PhaseConfig(Strict):
     finding_weight: float = Field(
         1.0,
         ge=1,
-        description="LM-loss weight of the response tokens that state findings (1 = the paper's plain LM loss)",
+        description=(
+            "LM-loss weight of the response tokens that state findings: a findings text but its "
+            "end-of-turn token, the opening summary of a summarised_narrative "
+            "(1 = the paper's plain LM loss)"
+        ),
     )
 
     @property

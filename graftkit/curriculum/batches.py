@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from graftkit.data import (
+    FINDINGS_STATEMENTS,
     GraftDataset,
     Skipped,
     Volume,
@@ -91,6 +92,9 @@ class PhaseCollator:
         self.prompt = prompt if prompt is not None else ChatPrompt(dataset.prompt)
         self.epoch = 0
 
+    def _encode(self, text: str) -> dict[str, Any]:
+        return encode_chat(self.tokenizer, self.prompt, text, self.k, max_length=self.max_length)
+
     def __call__(self, items: list[dict[str, Any] | Skipped]) -> dict[str, Any]:
         skipped = [item for item in items if isinstance(item, Skipped)]
         if len(skipped) == len(items):
@@ -102,31 +106,26 @@ class PhaseCollator:
         if self.targets is not None:
             batch.update(self.targets.batch(indices))
         if self.tokenizer is not None:
-            encodings, findings = [], []
+            encodings, stated = [], []
             for i in indices:
+                volume = self.volumes[i]
                 text = response_text(
-                    self.dataset,
-                    self.volumes[i],
-                    self.text_kind,
-                    sample_rng(self.seed, self.epoch, i),
+                    self.dataset, volume, self.text_kind, sample_rng(self.seed, self.epoch, i)
                 )
-                findings.append(text != self.dataset.normal_text)
-                encodings.append(
-                    encode_chat(
-                        self.tokenizer,
-                        self.prompt,
-                        text,
-                        self.k,
-                        max_length=self.max_length,
+                encodings.append(self._encode(text))
+                if self.finding_weight != 1.0:
+                    stated.append(
+                        stated_tokens(
+                            self.dataset, volume, self.text_kind, text, encodings[-1], self._encode
+                        )
                     )
-                )
             padded = pad_batch(encodings, self.tokenizer.pad_token_id, side="right")
             batch["input_ids"] = padded["input_ids"]
             batch["attention_mask"] = padded["attention_mask"]
             batch["labels_lm"] = padded["labels"]
             if self.finding_weight != 1.0:
                 batch["lm_weights"] = finding_weights(
-                    padded["labels"], torch.tensor(findings), self.finding_weight
+                    padded["labels"], torch.tensor(stated), self.finding_weight
                 )
         return batch
 
@@ -204,18 +203,37 @@ def loaded(dataset: GraftDataset, batch: dict[str, Any]) -> dict[str, Any] | Non
     return batch if "slices" in batch else None
 
 
-def finding_weights(labels: torch.Tensor, findings: torch.Tensor, weight: float) -> torch.Tensor:
+def finding_weights(labels: torch.Tensor, stated: torch.Tensor, weight: float) -> torch.Tensor:
     """Per-token LM loss weights ``[B, T]``: ``weight`` on the response tokens that state findings.
 
-    A response that is not the normal text states findings in every token but its last (the
-    end-of-turn token, the decision to stop); those tokens get ``weight``, the rest 1. Missing a
-    finding then costs more than naming one that is absent, as ``pos_weight`` does for the BCE
-    heads: the model's stop decisions shift towards recall (``PhaseConfig.finding_weight``).
+    ``stated[b]`` is how many of row b's first response tokens state findings
+    (:func:`stated_tokens`): all but the last (the end-of-turn token, the decision to stop) of a
+    findings text, the opening summary of a ``summarised_narrative``, none of the normal text.
+    Those tokens get ``weight``, the rest 1. Missing a finding then costs more than naming one
+    that is absent, as ``pos_weight`` does for the BCE heads: the model's stop decisions shift
+    towards recall (``PhaseConfig.finding_weight``).
     """
     target = labels != -100
-    last = target.long().cumsum(dim=1) == target.long().sum(dim=1, keepdim=True)
-    stated = target & ~(last & target) & findings.unsqueeze(1)
-    return torch.where(stated, torch.tensor(float(weight)), torch.tensor(1.0))
+    position = target.long().cumsum(dim=1)  # 1 at the first response token
+    marked = target & (position <= stated.unsqueeze(1))
+    return torch.where(marked, torch.tensor(float(weight)), torch.tensor(1.0))
+
+
+def stated_tokens(
+    dataset: GraftDataset, volume: Volume, kind: str, text: str, encoding: dict, encode
+) -> int:
+    """How many leading response tokens of ``encoding`` (the response ``text`` of text kind
+    ``kind``) state findings: none for the normal text; the tokens of its opening findings text
+    (:data:`graftkit.data.FINDINGS_STATEMENTS`, counted by ``encode`` of that text alone) for a
+    kind that opens with one; else every response token but the end-of-turn."""
+    statement = FINDINGS_STATEMENTS.get(kind)
+    response = int((encoding["labels"] != -100).sum()) - 1  # without the end-of-turn token
+    if statement is None:
+        return response if text != dataset.normal_text else 0
+    opening = statement(dataset, volume)
+    if opening == dataset.normal_text:
+        return 0
+    return min(response, int((encode(opening)["labels"] != -100).sum()) - 1)
 
 
 def make_loader(

@@ -82,7 +82,7 @@ def test_canonical_text_names_positive_classes_in_class_order(dataset):
 
 def test_finding_weights_spare_the_stop_token_and_normal_reports():
     labels = torch.tensor([[-100, -100, 5, 6, 7, 2, -100], [-100, 5, 6, 2, -100, -100, -100]])
-    weights = finding_weights(labels, torch.tensor([True, False]), 3.0)
+    weights = finding_weights(labels, torch.tensor([3, 0]), 3.0)
     assert weights[0].tolist() == [1, 1, 3, 3, 3, 1, 1]  # the end-of-turn token keeps 1
     assert weights[1].tolist() == [1] * 7  # the normal text states no finding
 
@@ -181,4 +181,38 @@ def test_a_summarised_narrative_names_the_findings_before_the_report():
     normal = Volume("n", "valid", __import__("numpy").array([0, 0, 0]), "Normal study.")
     assert (
         response_text(dataset, normal, "summarised_narrative", None) == "No findings. Normal study."
+    )
+
+
+def test_a_summarised_narrative_weights_its_summary_alone():
+    """``finding_weight`` on a ``summarised_narrative`` falls on the opening summary's tokens
+    (counted by encoding the summary alone), not on the narrative after it; on a findings text
+    it falls on every response token but the end-of-turn one, on the normal text on none."""
+    from types import SimpleNamespace
+
+    from graftkit.curriculum.batches import stated_tokens
+
+    def encode(text):  # one token a word, then the end-of-turn token; -100 on the prompt
+        return {"labels": torch.tensor([-100, -100] + [1] * len(text.split()) + [2])}
+
+    dataset = SimpleNamespace(
+        normal_text="No findings.", canonical_findings_text=lambda v: v.summary
+    )
+    sick = SimpleNamespace(summary="Cardiomegaly. Lung nodule.")
+    text = "Cardiomegaly. Lung nodule. The heart is enlarged. A nodule."
+    count = stated_tokens(dataset, sick, "summarised_narrative", text, encode(text), encode)
+    assert count == 3  # "Cardiomegaly." "Lung" "nodule."; the narrative words unweighted
+    labels = encode(text)["labels"].unsqueeze(0)
+    weights = finding_weights(labels, torch.tensor([count]), 4.0)[0].tolist()
+    assert weights == [1, 1, 4, 4, 4] + [1] * 7  # 6 narrative words and the end-of-turn
+    normal = SimpleNamespace(summary="No findings.")
+    plain = "No findings. Normal study."
+    assert stated_tokens(dataset, normal, "summarised_narrative", plain, encode(plain), encode) == 0
+    listed = "Cardiomegaly. Lung nodule."
+    assert stated_tokens(dataset, sick, "canonical_findings", listed, encode(listed), encode) == 3
+    assert (
+        stated_tokens(
+            dataset, normal, "canonical_findings", "No findings.", encode("No findings."), encode
+        )
+        == 0
     )

@@ -60,10 +60,9 @@ def test_the_run_trains_evaluates_and_counts_the_planted_skips(hf_run):
         "macro_precision": 1.0,
         "macro_recall": 1.0,
     }
-    assert {"real", "zero", "shuffle", "random", "oracle", "zero_drop", "nll"} <= set(
-        metrics["ablation"]
-    )
-    assert "raw" in metrics["probe"] and list(metrics["prevalence"]) == CLASSES
+    assert {"real", "zero", "shuffle", "random", "zero_drop", "nll"} <= set(metrics["ablation"])
+    assert set(metrics["baselines"]) == {"all_positive", "prevalence"}
+    assert "slice_mean" in metrics["probe"] and list(metrics["prevalence"]) == CLASSES
     stages = [row["stage"] for row in metrics["ladder"]]
     assert "cohort oracle" not in stages and "generation: real" in stages  # no oracle here
     generated = [json.loads(line) for line in (run_dir / "generations.jsonl").open()]
