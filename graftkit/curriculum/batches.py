@@ -227,13 +227,18 @@ def stated_tokens(
     (:data:`graftkit.data.FINDINGS_STATEMENTS`, counted by ``encode`` of that text alone) for a
     kind that opens with one; else every response token but the end-of-turn."""
     statement = FINDINGS_STATEMENTS.get(kind)
-    response = int((encoding["labels"] != -100).sum()) - 1  # without the end-of-turn token
+    response = _response_length(encoding) - 1  # without the end-of-turn token
     if statement is None:
         return response if text != dataset.normal_text else 0
     opening = statement(dataset, volume)
     if opening == dataset.normal_text:
         return 0
-    return min(response, int((encode(opening)["labels"] != -100).sum()) - 1)
+    return min(response, _response_length(encode(opening)) - 1)
+
+
+def _response_length(encoding: dict) -> int:
+    """The number of trained tokens of an :func:`~graftkit.lm.encode_chat` encoding."""
+    return sum(1 for label in encoding["labels"] if label != -100)
 
 
 def make_loader(

@@ -193,7 +193,7 @@ def test_a_summarised_narrative_weights_its_summary_alone():
     from graftkit.curriculum.batches import stated_tokens
 
     def encode(text):  # one token a word, then the end-of-turn token; -100 on the prompt
-        return {"labels": torch.tensor([-100, -100] + [1] * len(text.split()) + [2])}
+        return {"labels": [-100, -100] + [1] * len(text.split()) + [2]}  # as encode_chat
 
     dataset = SimpleNamespace(
         normal_text="No findings.", canonical_findings_text=lambda v: v.summary
@@ -202,7 +202,7 @@ def test_a_summarised_narrative_weights_its_summary_alone():
     text = "Cardiomegaly. Lung nodule. The heart is enlarged. A nodule."
     count = stated_tokens(dataset, sick, "summarised_narrative", text, encode(text), encode)
     assert count == 3  # "Cardiomegaly." "Lung" "nodule."; the narrative words unweighted
-    labels = encode(text)["labels"].unsqueeze(0)
+    labels = torch.tensor([encode(text)["labels"]])
     weights = finding_weights(labels, torch.tensor([count]), 4.0)[0].tolist()
     assert weights == [1, 1, 4, 4, 4] + [1] * 7  # 6 narrative words and the end-of-turn
     normal = SimpleNamespace(summary="No findings.")
@@ -216,3 +216,32 @@ def test_a_summarised_narrative_weights_its_summary_alone():
         )
         == 0
     )
+
+
+def test_the_collator_weights_the_summary_tokens_of_a_real_encoding(dataset, tokenizer):
+    """Through PhaseCollator with a trained tokenizer: ``finding_weight`` 3 on a
+    ``summarised_narrative`` marks exactly the tokens of the summary "Alpha. Gamma ray." and
+    leaves the narrative and the end-of-turn token at 1; the normal volume gets no weight."""
+    from graftkit.curriculum.batches import PhaseCollator
+    from graftkit.lm import encode_chat
+
+    sick = Volume("s", "train", np.asarray([1, 0, 1]), "Alpha and gamma seen in the chest.")
+    normal = Volume("n", "train", np.asarray([0, 0, 0]), "Clear.")
+    items = [
+        {"index": i, "slices": torch.zeros(2, 4), "z_mm": torch.zeros(2), "labels": v.labels}
+        for i, v in enumerate([sick, normal])
+    ]
+    for item in items:
+        item["labels"] = torch.as_tensor(item["labels"])
+    collator = PhaseCollator(
+        dataset, [sick, normal], None, tokenizer, "summarised_narrative", 2, seed=0,
+        finding_weight=3.0,
+    )  # fmt: skip
+    batch = collator(items)
+    summary = encode_chat(tokenizer, collator.prompt, "Alpha. Gamma ray.", 2)
+    n_summary = sum(1 for label in summary["labels"] if label != -100) - 1
+    trained = batch["labels_lm"] != -100
+    weights = batch["lm_weights"]
+    assert weights[0][trained[0]].tolist()[:n_summary] == [3.0] * n_summary
+    assert set(weights[0][trained[0]].tolist()[n_summary:]) == {1.0}
+    assert set(weights[1].tolist()) == {1.0}
