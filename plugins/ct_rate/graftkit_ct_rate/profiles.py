@@ -50,16 +50,20 @@ TINY = {
     "eval.batch_size": 100,
     # the phase-3 monitor picks the kept epoch: 50 volumes made it a coin toss (+-0.05 F1)
     "eval.monitor_subset": 100,
-    # The canonical text of 18 positive classes is under 100 prior tokens.
-    "eval.generation.max_new_tokens": 128,
+    # Phase 4 writes the summary and then the narrative: the 200 validation reports are 230
+    # words on average (the training texts are cut to the prior's 256 tokens).
+    "eval.generation.max_new_tokens": 384,
     # Greedy decoding of a list of findings: on the same phase-3 model, macro F1 0.388 greedy vs
     # 0.327 with the paper's T=0.6 / top-p 0.9 sampling (docs/benchmarks.md). The
     # paper profile keeps the paper's sampling protocol for its narrative reports.
     "eval.generation.do_sample": False,
     # phase 1 keeps the epoch with the best token-level (MIL) validation loss; the total also
     # holds MMD and the mean-token BCE, which stop tracking localisation after a few epochs
-    **_phase(1, epochs=10, batch_size=32, lr=3e-3, **{"early_stopping.metric": "valid_mil"}),
-    **_phase(2, epochs=3, batch_size=64, lr=5e-4),
+    # Budgets in optimizer steps, so a smaller cohort is not silently trained less: on the
+    # default 2,500 volumes they are the former 10 / 3 / 10 / 1 epochs exactly (79, 40, 157
+    # and 157 steps an epoch); on 1,200 volumes about twice the epochs.
+    **_phase(1, steps=790, batch_size=32, lr=3e-3, **{"early_stopping.metric": "valid_mil"}),
+    **_phase(2, steps=120, batch_size=64, lr=5e-4),
     # Phase 3 at this scale (each measured with its zeroed-token control in
     # docs/benchmarks.md): the positive class names in class order instead of the report's own
     # sentences (a 4-layer prior spent its loss on wording: F1 0.22 -> 0.42); the LM loss alone,
@@ -67,7 +71,7 @@ TINY = {
     # (it random-walked the projectors under AdamW). The paper profile keeps the paper's phase 3.
     **_phase(
         3,
-        epochs=10,
+        steps=1570,
         batch_size=16,
         lr=2e-3,
         text="canonical_findings",
@@ -79,7 +83,23 @@ TINY = {
         schedule="cosine",
         **{"early_stopping.patience": 4, "callbacks.lars_projector_lr": None},
     ),
-    **_phase(4, epochs=1, batch_size=16),  # the paper's lr 5e-7 with EWC: a light touch
+    # Phase 4 at this scale (each candidate with its zeroed-token control in docs/benchmarks.md,
+    # "Phase 4 at the embedded default's scale"): the paper's lr 5e-7 changed nothing, and the
+    # narrative alone at a rate that learns it (1e-3) wrote prose that no longer read the tokens
+    # (F1 0.04), since the decisions that depend on the image are ~1 % of a narrative's tokens.
+    # The report opening with its findings summary keeps them: LoRA only, cross-attention and
+    # projectors frozen, EWC (L2-SP) on at a strength that lets the prose be learnt (0.1 kept
+    # the phase-3 lists), the summary's tokens weighted 3x.
+    **_phase(
+        4,
+        steps=157,
+        batch_size=16,
+        lr=1e-3,
+        schedule="cosine",
+        text="summarised_narrative",
+        finding_weight=3.0,
+        **{"callbacks.ewc.lambda": 0.01},
+    ),
 }
 
 SMOKE = {
@@ -96,10 +116,10 @@ SMOKE = {
     "eval.monitor_subset": 8,
     "eval.generation.max_new_tokens": 24,
     "eval.probe_folds": 2,
-    **_phase(1, epochs=1, batch_size=16),
-    **_phase(2, epochs=1, batch_size=16),
-    **_phase(3, epochs=2, batch_size=16, **{"callbacks.freeze_lora.after_epoch": 1}),
-    **_phase(4, epochs=1, batch_size=16),
+    **_phase(1, epochs=1, steps=None, batch_size=16),
+    **_phase(2, epochs=1, steps=None, batch_size=16),
+    **_phase(3, epochs=2, steps=None, batch_size=16, **{"callbacks.freeze_lora.after_epoch": 1}),
+    **_phase(4, epochs=1, steps=None, batch_size=16),
 }
 
 PAPER = {
