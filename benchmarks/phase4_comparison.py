@@ -73,9 +73,7 @@ def compare(run: Path, output: Path, threads: int | None = 1) -> dict[str, Any]:
     output.mkdir(parents=True, exist_ok=True)
     phase3 = run / "eval" / "phase3"
     if not (phase3 / "metrics.json").is_file():
-        _graftkit(
-            "eval", str(run), "--checkpoint", "phase3", "--name", "phase3", threads=threads
-        )
+        _graftkit("eval", str(run), "--checkpoint", "phase3", "--name", "phase3", threads=threads)
     folders = {"phase 3 (start)": phase3, "freeze + EWC (the run's phase 4)": run}
     for name, flags in VARIANTS.items():
         target = output / name.replace(" ", "-")
@@ -115,7 +113,9 @@ def format_table(result: dict[str, Any]) -> list[str]:
         versus = ""
         if "vs_run" in r:
             c = r["vs_run"]["macro_f1"]
-            versus = f"{c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], p {c['p_value']:.3f}"
+            versus = (
+                f"{c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], p {c['p_value']:.3f}"
+            )
         rouge = "n/a" if r["rouge_l"] is None else f"{r['rouge_l']:.3f}"
         lines.append(
             f"| {name} | {r['macro_f1']:.3f} | {r['crg']:.3f} | {rouge} | "

@@ -310,6 +310,19 @@ class RunDir(EvalDir):
             f"it (the lock of a process that has ended is taken over: {self.lock_file})"
         )
 
+    def _named_holder(self, holder: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The live holder to name in a refusal. A winner writes its record just after taking
+        the lock, so a process refused in that instant waits briefly (at most 2 s) for it."""
+        deadline = time.monotonic() + 2.0
+
+        def ended_here(h: dict[str, Any]) -> bool:
+            return h.get("host") == socket.gethostname() and not _live_here(h)
+
+        while (holder is None or ended_here(holder)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            holder = self.lock_holder()
+        return holder
+
     def _acquire(self, command: str) -> Any:
         from filelock import FileLock, SoftFileLock, Timeout
 
@@ -332,7 +345,7 @@ class RunDir(EvalDir):
                     and not _live_here(holder)
                 )
                 if not stale:
-                    raise self._in_use(holder) from None
+                    raise self._in_use(self._named_holder(holder)) from None
                 self.lock_file.unlink(missing_ok=True)  # a soft lock its killed holder left
                 try:
                     handle.acquire()

@@ -169,7 +169,7 @@ def test_early_stopping_restores_the_best_epoch(run, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("number", "kind"), [(2, None), (3, "canonical_findings"), (4, "narrative")]
+    ("number", "kind"), [(2, None), (3, "canonical_findings"), (4, "summarised_narrative")]
 )
 def test_each_phase_gets_its_declared_text(run, monkeypatch, number, kind):
     seen: list[str] = []

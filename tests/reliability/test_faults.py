@@ -671,6 +671,27 @@ def test_a_holder_record_under_a_live_process_is_never_taken_over(tmp_path):
             pass
 
 
+def test_a_refusal_in_the_instant_before_the_holder_writes_its_record_names_it(tmp_path):
+    """Two runs started at once: the winner has the lock but has not yet written who it is.
+    The refused one waits that instant out and names the winner, not "another process"."""
+    from graftkit.rundir import RunLockedError
+
+    folder = RunDir(tmp_path / "run")
+    with held(folder.path) as holder:
+        record = folder.lock_holder()
+        (folder.path / HOLDER_FILE).unlink()  # back to the instant before the record
+        late = threading.Timer(
+            0.3, lambda: (folder.path / HOLDER_FILE).write_text(json.dumps(record))
+        )
+        late.start()
+        try:
+            with pytest.raises(RunLockedError) as refused, folder.lock("graftkit"):
+                pass
+        finally:
+            late.join()
+    assert f"in use by graftkit run (pid {holder.pid} on" in str(refused.value)
+
+
 SOFT = """
 import sys, filelock
 from graftkit.rundir import RunDir, RunLockedError

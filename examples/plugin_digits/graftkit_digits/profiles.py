@@ -1,7 +1,7 @@
 """Run presets of the digits plugin (``register_profiles``).
 
 ``digits-tiny`` is the default of ``graftkit run digits``: all 1,797 images, about 80 s of CPU
-time on one thread. ``digits-smoke`` is the CI size (16 s of CPU time): it checks that every
+time on one thread. ``digits-smoke`` is the CI size (19 s of CPU time): it checks that every
 step runs and is too short to learn. Both keep graftkit's curriculum, losses and evaluation;
 they only shrink sizes and set K = 4 zones of 2 rows each.
 """
