@@ -91,6 +91,24 @@ class SkipLog:
         }
 
 
+def join_condition_sentences(
+    segments: Sequence[tuple[int, Sequence[str]]], rng: random.Random, normal_text: str
+) -> str:
+    """Positive-findings-only text (phases 2-3, Section III-C2/3) from ``(class, sentences)``
+    segments: the segments in a random order (``rng``), a sentence that two classes share said
+    once, in the first segment that holds it; ``normal_text`` when there is none."""
+    order = list(segments)
+    rng.shuffle(order)
+    said: set[str] = set()
+    parts = []
+    for _, sentences in order:
+        fresh = [s for s in sentences if s not in said]
+        said.update(fresh)
+        if fresh:
+            parts.append(" ".join(fresh))
+    return " ".join(parts) if parts else normal_text
+
+
 class GraftDataset(ABC):
     """A dataset plugin: records, slice embeddings, and the texts each phase trains on.
 

@@ -45,7 +45,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from graftkit.config import ConfigError
-from graftkit.data import DataError, GraftDataset, Volume, check_positions
+from graftkit.data import (
+    DataError,
+    GraftDataset,
+    Volume,
+    check_positions,
+    join_condition_sentences,
+)
 from graftkit.datasets.keywords import (
     KeywordExtractor,
     class_phrase,
@@ -687,16 +693,7 @@ class HFDataset(GraftDataset):
 
     def positive_findings_text(self, volume: Volume, rng: random.Random) -> str:
         """The condition sentences in a random order, a sentence named by two classes once."""
-        order = list(self._condition_sentences(volume))
-        rng.shuffle(order)
-        said: set[str] = set()
-        parts = []
-        for _, sentences in order:
-            fresh = [s for s in sentences if s not in said]
-            said.update(fresh)
-            if fresh:
-                parts.append(" ".join(fresh))
-        return " ".join(parts) if parts else self.normal_text
+        return join_condition_sentences(self._condition_sentences(volume), rng, self.normal_text)
 
 
 def _column_problem(kind: str, feature: Any) -> str | None:

@@ -3,8 +3,12 @@
 The sizes are those of the CT-RATE plugin's ``tiny`` and ``smoke`` profiles
 (``plugins/ct_rate/graftkit_ct_rate/profiles.py``, where each choice is explained and measured),
 less what is particular to CT-RATE: its synthetic cohort (``data.synth``) and its compressor
-preset. They shrink the model and the schedule only; the curriculum, its losses and the
-evaluation are graftkit's paper config. The embedding width ``d`` comes from the data.
+preset. ``hf-tiny`` keeps the budgets in epochs and the paper's phase 4 that CT-RATE's ``tiny``
+had before its budgets became optimizer steps and its phase 4 the summarised narrative: those two
+were measured on CT-RATE cohorts only (docs/benchmarks.md, "Phase 4 at the embedded default's
+scale"); set them with ``--set phases.pN.steps=...`` and ``--set phases.p4.text=...``. They shrink
+the model and the schedule only; the curriculum, its losses and the evaluation are graftkit's
+paper config. The embedding width ``d`` comes from the data.
 
 - ``hf-tiny``, the dataset's default: a small language prior pretrained on the training reports
   and canonical findings texts, K = 32 zones, phases 1-4 sized for a few thousand samples on a
@@ -36,7 +40,6 @@ TINY: dict[str, Any] = {
     "bridge.num_global_layers": 0,
     "bridge.position_scale": 0.1,
     "bridge.xattn_heads": 4,
-    "bridge.jepa_dim": 64,
     "bridge.whitening_components": 64,
     "model.lora.r": 8,
     "model.lora.alpha": 16,
@@ -69,7 +72,6 @@ SMOKE: dict[str, Any] = {
     "model.prior.num_hidden_layers": 2,
     "model.prior.vocab_size": 400,
     "bridge.num_zones": 8,
-    "bridge.jepa_dim": 16,
     "bridge.whitening_components": 16,
     "eval.batch_size": 16,
     "eval.monitor_subset": 8,

@@ -52,6 +52,17 @@ def _as_binary(array: Any, name: str) -> np.ndarray:
     return out.astype(bool)
 
 
+def _label_pair(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``y_true`` and ``y_pred`` as boolean ``[n, C]`` arrays of one shape with n >= 1."""
+    truth = _as_binary(y_true, "y_true")
+    pred = _as_binary(y_pred, "y_pred")
+    if truth.shape != pred.shape:
+        raise ValueError(f"y_true has shape {truth.shape} but y_pred has shape {pred.shape}")
+    if truth.shape[0] == 0:
+        raise ValueError("cannot score an empty set: y_true has 0 rows")
+    return truth, pred
+
+
 def _class_names(class_names: Sequence[str] | None, n_classes: int) -> list[str]:
     if class_names is None:
         return [f"class_{c}" for c in range(n_classes)]
@@ -86,12 +97,7 @@ def multilabel_scores(
     of positive labels. Zero divisions give 0 (module docstring; matches scikit-learn's
     ``zero_division=0``).
     """
-    truth = _as_binary(y_true, "y_true")
-    pred = _as_binary(y_pred, "y_pred")
-    if truth.shape != pred.shape:
-        raise ValueError(f"y_true has shape {truth.shape} but y_pred has shape {pred.shape}")
-    if truth.shape[0] == 0:
-        raise ValueError("cannot score an empty set: y_true has 0 rows")
+    truth, pred = _label_pair(y_true, y_pred)
     names = _class_names(class_names, truth.shape[1])
     precision, recall, f1, support = _per_class_scores(truth, pred)
     per_class = {
@@ -172,12 +178,7 @@ class MetricUnavailableError(RuntimeError):
 
 def confusion_counts(y_true: Any, y_pred: Any) -> dict[str, np.ndarray]:
     """Per-class ``tp``, ``fp``, ``fn`` and ``support`` (= tp + fn) of 0/1 arrays ``[n, C]``."""
-    truth = _as_binary(y_true, "y_true")
-    pred = _as_binary(y_pred, "y_pred")
-    if truth.shape != pred.shape:
-        raise ValueError(f"y_true has shape {truth.shape} but y_pred has shape {pred.shape}")
-    if truth.shape[0] == 0:
-        raise ValueError("cannot score an empty set: y_true has 0 rows")
+    truth, pred = _label_pair(y_true, y_pred)
     tp = (truth & pred).sum(axis=0)
     fp = (~truth & pred).sum(axis=0)
     fn = (truth & ~pred).sum(axis=0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Sequence
 
+from graftkit.data import join_condition_sentences
 from graftkit_ct_rate.classes import CLASSES
 
 NORMAL_TEXT = "No significant thoracic abnormalities identified."
@@ -102,16 +103,7 @@ def positive_findings_text(
     ("... effusion and atelectasis ...") is said once, in the first segment that holds it. No
     segment: ``normal_text``.
     """
-    order = list(segments)
-    rng.shuffle(order)
-    said: set[str] = set()
-    parts = []
-    for _, sentences in order:
-        fresh = [s for s in sentences if s not in said]
-        said.update(fresh)
-        if fresh:
-            parts.append(" ".join(fresh))
-    return " ".join(parts) if parts else normal_text
+    return join_condition_sentences(segments, rng, normal_text)
 
 
 def narrative_text(findings: str, impressions: str = "", include_impressions: bool = False) -> str:
