@@ -12,6 +12,18 @@ def e2e_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("e2e-cache")
 
 
+def cpu_ranks_env(cache: Path) -> dict[str, str]:
+    """The environment of a 2-process CPU launch (gloo): the shared cache, accelerate on the CPU
+    (``--cpu`` alone would run one process) and one torch thread per rank on 2 cores."""
+    return {
+        **os.environ,
+        "GRAFTKIT_CACHE": str(cache),
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 def graftkit_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "graftkit", "--quiet", *args]
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import cpu_ranks_env
+
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
@@ -55,20 +57,11 @@ def _torchrun(*args: str) -> list[str]:
     ]
 
 
-def _cpu_env(cache) -> dict[str, str]:
-    return {
-        **os.environ,
-        "GRAFTKIT_CACHE": str(cache),
-        "ACCELERATE_USE_CPU": "true",
-        "OMP_NUM_THREADS": "1",
-    }
-
-
 def test_validation_infonce_is_the_one_process_value(e2e_cache, tmp_path):
     """Every process validates all volumes; gathering their identical negatives used to inflate
     the validation InfoNCE (6.00 in one process, 6.69 in two)."""
     worker = str(Path(__file__).with_name("validate_worker.py"))
-    env = _cpu_env(e2e_cache)
+    env = cpu_ranks_env(e2e_cache)
     rows = {}
     for name, cmd in (
         ("one", [sys.executable, worker]),
@@ -102,7 +95,7 @@ def test_two_processes_train_as_one_with_the_same_effective_batch(e2e_cache, tmp
         "--set", "phases.p1.losses={bce: 1.5, mil: 1.0, orth: 1.0}",
         "--set", "phases.p2.losses={infonce: 1.0}",
     ]  # fmt: skip
-    env = _cpu_env(e2e_cache)
+    env = cpu_ranks_env(e2e_cache)
     histories = {}
     for name, batch, cmd in (
         ("one", 24, [sys.executable, "-m", *common]),

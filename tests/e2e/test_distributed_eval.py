@@ -11,29 +11,18 @@ map bit for bit.
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import run_graftkit
+from .conftest import cpu_ranks_env, run_graftkit
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 WORKER = str(Path(__file__).with_name("eval_worker.py"))
 OVERRIDES = ["eval.batch_size=6", "eval.generation.do_sample=true"]
-
-
-def _env(cache: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "GRAFTKIT_CACHE": str(cache),
-        "ACCELERATE_USE_CPU": "true",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +38,7 @@ def evaluations(e2e_cache, tmp_path_factory):
             [*launcher, WORKER, str(run_dir), name, *OVERRIDES],
             capture_output=True,
             text=True,
-            env=_env(e2e_cache),
+            env=cpu_ranks_env(e2e_cache),
             timeout=900,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -81,7 +70,7 @@ def test_graftkit_run_on_two_processes_evaluates_on_both(e2e_cache, tmp_path):
     proc = subprocess.run(
         [*torchrun, "-m", "graftkit", "--quiet", "run", "ct_rate", "--profile", "cpu-2proc",
          "--output-dir", str(run_dir)],
-        capture_output=True, text=True, env=_env(e2e_cache), timeout=900,
+        capture_output=True, text=True, env=cpu_ranks_env(e2e_cache), timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())

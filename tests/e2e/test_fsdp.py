@@ -22,6 +22,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from .conftest import cpu_ranks_env
+
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 TIMEOUT = 600  # seconds per launch: a hang (a collective one process never joins) fails
@@ -32,16 +34,6 @@ LARS = ["--set", "phases.p3.callbacks.lars_projector_lr={min: 1.0, max: 30.0}"]
 
 def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]  # fmt: skip
-
-
-def _env(cache: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "GRAFTKIT_CACHE": str(cache),
-        "ACCELERATE_USE_CPU": "true",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
 
 
 def _launch(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -96,7 +88,7 @@ def ddp_run(e2e_cache, tmp_path_factory):
     cmd = _torchrun(
         *RUN, *LARS, "--profile", "cpu-2proc", "--no-eval", "--output-dir", str(run_dir)
     )
-    _finish(_launch(cmd, _env(e2e_cache), log), log)
+    _finish(_launch(cmd, cpu_ranks_env(e2e_cache), log), log)
     return run_dir
 
 
@@ -107,7 +99,7 @@ def fsdp_run(ddp_run, e2e_cache, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("fsdp") / "run"
     cmd = _torchrun(*RUN, *LARS, "--profile", "cpu-2proc-fsdp", "--output-dir", str(run_dir))
     first_log, resumed_log = run_dir.parent / "first.txt", run_dir.parent / "resumed.txt"
-    proc = _launch(cmd, _env(e2e_cache), first_log)
+    proc = _launch(cmd, cpu_ranks_env(e2e_cache), first_log)
     marker = run_dir / "checkpoints" / "phase3" / "last" / "manifest.json"
     deadline = time.time() + TIMEOUT
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -117,7 +109,9 @@ def fsdp_run(ddp_run, e2e_cache, tmp_path_factory):
     proc.wait()
     time.sleep(1)  # the workers are not our children: give their SIGKILL time to land
     assert not (run_dir / "phase3" / "manifest.json").exists()
-    resumed = _finish(_launch([*cmd, "--resume"], _env(e2e_cache), resumed_log), resumed_log)
+    resumed = _finish(
+        _launch([*cmd, "--resume"], cpu_ranks_env(e2e_cache), resumed_log), resumed_log
+    )
     return run_dir, first_log.read_text(), resumed
 
 
@@ -150,7 +144,7 @@ def test_the_sharded_evaluation_is_the_one_process_evaluation(fsdp_run, e2e_cach
         [sys.executable, "-m", "graftkit", "--quiet", "eval", str(run_dir), "--name", "one"],
         capture_output=True,
         text=True,
-        env=_env(e2e_cache),
+        env=cpu_ranks_env(e2e_cache),
         timeout=TIMEOUT,
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -208,7 +202,7 @@ def test_a_run_starting_at_phase_4_matches_the_full_run(fsdp_run, e2e_cache, tmp
         *RUN, "--profile", "cpu-2proc-fsdp", "--phases", "4", "--no-eval",
         "--init-from", str(run_dir / "phase3"), "--output-dir", str(tmp_path / "p4"),
     )  # fmt: skip
-    _finish(_launch(cmd, _env(e2e_cache), log), log)
+    _finish(_launch(cmd, cpu_ranks_env(e2e_cache), log), log)
     got, want = _history(tmp_path / "p4")[(4, 1)], _history(run_dir)[(4, 1)]
     names = [k for k in want if k.startswith(("train_", "valid_"))]
     assert "train_ewc" in names
