@@ -97,6 +97,11 @@ def _live_here(holder: dict[str, Any]) -> bool:
     return holder.get("host") == socket.gethostname() and isinstance(pid, int) and _alive(pid)
 
 
+def _ended_here(holder: dict[str, Any]) -> bool:
+    """Whether a holder record names a process of this host that has ended (a killed holder)."""
+    return holder.get("host") == socket.gethostname() and not _live_here(holder)
+
+
 def describe_holder(holder: dict[str, Any]) -> str:
     """``graftkit run (pid 1234 on gpu01, since 2026-11-30 14:02:11)`` from a holder record."""
     started = holder.get("started")
@@ -314,11 +319,7 @@ class RunDir(EvalDir):
         """The live holder to name in a refusal. A winner writes its record just after taking
         the lock, so a process refused in that instant waits briefly (at most 2 s) for it."""
         deadline = time.monotonic() + 2.0
-
-        def ended_here(h: dict[str, Any]) -> bool:
-            return h.get("host") == socket.gethostname() and not _live_here(h)
-
-        while (holder is None or ended_here(holder)) and time.monotonic() < deadline:
+        while (holder is None or _ended_here(holder)) and time.monotonic() < deadline:
             time.sleep(0.05)
             holder = self.lock_holder()
         return holder
@@ -339,10 +340,7 @@ class RunDir(EvalDir):
                 holder = self.lock_holder()
                 # a soft lock is stale only when its holder ran here and has ended
                 stale = (
-                    isinstance(handle, SoftFileLock)
-                    and holder is not None
-                    and holder.get("host") == socket.gethostname()
-                    and not _live_here(holder)
+                    isinstance(handle, SoftFileLock) and holder is not None and _ended_here(holder)
                 )
                 if not stale:
                     raise self._in_use(self._named_holder(holder)) from None
